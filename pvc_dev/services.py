@@ -1,0 +1,176 @@
+"""Real servers on loopback with free ports and private directories, each stopped by its own PID.
+
+Used by the dev cluster (``pvc-dev up``), the test harness (``tests/conftest.py``) and the benches. Nothing here
+fakes anything: ZooKeeper is the Debian package's server, Redis is redis-server, workers are ``pvc-worker``
+processes, the API is ``pvc-api`` and Flower is Celery's Flower.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["Service", "free_port", "start_api", "start_flower", "start_redis", "start_worker", "start_zookeeper",
+           "wait_until"]
+
+ZK_CLASSPATH = ":".join(f"/usr/share/java/{jar}" for jar in (
+    "zookeeper.jar", "zookeeper-jute.jar", "slf4j-api.jar", "slf4j-log4j12.jar", "log4j-1.2.jar",
+    "netty-handler.jar", "netty-common.jar", "netty-buffer.jar", "netty-transport.jar", "netty-codec.jar",
+    "netty-resolver.jar", "netty-transport-native-epoll.jar", "netty-transport-native-unix-common.jar",
+    "metrics-core.jar", "snappy-java.jar", "commons-cli.jar"))
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on at the moment of asking (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> object:
+    """Poll until ``predicate`` returns something truthy; TimeoutError naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception:  # noqa: BLE001 - not ready yet looks like an error from many clients
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def _bin(name: str) -> str:
+    """A console script of this environment (next to the running interpreter), else from PATH."""
+    local = Path(sys.executable).with_name(name)
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+class Service:
+    """A child process we started: its PID, log and how to stop it."""
+
+    def __init__(self, name: str, argv: list[str], log: Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None, **info: object) -> None:
+        self.name, self.argv, self.log_path, self.info = name, argv, log, info
+        self.log_file = open(log, "ab")
+        self.proc = subprocess.Popen(argv, stdout=self.log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def check(self) -> None:
+        if not self.alive():
+            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.alive():
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout`` s; only this PID (its own session) is signalled."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log_file.close()
+
+
+def _zk_ok(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+        sock.sendall(b"ruok")
+        return sock.recv(8) == b"imok"
+
+
+def start_zookeeper(workdir: Path, *, tick_ms: int = 500) -> Service:
+    """One ZooKeeper server; ``tick_ms`` 500 allows 1 s sessions for tests (forceSync off: data is disposable)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    cfg = workdir / "zoo.cfg"
+    cfg.write_text(f"tickTime={tick_ms}\ndataDir={workdir / 'data'}\nclientPort={port}\nclientPortAddress=127.0.0.1\n"
+                   "admin.enableServer=false\nforceSync=no\nmaxSessionTimeout=60000\n"
+                   "4lw.commands.whitelist=ruok,srvr,mntr,stat,conf,envi\ninitLimit=10\nsyncLimit=5\n")
+    (workdir / "log4j.properties").write_text("log4j.rootLogger=WARN, F\n"
+                                              "log4j.appender.F=org.apache.log4j.FileAppender\n"
+                                              f"log4j.appender.F.File={workdir / 'zookeeper.log'}\n"
+                                              "log4j.appender.F.layout=org.apache.log4j.PatternLayout\n"
+                                              "log4j.appender.F.layout.ConversionPattern=%d %p %c: %m%n\n")
+    argv = ["java", "-Xmx256m", "-XX:+UseSerialGC", f"-Dlog4j.configuration=file:{workdir / 'log4j.properties'}",
+            "-cp", ZK_CLASSPATH, "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(cfg)]
+    svc = Service("zookeeper", argv, workdir / "stdout.log", port=port, hosts=f"127.0.0.1:{port}")
+    wait_until(lambda: svc.check() or _zk_ok(port), 30, "ZooKeeper to answer ruok")
+    return svc
+
+
+def start_redis(workdir: Path) -> Service:
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--daemonize", "no", "--dir", str(workdir)]
+    svc = Service("redis", argv, workdir / "redis.log", port=port, url=f"redis://127.0.0.1:{port}/0")
+
+    def ping() -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+
+    wait_until(lambda: svc.check() or ping(), 15, "Redis to answer PING")
+    return svc
+
+
+def start_worker(node: str, env: dict[str, str], workdir: Path) -> Service:
+    """``pvc-worker --node NODE`` with settings from ``env`` (PVC_* variables)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    return Service(f"worker-{node}", [sys.executable, "-m", "pvc_workers", "--node", node],
+                   workdir / f"worker-{node}.log", env=env, node=node)
+
+
+def start_api(env: dict[str, str], workdir: Path) -> Service:
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    svc = Service("api", [_bin("pvc-api")], workdir / "api.log",
+                  env={**env, "PVC_API_LISTEN": f"127.0.0.1:{port}"}, port=port, url=f"http://127.0.0.1:{port}")
+    import urllib.request
+
+    wait_until(lambda: svc.check() or urllib.request.urlopen(f"{svc.info['url']}/api/v1/health", timeout=2),
+               30, "the API's /health")
+    return svc
+
+
+def start_flower(broker: str, user: str, password: str, workdir: Path) -> Service:
+    """Flower behind basic auth, listening to the workers' events on ``broker``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    argv = [_bin("celery"), "-A", "pvc_tasks.app", "--broker", broker, "flower", "--address=127.0.0.1",
+            f"--port={port}", f"--basic-auth={user}:{password}", "--persistent=False",
+            f"--db={workdir / 'flower.db'}"]
+    svc = Service("flower", argv, workdir / "flower.log", port=port, url=f"http://127.0.0.1:{port}")
+    import urllib.request
+
+    wait_until(lambda: svc.check() or urllib.request.urlopen(f"{svc.info['url']}/healthcheck", timeout=2),
+               30, "Flower's /healthcheck")
+    return svc

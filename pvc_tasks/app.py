@@ -1,0 +1,46 @@
+"""The Celery application shared by the API (which sends) and the node workers (which consume).
+
+Configuration follows Celery's own advice for this shape of work: explicit task names, routes decided by one
+router (``pvc_tasks.routing``) with ``task_create_missing_queues`` off so that a misspelt queue fails loudly,
+one message in flight per worker thread, acks on receipt (correctness never depends on redelivery: ZooKeeper
+records every job and the worker janitor finishes the ones whose message or node vanished), and task events on
+so that Flower sees every task from "sent" to its end.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from pvc_tasks import defaults
+from pvc_tasks.config import Settings
+
+__all__ = ["app", "configure"]
+
+app = Celery("pvc", broker=defaults.REDIS, backend=defaults.REDIS)
+app.conf.update(
+    task_create_missing_queues=False,
+    task_routes=("pvc_tasks.routing.route_task",),
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    task_acks_late=False,
+    worker_prefetch_multiplier=1,
+    worker_send_task_events=True,
+    task_send_sent_event=True,
+    task_track_started=True,
+    result_expires=24 * 3600,
+    broker_connection_retry_on_startup=True,
+    # The API must not hang when Redis is gone: a bounded publish retry, then a clear 503.
+    broker_transport_options={"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
+    redis_socket_connect_timeout=3,
+    redis_socket_timeout=10,
+    worker_hijack_root_logger=False,
+    include=["pvc_tasks.lifecycle"],
+)
+
+
+def configure(settings: Settings) -> Celery:
+    """Point the app at the cluster's Redis; call once at process start, before sending or consuming."""
+    app.conf.broker_url = settings.redis
+    app.conf.result_backend = settings.redis
+    return app

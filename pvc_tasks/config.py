@@ -1,0 +1,90 @@
+"""Settings shared by every process, from a TOML file and ``PVC_*`` environment variables.
+
+Precedence: explicit keyword > environment > file > ``pvc_tasks.defaults``. The file is ``--config PATH`` or
+``$PVC_CONFIG``; its keys are the field names below, optionally grouped in tables (``[worker]``, ``[api]``) which
+are flattened. Every field's environment variable is ``PVC_`` + the upper-case field name.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from pvc_tasks import defaults
+
+__all__ = ["Settings", "load_settings"]
+
+
+@dataclass
+class Settings:
+    """Configuration of a worker, the API or a client of ZooKeeper and Redis."""
+
+    zookeeper: str = defaults.ZOOKEEPER
+    redis: str = defaults.REDIS
+    zk_session_timeout: float = defaults.ZK_SESSION_TIMEOUT
+    # Worker
+    node: str = ""
+    libvirt_uri: str = defaults.LIBVIRT_URI
+    keepalive_interval: float = defaults.KEEPALIVE_INTERVAL
+    worker_concurrency: int = defaults.WORKER_CONCURRENCY
+    janitor_interval: float = defaults.JANITOR_INTERVAL
+    absent_after_intervals: int = defaults.ABSENT_AFTER_INTERVALS
+    queue_timeout: float = defaults.QUEUE_TIMEOUT
+    job_retention: float = defaults.JOB_RETENTION
+    shutdown_timeout: float = defaults.SHUTDOWN_TIMEOUT
+    ipmi_hostname: str = ""
+    ipmi_username: str = ""
+    ipmi_password: str = field(default="", repr=False)
+    log_level: str = "INFO"
+    # API
+    api_listen: str = defaults.API_LISTEN
+    api_threads: int = defaults.API_THREADS
+    api_tokens: list[str] = field(default_factory=list, repr=False)
+
+    @property
+    def absent_after(self) -> float:
+        """Seconds without keepalive after which a node without presence counts as absent."""
+        return self.keepalive_interval * self.absent_after_intervals
+
+
+def _coerce(kind: Any, value: Any) -> Any:
+    if kind in (list[str], "list[str]"):
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return [str(v) for v in value]
+    if kind in (float, "float"):
+        return float(value)
+    if kind in (int, "int"):
+        return int(value)
+    return str(value)
+
+
+def load_settings(path: str | os.PathLike | None = None, env: dict[str, str] | None = None,
+                  **explicit: Any) -> Settings:
+    """Build Settings from defaults, then the file, then the environment, then ``explicit`` (None ignored)."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    path = path or env.get("PVC_CONFIG")
+    if path:
+        with open(Path(path), "rb") as fh:
+            document = tomllib.load(fh)
+        for key, value in document.items():
+            if isinstance(value, dict):
+                values.update(value)
+            else:
+                values[key] = value
+    known = {f.name: f for f in fields(Settings)}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise ValueError(f"unknown setting(s) in {path}: {', '.join(sorted(unknown))}")
+    for name in known:
+        if f"PVC_{name.upper()}" in env:
+            values[name] = env[f"PVC_{name.upper()}"]
+    values.update({k: v for k, v in explicit.items() if v is not None})
+    try:
+        return Settings(**{k: _coerce(known[k].type, v) for k, v in values.items()})
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"invalid setting: {exc}") from exc

@@ -1,0 +1,94 @@
+"""What a task may use on its node, provided by the worker at start-up.
+
+``pvc_tasks`` never imports ``pvc_workers``: tasks reach the node's hypervisor through the ``Hypervisor``
+protocol below, and the worker installs an implementation (libvirt) with ``install()`` before it consumes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from kazoo.client import KazooClient
+
+from pvc_tasks.config import Settings
+from pvc_tasks.jobs import JobStore
+from zk_schema import Schema
+
+__all__ = ["DomainFacts", "Hypervisor", "HypervisorError", "NodeContext", "NodeResources", "current", "install"]
+
+
+class HypervisorError(Exception):
+    """The hypervisor refused or failed an operation; the message is the hypervisor's own."""
+
+
+@dataclass(frozen=True)
+class DomainFacts:
+    """What the hypervisor reports about one domain."""
+
+    name: str
+    uuid: str
+    state: str  # running | stopped | paused | crashed | other
+    memory_mib: int
+    vcpus: int
+
+
+@dataclass(frozen=True)
+class NodeResources:
+    memory_total_mib: int
+    cpus: int
+    load: float
+
+
+class Hypervisor(Protocol):
+    """The operations a node's tasks need from its hypervisor; every call is bounded by the hypervisor."""
+
+    uri: str
+
+    def define(self, xml: str) -> DomainFacts: ...
+
+    def undefine(self, name: str) -> None: ...
+
+    def start(self, name: str) -> None: ...
+
+    def shutdown(self, name: str) -> None:
+        """Ask the guest to shut down and return at once; callers poll ``state``."""
+
+    def destroy(self, name: str) -> None: ...
+
+    def state(self, name: str) -> str:
+        """``running`` | ``stopped`` | ``paused`` | ``crashed`` | ``missing``."""
+
+    def domains(self) -> dict[str, DomainFacts]: ...
+
+    def resources(self) -> NodeResources: ...
+
+
+@dataclass
+class NodeContext:
+    """Everything a task on this node uses; one per worker process."""
+
+    node: str
+    settings: Settings
+    zk: KazooClient
+    schema: Schema
+    hypervisor: Hypervisor
+
+    @property
+    def jobs(self) -> JobStore:
+        return JobStore(self.zk, self.schema)
+
+
+_current: NodeContext | None = None
+
+
+def install(ctx: NodeContext) -> None:
+    """Called once by the worker before it starts consuming."""
+    global _current
+    _current = ctx
+
+
+def current() -> NodeContext:
+    if _current is None:
+        raise RuntimeError("no node context: tasks run only inside pvc-worker")
+    return _current

@@ -1,0 +1,219 @@
+"""Job records in ZooKeeper: the model, its states, and compare-and-set transitions.
+
+A job is one znode, ``schema.path("job", id)``, whose data is the JSON record below. One znode per job makes every
+transition a single version-checked write (or one transaction together with the VM keys it changes), so two
+writers can never interleave half-updates: the loser re-reads and re-decides.
+
+States: ``queued -> running -> succeeded | failed | cancelled`` (and ``queued -> cancelled | failed``). A
+terminal job never changes again. Percent never decreases. The VM's ``active_job`` marker is set in the same
+transaction that creates the job and cleared in the same transaction that ends it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import BadVersionError, NoNodeError
+
+from pvc_tasks.errors import NotFound
+from zk_schema import Schema
+
+__all__ = ["TERMINAL", "Job", "JobState", "JobStore", "Op", "commit"]
+
+#: Messages kept on a job; older ones are dropped (the API and CLI show the latest).
+MAX_MESSAGES = 50
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+#: A transaction step: ("create", path, data) | ("set", path, data, version) | ("delete", path, version)
+#: | ("check", path, version). ``version`` -1 means unconditional.
+Op = tuple
+
+
+@dataclass
+class Job:
+    """A unit of work requested through the API, run by tasks on node queues."""
+
+    id: str
+    kind: str
+    vm: str
+    node: str
+    params: dict = field(default_factory=dict)
+    state: str = JobState.QUEUED
+    phase: str = "queued"
+    step: int = 0
+    steps: int = 1
+    percent: int = 0
+    messages: list[dict] = field(default_factory=list)
+    created: float = 0.0
+    started: float | None = None
+    finished: float | None = None
+    reason: str = ""
+    result: dict = field(default_factory=dict)
+    parent: str = ""
+    cancel_requested: bool = False
+
+    @classmethod
+    def new(cls, kind: str, vm: str, node: str, params: dict | None = None, parent: str = "") -> Job:
+        return cls(id=str(uuid.uuid4()), kind=kind, vm=vm, node=node, params=dict(params or {}),
+                   created=time.time(), parent=parent)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Job:
+        raw = json.loads(data)
+        return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
+
+    def note(self, text: str) -> None:
+        self.messages.append({"time": time.time(), "text": text})
+        del self.messages[:-MAX_MESSAGES]
+
+    def advance(self, phase: str, step: int, steps: int) -> None:
+        """Move to ``phase`` (step k of n); percent only grows and stops at 100."""
+        self.phase, self.step, self.steps = phase, step, max(steps, 1)
+        self.percent = max(self.percent, min(100, int(100 * max(step - 1, 0) / self.steps)))
+
+    def end(self, state: JobState, reason: str = "", result: dict | None = None) -> None:
+        self.state = state
+        self.reason = reason
+        self.finished = time.time()
+        self.phase = state.value
+        if result:
+            self.result = result
+        if state == JobState.SUCCEEDED:
+            self.percent = 100
+
+
+def commit(zk: KazooClient, ops: Iterable[Op]) -> list:
+    """Run ops as one ZooKeeper transaction; raises the first failure (BadVersionError, NodeExistsError, ...)."""
+    tx = zk.transaction()
+    for op in ops:
+        kind = op[0]
+        if kind == "create":
+            tx.create(op[1], op[2])
+        elif kind == "set":
+            tx.set_data(op[1], op[2], op[3] if len(op) > 3 else -1)
+        elif kind == "delete":
+            tx.delete(op[1], op[2] if len(op) > 2 else -1)
+        elif kind == "check":
+            tx.check(op[1], op[2])
+        else:
+            raise ValueError(f"unknown transaction op {kind!r}")
+    results = tx.commit()
+    for result in results:
+        # Kazoo reports the real cause first and RolledBackError for the others.
+        if isinstance(result, Exception) and result.__class__.__name__ != "RolledBackError":
+            raise result
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return results
+
+
+class JobStore:
+    """Reads and transitions job records; ``schema`` may be a callable returning the current Schema."""
+
+    def __init__(self, zk: KazooClient, schema: Schema | Callable[[], Schema]) -> None:
+        self.zk = zk
+        self._schema = schema
+
+    @property
+    def schema(self) -> Schema:
+        return self._schema() if callable(self._schema) else self._schema
+
+    def path(self, job_id: str) -> str:
+        return self.schema.path("job", job_id)
+
+    def create_op(self, job: Job) -> Op:
+        return ("create", self.path(job.id), job.to_bytes())
+
+    def get_versioned(self, job_id: str) -> tuple[Job, int]:
+        try:
+            data, stat = self.zk.get(self.path(job_id))
+        except (NoNodeError, ValueError) as exc:
+            raise NotFound(f"no job {job_id}", code="job_not_found") from exc
+        return Job.from_bytes(data), stat.version
+
+    def get(self, job_id: str) -> Job:
+        return self.get_versioned(job_id)[0]
+
+    def all(self) -> list[Job]:
+        """Every job record, read in parallel."""
+        base = self.schema.path("base.job")
+        try:
+            ids = self.zk.get_children(base)
+        except NoNodeError:
+            return []
+        pending = [self.zk.get_async(f"{base}/{i}") for i in ids]
+        jobs = []
+        for result in pending:
+            try:
+                jobs.append(Job.from_bytes(result.get()[0]))
+            except NoNodeError:
+                continue  # pruned between the listing and the read
+        return jobs
+
+    def update(self, job_id: str, mutate: Callable[[Job], bool], extra: Callable[[Job], list[Op]] | None = None,
+               *, attempts: int = 20) -> Job:
+        """Compare-and-set: ``mutate`` edits the job in place and returns False to skip the write.
+
+        ``extra`` returns more ops committed in the same transaction. On a concurrent write the job is re-read
+        and ``mutate`` decides again, so the last writer never overwrites what it did not see."""
+        for _ in range(attempts):
+            job, version = self.get_versioned(job_id)
+            if not mutate(job):
+                return job
+            ops = [("set", self.path(job_id), job.to_bytes(), version)] + (extra(job) if extra else [])
+            try:
+                commit(self.zk, ops)
+                return job
+            except BadVersionError:
+                continue
+        raise RuntimeError(f"job {job_id}: too many concurrent updates")
+
+    def release_ops(self, job: Job) -> list[Op]:
+        """Ops clearing the VM's active-job marker if it still names this job (version-checked)."""
+        path = self.schema.path("domain.active_job", job.vm)
+        try:
+            data, stat = self.zk.get(path)
+        except NoNodeError:
+            return []
+        if data.decode() != job.id:
+            return []
+        return [("set", path, b"", stat.version)]
+
+    def finish(self, job_id: str, state: JobState, reason: str = "", result: dict | None = None,
+               ops: Callable[[Job], list[Op]] | None = None, *, release: bool = True) -> Job:
+        """End a job (if not already ended) and release its VM marker, with ``ops``, in one transaction."""
+
+        def mutate(job: Job) -> bool:
+            if job.terminal:
+                return False
+            job.end(state, reason, result)
+            return True
+
+        def extra(job: Job) -> list[Op]:
+            return (ops(job) if ops else []) + (self.release_ops(job) if release else [])
+
+        return self.update(job_id, mutate, extra)

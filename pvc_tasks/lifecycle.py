@@ -1,0 +1,104 @@
+"""VM lifecycle: define, start, shutdown, stop, restart, undefine — each a job of one task.
+
+Protocol
+    1. The API (``pvc_tasks.submit``) validates the request, then in ONE ZooKeeper transaction creates the job
+       record and sets the VM's ``active_job`` marker (for ``define``: creates the whole VM record too, in state
+       ``defining``). A second request on the same VM loses that transaction and gets 409.
+    2. The API sends the task below with ``task_id = job id``. Every task here is routed to ``node.<node>``:
+       the queue of the node that holds the VM (``pvc_tasks.routing``), so it runs beside the VM's libvirt.
+    3. The task claims the job, runs its phases, and ends it in one transaction that also writes the VM's
+       observed state and clears the marker (``pvc_tasks.runner``).
+
+Phases and rollback, per task
+    define     ``define``: libvirt defineXML. Failure or cancel deletes the VM record: nothing half-defined stays.
+    start      ``start``. Failure records the reason in ``failed_reason``; the state is what libvirt reports.
+    shutdown   ``shutdown``: ACPI request, then wait (bounded by ``timeout``, default 180 s). On timeout the job
+               fails with a reason and the VM keeps running; cancel stops waiting and leaves the VM as it is.
+    stop       ``stop``: force off (libvirt destroy).
+    restart    ``shutdown`` (bounded, as above) then ``start``.
+    undefine   ``undefine``: refuses a running VM; success deletes the VM record.
+"""
+
+from __future__ import annotations
+
+from pvc_tasks.jobs import JobState
+from pvc_tasks.runner import JobFailed, JobRun, job_task
+
+__all__ = ["TASKS"]
+
+
+def _graceful_shutdown(run: JobRun, vm: str, timeout: float, step: int, steps: int) -> None:
+    run.phase("shutdown", step, steps, f"asking {vm} to shut down (up to {timeout:g} s)")
+    if run.hv.state(vm) != "running":
+        return
+    run.hv.shutdown(vm)
+    if not run.wait_for(lambda: run.hv.state(vm) != "running", timeout):
+        raise JobFailed(f"VM {vm} did not shut down within {timeout:g} s and is still running; "
+                        f"use `pvc vm stop {vm}` to force it off")
+
+
+def _timeout(run: JobRun, params: dict) -> float:
+    return float(params.get("timeout") or run.ctx.settings.shutdown_timeout)
+
+
+@job_task("pvc.vm.define")
+def define(run: JobRun, vm: str, node: str, **params) -> dict:
+    """Runs on the target node: define the VM's XML (read from ZooKeeper) in the node's libvirt."""
+    run.remove_vm_when = {JobState.FAILED, JobState.CANCELLED}
+    run.phase("define", 1, 1, f"defining {vm} on {node}")
+    xml, _ = run.ctx.zk.get(run.ctx.schema.path("domain.xml", vm))
+    facts = run.hv.define(xml.decode())
+    run.on_success.update(uuid=facts.uuid, memory=str(facts.memory_mib), vcpus=str(facts.vcpus))
+    return {"node": node, "uuid": facts.uuid}
+
+
+@job_task("pvc.vm.start")
+def start(run: JobRun, vm: str, node: str, **params) -> dict:
+    """Runs on the VM's node: start the domain."""
+    run.phase("start", 1, 1, f"starting {vm} on {node}")
+    if run.hv.state(vm) != "running":
+        run.hv.start(vm)
+    return {"node": node, "state": run.hv.state(vm)}
+
+
+@job_task("pvc.vm.shutdown")
+def shutdown(run: JobRun, vm: str, node: str, **params) -> dict:
+    """Runs on the VM's node: graceful shutdown, bounded by ``timeout``."""
+    _graceful_shutdown(run, vm, _timeout(run, params), 1, 1)
+    return {"node": node, "state": run.hv.state(vm)}
+
+
+@job_task("pvc.vm.stop")
+def stop(run: JobRun, vm: str, node: str, **params) -> dict:
+    """Runs on the VM's node: force the domain off."""
+    run.phase("stop", 1, 1, f"forcing {vm} off")
+    if run.hv.state(vm) not in ("stopped", "missing"):
+        run.hv.destroy(vm)
+    return {"node": node, "state": run.hv.state(vm)}
+
+
+@job_task("pvc.vm.restart")
+def restart(run: JobRun, vm: str, node: str, **params) -> dict:
+    """Runs on the VM's node: graceful shutdown (bounded), then start."""
+    _graceful_shutdown(run, vm, _timeout(run, params), 1, 2)
+    run.phase("start", 2, 2, f"starting {vm}")
+    run.hv.start(vm)
+    return {"node": node, "state": run.hv.state(vm)}
+
+
+@job_task("pvc.vm.undefine")
+def undefine(run: JobRun, vm: str, node: str, **params) -> dict:
+    """Runs on the VM's node: remove the domain from libvirt, then its record from ZooKeeper."""
+    run.remove_vm_when = {JobState.SUCCEEDED}
+    run.phase("undefine", 1, 1, f"undefining {vm}")
+    state = run.hv.state(vm)
+    if state == "running":
+        raise JobFailed(f"VM {vm} is running; stop or shut it down first")
+    if state != "missing":
+        run.hv.undefine(vm)
+    return {"node": node}
+
+
+#: Job kind -> the task that performs it (the API enqueues through this map).
+TASKS = {"define": define, "start": start, "shutdown": shutdown, "stop": stop, "restart": restart,
+         "undefine": undefine}

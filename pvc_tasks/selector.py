@@ -1,0 +1,65 @@
+"""Choosing a node for a VM: pure functions over node records, no I/O.
+
+Methods (the VM's ``node_selector`` meta, else the cluster's ``migration_selector``):
+
+    mem      most free memory (total - allocated to running VMs - reserved in flight)
+    memprov  most memory not provisioned to VMs, running or not
+    load     lowest load average
+    vcpus    fewest allocated vCPUs
+    vms      fewest VMs
+
+Candidates are alive, in domain state ``ready``, inside the VM's ``node_limit`` (when set), not excluded (the
+source of a migration), and the VM must fit in free memory. Ties go to the node whose name sorts first, so the
+choice is deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = ["METHODS", "candidates", "select"]
+
+METHODS = ("mem", "memprov", "load", "vcpus", "vms")
+
+
+def _num(record: dict, key: str) -> float:
+    try:
+        return float(record.get(key) or 0)
+    except ValueError:
+        return 0.0
+
+
+def _free(record: dict) -> float:
+    return _num(record, "memory.total") - _num(record, "memory.allocated")
+
+
+_SCORES = {
+    # Higher is better for every score, so one max() serves all methods.
+    "mem": _free,
+    "memprov": lambda r: _num(r, "memory.total") - _num(r, "memory.provisioned"),
+    "load": lambda r: -_num(r, "load"),
+    "vcpus": lambda r: -_num(r, "vcpu.allocated"),
+    "vms": lambda r: -_num(r, "vms.total"),
+}
+
+
+def candidates(nodes: Iterable[dict], memory_mib: int, node_limit: Iterable[str] = (),
+               exclude: Iterable[str] = ()) -> list[dict]:
+    """Nodes that may take a VM needing ``memory_mib``."""
+    limit, excluded = set(node_limit), set(exclude)
+    return [n for n in nodes
+            if n.get("alive") and n.get("domain_state") == "ready"
+            and (not limit or n["name"] in limit) and n["name"] not in excluded
+            and _free(n) >= memory_mib]
+
+
+def select(nodes: Iterable[dict], method: str, memory_mib: int, node_limit: Iterable[str] = (),
+           exclude: Iterable[str] = ()) -> str | None:
+    """The best node name by ``method``, or None when nothing fits."""
+    if method not in _SCORES:
+        raise ValueError(f"unknown selector {method!r}; choose one of {', '.join(METHODS)}")
+    pool = candidates(nodes, memory_mib, node_limit, exclude)
+    if not pool:
+        return None
+    # Sort by name first: max() keeps the first of equal scores, which makes ties deterministic.
+    return max(sorted(pool, key=lambda n: n["name"]), key=_SCORES[method])["name"]

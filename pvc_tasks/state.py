@@ -1,0 +1,109 @@
+"""Reading node and VM records from ZooKeeper, and the transaction ops that create or delete them.
+
+Records are read with parallel asynchronous gets: one round trip's latency for all keys of all instances,
+which keeps a list of hundreds of VMs fast. Secret keys (IPMI password) are never part of a record.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoNodeError
+
+from pvc_tasks.errors import NotFound
+from pvc_tasks.jobs import Op
+from zk_schema import Schema
+
+__all__ = ["delete_tree_ops", "domain_record", "domain_records", "names", "node_alive", "node_record",
+           "node_records", "read_keys"]
+
+
+def names(zk: KazooClient, schema: Schema, collection: str) -> list[str]:
+    """Children of a collection key such as ``base.node`` or ``base.domain``, sorted."""
+    try:
+        return sorted(zk.get_children(schema.path(collection)))
+    except NoNodeError:
+        return []
+
+
+def read_keys(zk: KazooClient, schema: Schema, section: str, instances: Iterable[tuple[str, ...]]) -> list[dict | None]:
+    """All non-secret keys of each instance (None for an instance that vanished), in parallel."""
+    keys = [k for k in schema.section_keys(section) if not k.secret]
+    wanted = list(instances)
+    pending = [[zk.get_async(schema.path(k.full_name, *inst)) for k in keys] for inst in wanted]
+    exists = [zk.exists_async(schema.root(section, *inst)) for inst in wanted]
+    records: list[dict | None] = []
+    for inst_results, present in zip(pending, exists):
+        if present.get() is None:
+            for r in inst_results:
+                r.exception  # noqa: B018 - drain the result; the instance is gone
+            records.append(None)
+            continue
+        record = {}
+        for key, result in zip(keys, inst_results):
+            try:
+                record[key.name] = result.get()[0].decode()
+            except NoNodeError:
+                record[key.name] = None
+        records.append(record)
+    return records
+
+
+def _node_extra(zk: KazooClient, schema: Schema, name: str, record: dict) -> dict:
+    record["name"] = name
+    record["alive"] = zk.exists(schema.path("node.presence", name)) is not None
+    return record
+
+
+def node_record(zk: KazooClient, schema: Schema, name: str) -> dict:
+    record = read_keys(zk, schema, "node", [(name,)])[0]
+    if record is None:
+        raise NotFound(f"no node {name!r}", code="node_not_found")
+    return _node_extra(zk, schema, name, record)
+
+
+def node_records(zk: KazooClient, schema: Schema) -> list[dict]:
+    all_names = names(zk, schema, "base.node")
+    records = read_keys(zk, schema, "node", [(n,) for n in all_names])
+    return [_node_extra(zk, schema, n, r) for n, r in zip(all_names, records) if r is not None]
+
+
+def domain_record(zk: KazooClient, schema: Schema, vm: str) -> dict:
+    try:
+        record = read_keys(zk, schema, "domain", [(vm,)])[0]
+    except ValueError:
+        record = None
+    if record is None:
+        raise NotFound(f"no VM {vm!r}", code="vm_not_found")
+    record["name"] = vm
+    return record
+
+
+def domain_records(zk: KazooClient, schema: Schema) -> list[dict]:
+    all_names = names(zk, schema, "base.domain")
+    records = read_keys(zk, schema, "domain", [(n,) for n in all_names])
+    return [dict(r, name=n) for n, r in zip(all_names, records) if r is not None]
+
+
+def node_alive(zk: KazooClient, schema: Schema, node: str) -> bool:
+    """The node's worker holds its presence (an ephemeral znode that dies with the worker's session)."""
+    return zk.exists(schema.path("node.presence", node)) is not None
+
+
+def keepalive_age(zk: KazooClient, schema: Schema, node: str) -> float | None:
+    try:
+        data, _ = zk.get(schema.path("node.keepalive", node))
+        return time.time() - float(data.decode() or 0)
+    except (NoNodeError, ValueError):
+        return None
+
+
+def delete_tree_ops(zk: KazooClient, path: str) -> list[Op]:
+    """Ops deleting ``path`` and everything below it, children first."""
+    ops: list[Op] = []
+    for child in zk.get_children(path):
+        ops.extend(delete_tree_ops(zk, f"{path}/{child}"))
+    ops.append(("delete", path, -1))
+    return ops

@@ -1,0 +1,207 @@
+"""Creating, enqueueing and cancelling jobs: the client side of the task families (used by the API).
+
+Each submission validates first and writes nothing until everything checked out; then ONE transaction creates
+the job and records its intent (the VM's ``active_job`` marker, with a version check so that of two racing
+requests exactly one wins; for ``define`` the whole VM record). Only then is the task sent, with the job id as
+its Celery task id. If the broker cannot take the message, the job is ended ``failed`` (and a defined VM record
+removed) before the error is returned, so a rejected request leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import xml.etree.ElementTree as ET
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+from kombu.exceptions import OperationalError
+
+from pvc_tasks import selector
+from pvc_tasks.errors import Conflict, Invalid, NotFound, Unavailable
+from pvc_tasks.jobs import Job, JobState, JobStore, commit
+from pvc_tasks.lifecycle import TASKS
+from pvc_tasks.state import delete_tree_ops, domain_record, node_alive, node_record, node_records
+from zk_schema import Schema
+
+__all__ = ["ACTIONS", "cancel_job", "parse_domain_xml", "submit_define", "submit_vm_action"]
+
+log = logging.getLogger(__name__)
+
+VM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+MIGRATION_METHODS = ("default", "live", "shutdown")
+
+#: Action -> VM states it may start from (anything else is 409 invalid_state, with the state in the message).
+ACTIONS = {
+    "start": ("stopped", "failed", "crashed", "paused"),
+    "shutdown": ("running", "paused"),
+    "stop": ("running", "paused", "crashed"),
+    "restart": ("running",),
+    "undefine": ("stopped", "failed", "crashed"),
+}
+
+_UNIT_MIB = {"b": 1 / 2**20, "bytes": 1 / 2**20, "k": 1 / 1024, "kib": 1 / 1024, "kb": 1000 / 2**20,
+             "m": 1, "mib": 1, "mb": 10**6 / 2**20, "g": 1024, "gib": 1024, "gb": 10**9 / 2**20}
+
+
+def parse_domain_xml(xml: str) -> tuple[str, int, int]:
+    """(name, memory MiB, vCPUs) of a libvirt domain XML; ``Invalid`` naming the field when it is unusable."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise Invalid(f"xml: not well-formed XML ({exc})", details={"xml": [str(exc)]}) from exc
+    if root.tag != "domain":
+        raise Invalid("xml: the root element must be <domain>", details={"xml": ["root element is not <domain>"]})
+    name = (root.findtext("name") or "").strip()
+    if not VM_NAME.match(name):
+        raise Invalid(f"xml: <name> {name!r} must be 1-63 letters, digits, '_', '.' or '-'",
+                      details={"xml": ["invalid or missing <name>"]})
+    memory = root.find("memory")
+    try:
+        unit = (memory.get("unit") or "KiB").lower() if memory is not None else "kib"
+        memory_mib = int(float(memory.text) * _UNIT_MIB[unit])  # type: ignore[union-attr,arg-type]
+        vcpus = int((root.findtext("vcpu") or "1").strip())
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise Invalid("xml: <memory> and <vcpu> must be numbers with a known unit",
+                      details={"xml": ["invalid <memory> or <vcpu>"]}) from exc
+    if memory_mib < 1 or vcpus < 1:
+        raise Invalid("xml: memory and vcpu must be positive", details={"xml": ["non-positive memory or vcpu"]})
+    return name, memory_mib, vcpus
+
+
+def _check_meta(zk: KazooClient, schema: Schema, meta: dict) -> dict[str, str]:
+    values: dict[str, str] = {}
+    known_nodes = set(zk.get_children(schema.path("base.node")))
+    limit = meta.get("node_limit") or []
+    unknown = sorted(set(limit) - known_nodes)
+    if unknown:
+        raise Invalid(f"node_limit: unknown node(s) {', '.join(unknown)}", details={"node_limit": unknown})
+    values["meta.node_limit"] = ",".join(limit)
+    sel = meta.get("node_selector") or ""
+    if sel and sel not in selector.METHODS:
+        raise Invalid(f"node_selector: {sel!r} is not one of {', '.join(selector.METHODS)}",
+                      details={"node_selector": [sel]})
+    values["meta.node_selector"] = sel
+    method = meta.get("migration_method") or "default"
+    if method not in MIGRATION_METHODS:
+        raise Invalid(f"migration_method: {method!r} is not one of {', '.join(MIGRATION_METHODS)}",
+                      details={"migration_method": [method]})
+    values["meta.migration_method"] = method
+    values["meta.autostart"] = "true" if meta.get("autostart") else "false"
+    return values
+
+
+def _require_ready(zk: KazooClient, schema: Schema, node: str) -> None:
+    record = node_record(zk, schema, node)
+    if not record["alive"]:
+        raise Conflict(f"node {node}'s worker is not running, so it cannot take the job; start pvc-worker "
+                       f"--node {node} or choose another node", code="node_unavailable", details={"node": node})
+    if record["domain_state"] != "ready":
+        raise Conflict(f"node {node} is {record['domain_state']}, not ready", code="node_not_ready",
+                       details={"node": node})
+
+
+def _choose_node(zk: KazooClient, schema: Schema, memory_mib: int, meta: dict) -> str:
+    method = meta.get("node_selector") or zk.get(schema.path("base.config.migration_selector"))[0].decode()
+    chosen = selector.select(node_records(zk, schema), method, memory_mib, meta.get("node_limit") or [])
+    if chosen is None:
+        raise Conflict(f"no ready node has {memory_mib} MiB free for this VM (selector {method})",
+                       code="no_target")
+    return chosen
+
+
+def _enqueue(store: JobStore, job: Job, *, remove_vm: bool = False) -> Job:
+    try:
+        TASKS[job.kind].apply_async(kwargs={"job_id": job.id, "vm": job.vm, "node": job.node, **job.params},
+                                    task_id=job.id, retry=True,
+                                    retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.3})
+    except (OperationalError, OSError) as exc:
+        log.error("could not enqueue job %s: %s", job.id, exc)
+        root = store.schema.path("domain", job.vm)
+        store.finish(job.id, JobState.FAILED, f"could not enqueue: broker unreachable ({exc})",
+                     ops=(lambda _j: delete_tree_ops(store.zk, root)) if remove_vm else None, release=not remove_vm)
+        raise Unavailable("the task broker (Redis) is unreachable; nothing was changed",
+                          code="broker_unavailable") from exc
+    return job
+
+
+def submit_define(zk: KazooClient, schema: Schema, xml: str, node: str | None = None,
+                  meta: dict | None = None) -> Job:
+    """Create VM + define job in one transaction and enqueue it on the chosen node."""
+    meta = meta or {}
+    name, memory_mib, vcpus = parse_domain_xml(xml)
+    values = _check_meta(zk, schema, meta)
+    if zk.exists(schema.path("domain", name)) is not None:
+        raise Conflict(f"a VM named {name} already exists", code="vm_exists", details={"vm": name})
+    if node:
+        if zk.exists(schema.path("node", node)) is None:
+            raise Invalid(f"node: no node named {node!r}", details={"node": [f"unknown node {node!r}"]})
+        _require_ready(zk, schema, node)
+    else:
+        node = _choose_node(zk, schema, memory_mib, meta)
+    job = Job.new("define", name, node, {})
+    values.update(xml=xml, node=node, state="defining", memory=str(memory_mib), vcpus=str(vcpus),
+                  active_job=job.id)
+    ops = [("create", path, data) for path, data in schema.create_ops("domain", name, values=values)]
+    store = JobStore(zk, schema)
+    try:
+        commit(zk, ops + [store.create_op(job)])
+    except NodeExistsError as exc:
+        raise Conflict(f"a VM named {name} already exists", code="vm_exists", details={"vm": name}) from exc
+    return _enqueue(store, job, remove_vm=True)
+
+
+def submit_vm_action(zk: KazooClient, schema: Schema, vm: str, action: str, params: dict | None = None) -> Job:
+    """Create a lifecycle job for an existing VM (one transaction with its marker) and enqueue it."""
+    if action not in ACTIONS:
+        raise Invalid(f"state: {action!r} is not one of {', '.join(ACTIONS)}", details={"state": [action]})
+    record = domain_record(zk, schema, vm)
+    marker_path = schema.path("domain.active_job", vm)
+    try:
+        marker, stat = zk.get(marker_path)
+    except NoNodeError as exc:
+        raise NotFound(f"no VM {vm!r}", code="vm_not_found") from exc
+    if marker:
+        active = marker.decode()
+        raise Conflict(f"VM {vm} already has an active job {active}; wait for it or cancel it first",
+                       code="vm_busy", details={"job": active})
+    if record["state"] not in ACTIONS[action]:
+        raise Conflict(f"cannot {action} VM {vm}: it is {record['state']}", code="invalid_state",
+                       details={"state": record["state"]})
+    node = record["node"]
+    if not node_alive(zk, schema, node):
+        raise Conflict(f"node {node}'s worker is not running, so it cannot {action} {vm}; start pvc-worker "
+                       f"--node {node}", code="node_unavailable", details={"node": node})
+    job = Job.new(action, vm, node, params or {})
+    store = JobStore(zk, schema)
+    try:
+        commit(zk, [store.create_op(job), ("set", marker_path, job.id.encode(), stat.version)])
+    except BadVersionError as exc:
+        raise Conflict(f"VM {vm} got another job at the same moment; retry after it ends",
+                       code="vm_busy") from exc
+    return _enqueue(store, job)
+
+
+def cancel_job(zk: KazooClient, schema: Schema, job_id: str) -> Job:
+    """Cancel a job: a queued one ends at once (marker released in the same transaction); a running one is
+    asked to stop at its next cancel point. Cancelling an ended job is a 409."""
+    store = JobStore(zk, schema)
+
+    def mutate(job: Job) -> bool:
+        if job.terminal:
+            raise Conflict(f"job {job_id} already ended ({job.state})", code="job_ended",
+                           details={"state": str(job.state)})
+        if job.state == JobState.QUEUED:
+            job.end(JobState.CANCELLED, "cancelled by request while queued")
+        else:
+            job.cancel_requested = True
+            job.note("cancel requested")
+        return True
+
+    def extra(job: Job) -> list:
+        ops = store.release_ops(job) if job.state == JobState.CANCELLED else []
+        if job.kind == "define" and job.state == JobState.CANCELLED:
+            ops = delete_tree_ops(zk, schema.path("domain", job.vm))
+        return ops
+
+    return store.update(job_id, mutate, extra)

@@ -1,0 +1,195 @@
+"""``pvc-worker --node NAME``: one process per node, a Celery worker on that node's queue plus its threads.
+
+Start-up, in order
+    1. Settings from ``--config`` / ``$PVC_CONFIG`` / ``PVC_*`` variables; connect to ZooKeeper.
+    2. Load the schema version the CLUSTER records (not the newest this code knows): paths must match the data.
+    3. Register: create the node's keys if missing, take the ephemeral ``presence`` znode (refusing to start
+       while another live worker holds it: two workers for one node would both act on one hypervisor).
+    4. Open ONE libvirt connection for the process's life; reconcile VMs and jobs (``pvc_workers.reconcile``).
+    5. Start the keepalive, inventory and janitor threads and a watch on the cluster's schema version.
+    6. Consume ``node.<NAME>`` with a thread pool (the test driver's state is per process; threads share it).
+
+A schema-version change stops the Celery worker warmly (running tasks finish) and re-executes the process with
+the same arguments: watches set on old paths cannot be moved in place. Shutdown (SIGTERM, Ctrl-C) drains the
+pool, marks the node ``stop`` and closes the session, which removes ``presence``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import NodeExistsError
+
+from pvc_tasks.app import configure
+from pvc_tasks.config import Settings, load_settings
+from pvc_tasks.context import HypervisorError, NodeContext, install
+from pvc_tasks.jobs import commit
+from pvc_tasks.routing import worker_hostname, worker_queues
+from pvc_workers.hypervisor import LibvirtHypervisor
+from pvc_workers.janitor import Janitor
+from pvc_workers.keepalive import Inventory, Keepalive
+from pvc_workers.reconcile import reconcile_jobs, reconcile_vms
+from zk_schema import Schema, SchemaError, cluster_version
+
+__all__ = ["main"]
+
+log = logging.getLogger("pvc_workers")
+
+#: Exit status when the worker cannot start (bad configuration, no cluster, a live twin).
+EXIT_CONFIG = 2
+
+
+class StartupError(Exception):
+    """The worker cannot start; the message says why and what to do."""
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="pvc-worker", description="pvc node worker (one per node)")
+    parser.add_argument("--node", help="this node's name (or PVC_NODE / `node` in the config file)")
+    parser.add_argument("--config", help="TOML settings file (or PVC_CONFIG)")
+    parser.add_argument("--zookeeper", help="ZooKeeper hosts, e.g. 127.0.0.1:2181/pvc")
+    parser.add_argument("--redis", help="Redis URL of the Celery broker")
+    parser.add_argument("--libvirt-uri", help="libvirt URI of this node's hypervisor")
+    return parser.parse_args(argv)
+
+
+def _register(zk: KazooClient, schema: Schema, settings: Settings) -> None:
+    node = settings.node
+    if zk.exists(schema.path("node", node)) is None:
+        try:
+            commit(zk, [("create", p, d) for p, d in schema.create_ops("node", node)])
+        except NodeExistsError:
+            pass  # another start raced us; the missing-key pass below completes it
+    for key in schema.section_keys("node"):
+        path = schema.path(key.full_name, node)
+        if zk.exists(path) is None:
+            zk.create(path, key.default.encode(), makepath=True)
+    presence = schema.path("node.presence", node)
+    # A previous worker killed without closing its session holds presence until the session expires.
+    deadline = time.monotonic() + settings.zk_session_timeout * 1.5
+    while True:
+        try:
+            zk.create(presence, str(os.getpid()).encode(), ephemeral=True)
+            break
+        except NodeExistsError:
+            if time.monotonic() > deadline:
+                raise StartupError(f"another worker for node {node} is running (presence {presence} is held); "
+                                   f"stop it first") from None
+            time.sleep(0.2)
+    values = {"daemon_state": "init", "schema_version": str(schema.version), "hypervisor": settings.libvirt_uri,
+              "ipmi.hostname": settings.ipmi_hostname, "ipmi.username": settings.ipmi_username,
+              "ipmi.password": settings.ipmi_password}
+    commit(zk, [("set", schema.path(f"node.{k}", node), v.encode(), -1) for k, v in values.items()])
+
+
+def _set_state(ctx: NodeContext, state: str) -> None:
+    ctx.zk.set(ctx.schema.path("node.daemon_state", ctx.node), state.encode())
+
+
+class Daemon:
+    """The worker process's parts and their life cycle."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stop = threading.Event()
+        self.reexec = False
+        self.zk = KazooClient(hosts=settings.zookeeper, timeout=settings.zk_session_timeout)
+
+    def prepare(self) -> NodeContext:
+        settings = self.settings
+        if not settings.node:
+            raise StartupError("no node name: pass --node NAME (or set PVC_NODE)")
+        try:
+            self.zk.start(timeout=15)
+        except Exception as exc:
+            raise StartupError(f"cannot reach ZooKeeper at {settings.zookeeper}: {exc}") from exc
+        version = cluster_version(self.zk)
+        if version is None:
+            raise StartupError(f"no pvc cluster at {settings.zookeeper}: run `pvc cluster init` first")
+        try:
+            schema = Schema.load(version)
+        except SchemaError as exc:
+            raise StartupError(f"this worker is too old for the cluster: {exc}") from exc
+        _register(self.zk, schema, settings)
+        try:
+            hypervisor = LibvirtHypervisor(settings.libvirt_uri)
+        except HypervisorError as exc:
+            raise StartupError(str(exc)) from exc
+        ctx = NodeContext(settings.node, settings, self.zk, schema, hypervisor)
+        install(ctx)
+        configure(settings)
+        reconcile_vms(ctx)
+        reconcile_jobs(ctx)
+        self.zk.DataWatch(schema.path("base.schema.version"), self._on_schema_version(schema.version))
+        return ctx
+
+    def _on_schema_version(self, loaded: int):
+        def watch(data: bytes | None, _stat) -> bool:
+            if data is not None and data.decode() and int(data.decode()) != loaded:
+                log.warning("cluster schema moved from %s to %s: restarting this worker to reload it",
+                            loaded, data.decode())
+                self.reexec = True
+                os.kill(os.getpid(), signal.SIGTERM)  # Celery's warm shutdown: running tasks finish first
+                return False
+            return True
+
+        return watch
+
+    def run(self) -> int:
+        ctx = self.prepare()
+        inventory = Inventory(ctx, self.stop)
+        threads = [inventory, Keepalive(ctx, inventory, self.stop), Janitor(ctx, self.stop)]
+        for thread in threads:
+            thread.start()
+        app = configure(self.settings)
+        app.conf.task_queues = worker_queues(ctx.node)
+        worker = app.Worker(hostname=worker_hostname(ctx.node), queues=[q.name for q in worker_queues(ctx.node)],
+                            pool_cls="threads", concurrency=self.settings.worker_concurrency,
+                            loglevel=self.settings.log_level, send_events=True, without_gossip=True,
+                            without_mingle=True, optimization="fair")
+        from celery.signals import worker_ready
+
+        worker_ready.connect(lambda **_: _set_state(ctx, "run"), weak=False)
+        try:
+            worker.start()
+        finally:
+            self.stop.set()
+            try:
+                _set_state(ctx, "stop")
+            finally:
+                ctx.hypervisor.close()
+                self.zk.stop()
+                self.zk.close()
+        return worker.exitcode or 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    try:
+        settings = load_settings(args.config, node=args.node, zookeeper=args.zookeeper, redis=args.redis,
+                                 libvirt_uri=args.libvirt_uri)
+    except (OSError, ValueError) as exc:
+        print(f"pvc-worker: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    logging.basicConfig(level=settings.log_level,
+                        format=f"%(asctime)s %(levelname)s [{settings.node or '?'}] %(name)s: %(message)s")
+    logging.getLogger("kazoo").setLevel(logging.WARNING)
+    daemon = Daemon(settings)
+    try:
+        status = daemon.run()
+    except StartupError as exc:
+        print(f"pvc-worker: {exc}", file=sys.stderr)
+        daemon.zk.stop()
+        return EXIT_CONFIG
+    if daemon.reexec:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "pvc_workers", *(argv if argv is not None else sys.argv[1:])])
+    return status

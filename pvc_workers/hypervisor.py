@@ -1,0 +1,105 @@
+"""The libvirt implementation of ``pvc_tasks.context.Hypervisor``: ONE connection for the worker's life.
+
+With libvirt's test driver (``test:///abs/path/node.xml``, the embedded default) the hypervisor's state lives in
+this process: it starts from the node file (CPUs, memory) each time the worker starts, so the worker's start-up
+reconciler re-defines the node's VMs from ZooKeeper. The test driver has no migration API (see
+docs/hypervisors.md). The connection is shared by the worker's threads; libvirt-python calls are thread-safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import libvirt
+
+from pvc_tasks.context import DomainFacts, HypervisorError, NodeResources
+
+__all__ = ["LibvirtHypervisor"]
+
+log = logging.getLogger(__name__)
+
+_STATES = {
+    libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "running",
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "running",  # shutting down: still running until it is off
+    libvirt.VIR_DOMAIN_SHUTOFF: "stopped",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "paused",
+}
+
+
+def _quiet(_ctx: object, _err: object) -> None:
+    """libvirt prints every error to stderr by default; ours are raised as HypervisorError instead."""
+
+
+libvirt.registerErrorHandler(_quiet, None)
+
+
+class LibvirtHypervisor:
+    """A node's hypervisor through one libvirt connection."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        try:
+            self.conn = libvirt.open(uri)
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"cannot open libvirt at {uri}: {exc}") from exc
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except libvirt.libvirtError:
+            pass
+
+    def _domain(self, name: str) -> libvirt.virDomain:
+        try:
+            return self.conn.lookupByName(name)
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"no domain {name} on {self.uri}: {exc}") from exc
+
+    def _facts(self, dom: libvirt.virDomain) -> DomainFacts:
+        state, max_kib, _mem, vcpus, _cpu = dom.info()
+        return DomainFacts(dom.name(), dom.UUIDString(), _STATES.get(state, "other"), max_kib // 1024, vcpus)
+
+    def _call(self, what: str, fn, *args):
+        try:
+            return fn(*args)
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"{what} failed: {exc.get_error_message() or exc}") from exc
+
+    def define(self, xml: str) -> DomainFacts:
+        return self._facts(self._call("define", self.conn.defineXML, xml))
+
+    def undefine(self, name: str) -> None:
+        self._call(f"undefine {name}", self._domain(name).undefine)
+
+    def start(self, name: str) -> None:
+        self._call(f"start {name}", self._domain(name).create)
+
+    def shutdown(self, name: str) -> None:
+        self._call(f"shutdown {name}", self._domain(name).shutdown)
+
+    def destroy(self, name: str) -> None:
+        self._call(f"destroy {name}", self._domain(name).destroy)
+
+    def state(self, name: str) -> str:
+        try:
+            state, _reason = self.conn.lookupByName(name).state()
+        except libvirt.libvirtError:
+            return "missing"
+        return _STATES.get(state, "other")
+
+    def domains(self) -> dict[str, DomainFacts]:
+        facts = {}
+        for dom in self._call("list domains", self.conn.listAllDomains):
+            try:
+                facts[dom.name()] = self._facts(dom)
+            except libvirt.libvirtError:
+                continue  # undefined between the listing and the read
+        return facts
+
+    def resources(self) -> NodeResources:
+        _model, memory_mib, cpus, *_ = self._call("node info", self.conn.getInfo)
+        return NodeResources(memory_total_mib=memory_mib, cpus=cpus, load=os.getloadavg()[0])

@@ -1,0 +1,84 @@
+"""Keepalive and inventory: two threads, so that a slow hypervisor never delays the keepalive.
+
+* ``Inventory`` asks the hypervisor for resources and domains every interval and keeps the latest figures.
+* ``Keepalive`` writes, every interval, the node's keepalive timestamp together with the latest inventory in ONE
+  transaction: a reader never sees a fresh keepalive beside stale resources from another moment. It touches only
+  ZooKeeper, so it keeps beating while a task or libvirt is slow.
+
+Figures (MiB / count): memory.total from libvirt; memory.allocated = memory of running VMs; memory.provisioned =
+memory of every defined VM; memory.free = total - allocated; memory.used = allocated; vcpu.allocated = vCPUs of
+running VMs; vms.total / vms.running; load = the host's 1-minute load average.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from kazoo.exceptions import KazooException
+
+from pvc_tasks.context import NodeContext
+from pvc_tasks.jobs import commit
+
+__all__ = ["Inventory", "Keepalive"]
+
+log = logging.getLogger(__name__)
+
+
+class Inventory(threading.Thread):
+    """Polls the hypervisor; ``figures`` holds the latest node key values."""
+
+    def __init__(self, ctx: NodeContext, stop: threading.Event) -> None:
+        super().__init__(name="inventory", daemon=True)
+        self.ctx, self.stop = ctx, stop
+        self.figures: dict[str, str] = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        res = self.ctx.hypervisor.resources()
+        domains = self.ctx.hypervisor.domains().values()
+        running = [d for d in domains if d.state in ("running", "paused")]
+        allocated = sum(d.memory_mib for d in running)
+        self.figures = {
+            "memory.total": str(res.memory_total_mib),
+            "memory.allocated": str(allocated),
+            "memory.used": str(allocated),
+            "memory.free": str(max(res.memory_total_mib - allocated, 0)),
+            "memory.provisioned": str(sum(d.memory_mib for d in domains)),
+            "vcpu.total": str(res.cpus),
+            "vcpu.allocated": str(sum(d.vcpus for d in running)),
+            "vms.total": str(len(domains)),
+            "vms.running": str(len(running)),
+            "load": f"{res.load:.2f}",
+        }
+
+    def run(self) -> None:
+        while not self.stop.wait(self.ctx.settings.keepalive_interval):
+            try:
+                self.refresh()
+            except Exception:
+                log.exception("inventory of %s failed", self.ctx.node)
+
+
+class Keepalive(threading.Thread):
+    """Writes the keepalive timestamp and the inventory's figures every interval."""
+
+    def __init__(self, ctx: NodeContext, inventory: Inventory, stop: threading.Event) -> None:
+        super().__init__(name="keepalive", daemon=True)
+        self.ctx, self.inventory, self.stop = ctx, inventory, stop
+
+    def beat(self) -> None:
+        schema, node = self.ctx.schema, self.ctx.node
+        values = dict(self.inventory.figures, keepalive=f"{time.time():.3f}")
+        commit(self.ctx.zk, [("set", schema.path(f"node.{k}", node), v.encode(), -1) for k, v in values.items()])
+
+    def run(self) -> None:
+        interval = self.ctx.settings.keepalive_interval
+        while True:
+            try:
+                self.beat()
+            except KazooException as exc:
+                log.warning("keepalive of %s not written: %s", self.ctx.node, exc)
+            if self.stop.wait(interval):
+                return

@@ -1,0 +1,47 @@
+"""Settings precedence and the routing table, without any server."""
+
+import pytest
+
+from pvc_tasks.config import load_settings
+from pvc_tasks.routing import RoutingError, node_queue, route_task
+
+
+def test_settings_precedence(tmp_path):
+    """Explicit beats environment beats file beats defaults; tables in the file are flattened."""
+    cfg = tmp_path / "pvc.toml"
+    cfg.write_text('zookeeper = "file:1"\nredis = "redis://file"\n[worker]\nkeepalive_interval = 2\n'
+                   '[api]\napi_tokens = ["a", "b"]\n')
+    s = load_settings(cfg, env={"PVC_REDIS": "redis://env", "PVC_NODE": "envnode"}, node="explicit")
+    assert (s.zookeeper, s.redis, s.node, s.keepalive_interval, s.api_tokens) == \
+        ("file:1", "redis://env", "explicit", 2.0, ["a", "b"])
+    assert load_settings(env={"PVC_API_TOKENS": "x, y"}).api_tokens == ["x", "y"]
+
+
+def test_unknown_or_invalid_setting_is_an_error(tmp_path):
+    """A misspelt key or a non-number is refused with its name."""
+    cfg = tmp_path / "pvc.toml"
+    cfg.write_text("keepalive_intervall = 2\n")
+    with pytest.raises(ValueError, match="keepalive_intervall"):
+        load_settings(cfg, env={})
+    with pytest.raises(ValueError, match="invalid setting"):
+        load_settings(env={"PVC_KEEPALIVE_INTERVAL": "soon"})
+
+
+def test_vm_tasks_route_to_their_node_queue():
+    """A pvc.vm.* task goes to the queue of the node named in its arguments."""
+    route = route_task("pvc.vm.start", (), {"job_id": "j", "vm": "vm1", "node": "hv2"}, {})
+    assert route["queue"].name == "node.hv2" and route["queue"].routing_key == "node.hv2"
+
+
+@pytest.mark.parametrize("name,kwargs", [("pvc.vm.start", {}), ("pvc.other.x", {"node": "hv1"}),
+                                         ("celery.chord_unlock", {})])
+def test_unroutable_tasks_raise(name, kwargs):
+    """No family or no node means an error, never a default queue."""
+    with pytest.raises(RoutingError):
+        route_task(name, (), kwargs, {})
+
+
+def test_node_names_that_would_break_a_queue_are_refused():
+    """A dot or slash in a node name would alias another queue."""
+    with pytest.raises(RoutingError):
+        node_queue("a.b")

@@ -1,0 +1,65 @@
+"""The schema data files: names map to paths, and version-to-version plans are what the files say."""
+
+import pytest
+
+from zk_schema import Schema, SchemaError, available_versions, plan
+
+
+def test_versions_are_consecutive_from_zero():
+    """Every version from 0 to the latest ships, so every cluster has an upgrade path."""
+    versions = available_versions()
+    assert versions == list(range(len(versions))) and len(versions) >= 2
+
+
+def test_key_names_map_to_paths():
+    """A key name and its instance names give one absolute path."""
+    schema = Schema.latest()
+    assert schema.path("node.keepalive", "hv1") == "/nodes/hv1/keepalive"
+    assert schema.path("node", "hv1") == "/nodes/hv1"
+    assert schema.path("base.config.maintenance") == "/config/maintenance"
+    assert schema.path("domain.meta.node_limit", "vm1") == "/domains/vm1/meta/node_limit"
+    assert schema.path("sriov_vf.used_by", "hv1", "ens1f0v3").startswith("/nodes/hv1/sriov/vf/ens1f0v3")
+
+
+@pytest.mark.parametrize("key,names", [("node.nope", ("hv1",)), ("nosection.x", ()), ("node.keepalive", ()),
+                                       ("node.keepalive", ("a/b",)), ("node.keepalive", ("",))])
+def test_bad_key_or_names_raise(key, names):
+    """An unknown key, a missing instance name or a name with a slash is an error, never a wrong path."""
+    with pytest.raises(SchemaError):
+        Schema.latest().path(key, *names)
+
+
+def test_unknown_version_is_a_clear_error():
+    """Loading a version this code does not ship names the versions it knows."""
+    with pytest.raises(SchemaError, match="known"):
+        Schema.load(999)
+
+
+def test_secret_keys_are_marked():
+    """The IPMI password is the one secret key, so the API can leave it out."""
+    assert Schema.latest().secret_keys() == {"node.ipmi.password"}
+
+
+def test_plan_0_to_1_adds_removes_and_moves():
+    """The 0->1 plan adds max_downtime, drops the console log and moves IPMI and VM meta keys."""
+    p = plan(Schema.load(0), Schema.load(1))
+    assert p.added == ["domain.meta.max_downtime"]
+    assert p.removed == ["domain.console.log"]
+    assert p.moved["domain.node_autostart"] == "domain.meta.autostart"
+    assert p.moved["node.ipmi.password"] == "node.ipmi.password"
+    assert p.moved["domain.meta.node_limit"] == "domain.meta.node_limit"
+
+
+def test_plan_refuses_skipping_versions():
+    """Upgrades go one version at a time."""
+    with pytest.raises(SchemaError):
+        plan(Schema.load(0), Schema.load(0))
+
+
+def test_create_ops_put_parents_first():
+    """An instance's creation ops list every parent before its children, with values over defaults."""
+    ops = Schema.latest().create_ops("domain", "vm1", values={"state": "defining"})
+    paths = [p for p, _ in ops]
+    assert paths[0] == "/domains/vm1"
+    assert paths.index("/domains/vm1/meta") < paths.index("/domains/vm1/meta/node_limit")
+    assert dict(ops)["/domains/vm1/state"] == b"defining"
