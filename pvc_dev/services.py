@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["Service", "free_port", "start_api", "start_flower", "start_redis", "start_worker", "start_zookeeper",
-           "wait_until"]
+__all__ = ["Service", "ServiceDied", "free_port", "start_api", "start_flower", "start_redis", "start_worker",
+           "start_zookeeper", "wait_until"]
 
 ZK_CLASSPATH = ":".join(f"/usr/share/java/{jar}" for jar in (
     "zookeeper.jar", "zookeeper-jute.jar", "slf4j-api.jar", "slf4j-log4j12.jar", "log4j-1.2.jar",
@@ -42,6 +42,8 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str, inter
             value = predicate()
             if value:
                 return value
+        except ServiceDied:
+            raise
         except Exception:  # noqa: BLE001 - not ready yet looks like an error from many clients
             pass
         if time.monotonic() > deadline:
@@ -53,6 +55,10 @@ def _bin(name: str) -> str:
     """A console script of this environment (next to the running interpreter), else from PATH."""
     local = Path(sys.executable).with_name(name)
     return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+class ServiceDied(RuntimeError):
+    """A process we started exited while we waited for it; the message carries its log's tail."""
 
 
 class Service:
@@ -80,7 +86,7 @@ class Service:
 
     def check(self) -> None:
         if not self.alive():
-            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            raise ServiceDied(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""

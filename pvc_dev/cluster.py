@@ -1,0 +1,216 @@
+"""A whole local cluster on loopback: ZooKeeper, Redis, one ``pvc-worker`` per node, ``pvc-api`` and Flower.
+
+Shared by the dev cluster (``pvc-dev up``), the test harness and the benches, so all three run the same real
+processes. Each node is described by its own libvirt test-driver file (CPUs, memory) under the work directory.
+Several clusters may share one ZooKeeper server: each gets its own chroot; each gets its own Redis.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+from kazoo.client import KazooClient
+
+from pvc_dev.services import Service, start_api, start_flower, start_redis, start_worker, start_zookeeper, wait_until
+from zk_schema import Schema, init_cluster
+
+__all__ = ["LocalCluster", "NodeSpec", "domain_xml", "node_xml"]
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    memory_mib: int = 8192
+    cpus: int = 4
+
+
+def node_xml(spec: NodeSpec) -> str:
+    """A libvirt test-driver node file: the node's CPUs and memory, no domains."""
+    return (f"<node>\n  <cpu><nodes>1</nodes><sockets>1</sockets><cores>{spec.cpus}</cores><threads>1</threads>"
+            f"<active>{spec.cpus}</active><mhz>2000</mhz><model>x86_64</model></cpu>\n"
+            f"  <memory>{spec.memory_mib * 1024}</memory>\n</node>\n")
+
+
+@dataclass
+class LocalCluster:
+    """Start with ``start()``, stop with ``stop()``; every process is stopped by its own PID."""
+
+    workdir: Path
+    nodes: list[NodeSpec]
+    zookeeper: Service | None = None  # shared server (tests); None: start our own
+    flower: bool = True
+    flower_user: str = "admin"
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    flower_password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
+    worker_env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir)
+        self.services: list[Service] = []
+        self.workers: dict[str, Service] = {}
+        self.own_zookeeper = self.zookeeper is None
+        self.chroot = f"/pvc-{uuid.uuid4().hex[:8]}"
+        self.redis: Service | None = None
+        self.api: Service | None = None
+        self.flower_service: Service | None = None
+        self._zk: KazooClient | None = None
+
+    # ---- addresses ------------------------------------------------------------------------------------------
+    @property
+    def zk_hosts(self) -> str:
+        assert self.zookeeper is not None
+        return f"{self.zookeeper.info['hosts']}{self.chroot}"
+
+    @property
+    def redis_url(self) -> str:
+        assert self.redis is not None
+        return str(self.redis.info["url"])
+
+    @property
+    def api_url(self) -> str:
+        assert self.api is not None
+        return str(self.api.info["url"])
+
+    @property
+    def flower_url(self) -> str:
+        assert self.flower_service is not None
+        return str(self.flower_service.info["url"])
+
+    def env(self) -> dict[str, str]:
+        """PVC_* settings every process of this cluster shares."""
+        return {"PVC_ZOOKEEPER": self.zk_hosts, "PVC_REDIS": self.redis_url, "PVC_API_TOKENS": self.token,
+                "PVC_CONFIG": ""}
+
+    def client_env(self) -> dict[str, str]:
+        """What the ``pvc`` CLI needs to talk to this cluster."""
+        return {"PVC_API_URL": self.api_url, "PVC_API_TOKEN": self.token}
+
+    @property
+    def zk(self) -> KazooClient:
+        """A kazoo client on this cluster's chroot, for inspection."""
+        if self._zk is None:
+            self._zk = KazooClient(hosts=self.zk_hosts, timeout=10)
+            self._zk.start(timeout=15)
+        return self._zk
+
+    @property
+    def schema(self) -> Schema:
+        from zk_schema import cluster_version
+
+        return Schema.load(cluster_version(self.zk))
+
+    # ---- life cycle -----------------------------------------------------------------------------------------
+    def start(self, *, init: bool = True) -> LocalCluster:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            if self.zookeeper is None:
+                self.zookeeper = start_zookeeper(self.workdir / "zookeeper")
+                self.services.append(self.zookeeper)
+            root = KazooClient(hosts=self.zookeeper.info["hosts"], timeout=10)
+            root.start(timeout=15)
+            root.ensure_path(self.chroot)
+            root.stop()
+            root.close()
+            self.redis = start_redis(self.workdir / "redis")
+            self.services.append(self.redis)
+            if init:
+                init_cluster(self.zk)
+            for spec in self.nodes:
+                self.start_worker(spec.name)
+            for spec in self.nodes:
+                self.wait_worker(spec.name)
+            self.api = start_api(self.env(), self.workdir / "api")
+            self.services.append(self.api)
+            if self.flower:
+                self.start_flower()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def start_flower(self) -> Service:
+        if self.flower_service is None:
+            self.flower_service = start_flower(self.redis_url, self.flower_user, self.flower_password,
+                                               self.workdir / "flower")
+            self.services.append(self.flower_service)
+        return self.flower_service
+
+    def spec(self, node: str) -> NodeSpec:
+        return next(s for s in self.nodes if s.name == node)
+
+    def start_worker(self, node: str, extra_env: dict[str, str] | None = None) -> Service:
+        xml = self.workdir / "nodes" / f"{node}.xml"
+        xml.parent.mkdir(parents=True, exist_ok=True)
+        xml.write_text(node_xml(self.spec(node)))
+        env = {**self.env(), "PVC_LIBVIRT_URI": f"test://{xml}", **self.worker_env, **(extra_env or {})}
+        worker = start_worker(node, env, self.workdir / "workers")
+        old = self.workers.get(node)
+        if old in self.services:
+            self.services.remove(old)
+        self.workers[node] = worker
+        self.services.append(worker)
+        return worker
+
+    def wait_worker(self, node: str, timeout: float = 60) -> None:
+        """Until the node's worker consumes its queue (daemon_state ``run``, written by Celery's ready signal)."""
+        worker, schema = self.workers[node], self.schema
+        path = schema.path("node.daemon_state", node)
+        wait_until(lambda: worker.check() or (self.zk.exists(schema.path("node.presence", node))
+                                              and self.zk.get(path)[0] == b"run"),
+                   timeout, f"worker {node} to run")
+
+    def stop(self) -> None:
+        """Stop every process this cluster started, newest first, each by its PID."""
+        if self._zk is not None:
+            try:
+                self._zk.stop()
+                self._zk.close()
+            except Exception:  # noqa: BLE001 - teardown must reach every process below
+                pass
+            self._zk = None
+        for service in reversed(self.services):
+            service.stop()
+        self.services.clear()
+
+    # ---- helpers for scripts and tests ----------------------------------------------------------------------
+    def session(self) -> requests.Session:
+        s = requests.Session()
+        s.headers["X-Api-Key"] = self.token
+        return s
+
+    def wait_job(self, job_id: str, timeout: float = 60) -> dict:
+        """Poll the API until the job is terminal; returns the job."""
+        s = self.session()
+
+        def done():
+            job = s.get(f"{self.api_url}/api/v1/jobs/{job_id}", timeout=10).json()
+            return job if job.get("state") in ("succeeded", "failed", "cancelled") else None
+
+        return wait_until(done, timeout, f"job {job_id} to end", interval=0.02)  # type: ignore[return-value]
+
+    def define_vm(self, name: str, memory_mib: int = 256, node: str | None = None, start: bool = False) -> dict:
+        """Define (and optionally start) a tiny test-driver VM through the API; returns the last job."""
+        s = self.session()
+        body: dict = {"xml": domain_xml(name, memory_mib)}
+        if node:
+            body["node"] = node
+        r = s.post(f"{self.api_url}/api/v1/vms", json=body, timeout=10)
+        r.raise_for_status()
+        job = self.wait_job(r.json()["id"])
+        if start and job["state"] == "succeeded":
+            r = s.post(f"{self.api_url}/api/v1/vms/{name}/state", json={"state": "start"}, timeout=10)
+            r.raise_for_status()
+            job = self.wait_job(r.json()["id"])
+        return job
+
+
+def domain_xml(name: str, memory_mib: int = 256, vcpus: int = 1) -> str:
+    """A minimal libvirt domain for the test driver."""
+    return (f"<domain type='test'><name>{name}</name><memory unit='MiB'>{memory_mib}</memory>"
+            f"<vcpu>{vcpus}</vcpu><os><type arch='x86_64'>hvm</type></os></domain>")
+
+

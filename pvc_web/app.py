@@ -1,0 +1,50 @@
+"""``create_app(settings)``: the Flask application factory of ``pvc-api``.
+
+Every route lives under ``/api/v1``; the OpenAPI 3 document is ``/api/v1/openapi.json`` and Swagger UI is
+``/api/v1/docs`` (both behind the token; a browser is asked for it through Basic auth).
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from pvc_tasks.app import configure
+from pvc_tasks.config import Settings
+from pvc_web import auth, errors
+from pvc_web.blueprint import API_PREFIX, PvcApi
+from pvc_web.cluster import ClusterHandle
+from pvc_web.routes import cluster, health, jobs, nodes, vms
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings, handle: ClusterHandle | None = None) -> Flask:
+    app = Flask("pvc_web")
+    app.config.update(
+        API_TITLE="pvc-orchestrator API",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX=API_PREFIX,
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        MAX_CONTENT_LENGTH=2 * 1024 * 1024,
+        API_SPEC_OPTIONS={
+            "info": {"description": "Jobs for VM lifecycle on a pvc cluster. Authenticate with the X-Api-Key "
+                                    "header. Mutations answer 202 with a Location of the job."},
+            "components": {"securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"}}},
+            "security": [{"ApiKey": []}],
+        },
+    )
+    configure(settings)
+    if handle is None:
+        handle = ClusterHandle(settings)
+        handle.start()
+    app.extensions["pvc"] = handle
+    app.extensions["pvc_settings"] = settings
+    auth.install(app, settings.api_tokens)
+    errors.register(app)
+    api = PvcApi(app)
+    for module in (health, cluster, nodes, vms, jobs):
+        api.register_blueprint(module.blp, url_prefix=f"{API_PREFIX}{module.PREFIX}")
+    return app

@@ -1,0 +1,63 @@
+"""``/cluster``: status, creation (``init``) and schema upgrade."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from pvc_tasks.errors import Invalid
+from pvc_tasks.jobs import JobStore
+from pvc_tasks.state import domain_records, node_records
+from pvc_web.blueprint import Blueprint, handle
+from pvc_web.schemas import ClusterInitSchema, ClusterSchema, SchemaChangeSchema
+from zk_schema import SchemaError, available_versions, init_cluster, upgrade_to_latest
+
+PREFIX = "/cluster"
+blp = Blueprint("cluster", __name__, description="Cluster status, creation and schema upgrades")
+
+
+@blp.route("")
+@blp.response(200, ClusterSchema)
+def status():
+    """Cluster configuration and counts of nodes, VMs and jobs by state."""
+    h = handle()
+    schema, zk = h.schema, h.zk
+
+    def value(key: str) -> str:
+        return zk.get(schema.path(key))[0].decode()
+
+    nodes = node_records(zk, schema)
+    return {
+        "schema_version": schema.version,
+        "latest_schema_version": available_versions()[-1],
+        "maintenance": value("base.config.maintenance") == "true",
+        "primary_node": value("base.config.primary_node"),
+        "migration_selector": value("base.config.migration_selector"),
+        "nodes": dict(Counter("alive" if n["alive"] else "absent" for n in nodes)),
+        "vms": dict(Counter(d["state"] or "unknown" for d in domain_records(zk, schema))),
+        "jobs": dict(Counter(str(j.state) for j in JobStore(zk, schema).all())),
+    }
+
+
+@blp.route("/init", methods=["POST"])
+@blp.arguments(ClusterInitSchema, required=False)
+@blp.response(200, SchemaChangeSchema)
+def init(args: dict):
+    """Create the cluster's keys (idempotent: on an existing cluster, adds only missing keys)."""
+    h = handle()
+    try:
+        schema, created = init_cluster(h.zk, args.get("version"))
+    except SchemaError as exc:
+        raise Invalid(f"version: {exc}", details={"version": [str(exc)]}) from exc
+    h.refresh()
+    return {"schema_version": schema.version, "created": created, "upgraded_through": []}
+
+
+@blp.route("/upgrade", methods=["POST"])
+@blp.response(200, SchemaChangeSchema)
+def upgrade():
+    """Upgrade the cluster's ZooKeeper layout to the newest schema, one version at a time; workers re-exec."""
+    h = handle()
+    h.schema  # noqa: B018 - 503 when no cluster exists yet
+    steps = upgrade_to_latest(h.zk)
+    schema = h.refresh()
+    return {"schema_version": schema.version, "created": [], "upgraded_through": steps}

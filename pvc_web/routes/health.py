@@ -1,0 +1,42 @@
+"""``GET /health``: the one unauthenticated endpoint; 200 when ZooKeeper and Redis answer, else 503."""
+
+from __future__ import annotations
+
+import redis
+from flask import current_app
+from kazoo.exceptions import KazooException
+
+from pvc_web.blueprint import Blueprint, handle
+from pvc_web.schemas import HealthSchema
+
+PREFIX = "/health"
+blp = Blueprint("health", __name__, description="Liveness of the API and its dependencies (no token needed)")
+
+
+def _redis_ok(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+@blp.route("")
+@blp.response(200, HealthSchema)
+@blp.alt_response(503, schema=HealthSchema, description="a dependency is down")
+@blp.doc(security=[])
+def health():
+    """Health of the API, ZooKeeper and Redis."""
+    h = handle()
+    zk_ok = h.zk.connected
+    version = None
+    if zk_ok:
+        try:
+            schema = h.refresh()
+            version = schema.version if schema else None
+        except KazooException:
+            zk_ok = False
+    redis_ok = _redis_ok(current_app.extensions["pvc_settings"].redis)
+    ok = zk_ok and redis_ok
+    body = {"status": "ok" if ok else "degraded", "zookeeper": zk_ok, "redis": redis_ok,
+            "cluster_initialised": version is not None, "schema_version": version}
+    return body, 200 if ok else 503

@@ -1,0 +1,59 @@
+"""``/vms``: list, show, define, change state, undefine. Mutations create a job and answer 202 + Location."""
+
+from __future__ import annotations
+
+from pvc_tasks.state import domain_record, domain_records
+from pvc_tasks.submit import submit_define, submit_vm_action
+from pvc_web.blueprint import Blueprint, accepted, handle
+from pvc_web.schemas import JobSchema, VmDefineSchema, VmDetailSchema, VmSchema, VmStateSchema
+from pvc_web.views import job_view, vm_view
+
+PREFIX = "/vms"
+blp = Blueprint("vms", __name__, description="Virtual machines and their lifecycle jobs")
+
+
+@blp.route("")
+@blp.response(200, VmSchema(many=True))
+def list_vms():
+    """Every VM, sorted by name."""
+    h = handle()
+    return [vm_view(r) for r in domain_records(h.zk, h.schema)]
+
+
+@blp.route("", methods=["POST"])
+@blp.arguments(VmDefineSchema)
+@blp.response(202, JobSchema, headers={"Location": {"schema": {"type": "string"}, "description": "the job"}})
+@blp.alt_response(409, description="a VM of that name exists, the node is not available, or nothing fits")
+def define_vm(args: dict):
+    """Define a VM from libvirt XML on ``node`` or on the node the selector picks."""
+    h = handle()
+    job = submit_define(h.zk, h.schema, args["xml"], args.get("node"), args.get("meta"))
+    return accepted(job_view(job))
+
+
+@blp.route("/<string:vm>")
+@blp.response(200, VmDetailSchema)
+def show_vm(vm: str):
+    """One VM with its XML (404 ``vm_not_found`` when unknown)."""
+    h = handle()
+    return vm_view(domain_record(h.zk, h.schema, vm), detail=True)
+
+
+@blp.route("/<string:vm>/state", methods=["POST"])
+@blp.arguments(VmStateSchema)
+@blp.response(202, JobSchema)
+@blp.alt_response(409, description="the VM has an active job, is in the wrong state, or its node is absent")
+def change_state(args: dict, vm: str):
+    """Start, shut down (graceful, bounded), stop (force off) or restart a VM."""
+    h = handle()
+    params = {"timeout": args["timeout"]} if "timeout" in args else {}
+    return accepted(job_view(submit_vm_action(h.zk, h.schema, vm, args["state"], params)))
+
+
+@blp.route("/<string:vm>", methods=["DELETE"])
+@blp.response(202, JobSchema)
+@blp.alt_response(409, description="the VM has an active job or is running")
+def undefine_vm(vm: str):
+    """Undefine a stopped VM (removes it from its node's libvirt and from the cluster)."""
+    h = handle()
+    return accepted(job_view(submit_vm_action(h.zk, h.schema, vm, "undefine")))

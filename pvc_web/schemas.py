@@ -1,0 +1,158 @@
+"""Marshmallow schemas of every request and response body; the OpenAPI document is generated from them."""
+
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+from pvc_tasks.defaults import JOB_LIST_LIMIT
+from pvc_tasks.jobs import JobState
+from pvc_tasks.selector import METHODS
+from pvc_tasks.submit import ACTIONS, MIGRATION_METHODS
+
+__all__ = [name for name in dir() if name.endswith("Schema")]
+
+
+class ErrorSchema(Schema):
+    """The body of every 4xx/5xx answer."""
+
+    error = fields.String(required=True, metadata={"description": "stable machine-readable code"})
+    message = fields.String(required=True, metadata={"description": "what went wrong, for a person"})
+    details = fields.Dict(metadata={"description": "offending fields (name -> problems) or context"})
+
+
+class HealthSchema(Schema):
+    status = fields.String(metadata={"description": "ok | degraded"})
+    zookeeper = fields.Boolean()
+    redis = fields.Boolean()
+    cluster_initialised = fields.Boolean()
+    schema_version = fields.Integer(allow_none=True)
+
+
+class ClusterSchema(Schema):
+    schema_version = fields.Integer()
+    latest_schema_version = fields.Integer()
+    maintenance = fields.Boolean()
+    primary_node = fields.String()
+    migration_selector = fields.String()
+    nodes = fields.Dict(keys=fields.String(), values=fields.Integer(), metadata={"description": "count by state"})
+    vms = fields.Dict(keys=fields.String(), values=fields.Integer(), metadata={"description": "count by state"})
+    jobs = fields.Dict(keys=fields.String(), values=fields.Integer(), metadata={"description": "count by state"})
+
+
+class ClusterInitSchema(Schema):
+    version = fields.Integer(validate=validate.Range(min=0), metadata={"description": "default: the newest"})
+
+
+class SchemaChangeSchema(Schema):
+    schema_version = fields.Integer()
+    created = fields.List(fields.String(), metadata={"description": "keys created with defaults"})
+    upgraded_through = fields.List(fields.Integer())
+
+
+class _Memory(Schema):
+    total = fields.Integer()
+    used = fields.Integer()
+    free = fields.Integer()
+    allocated = fields.Integer()
+    provisioned = fields.Integer()
+
+
+class _Vcpu(Schema):
+    total = fields.Integer()
+    allocated = fields.Integer()
+
+
+class _VmCounts(Schema):
+    total = fields.Integer()
+    running = fields.Integer()
+
+
+class _Ipmi(Schema):
+    hostname = fields.String()
+    username = fields.String()
+
+
+class NodeSchema(Schema):
+    name = fields.String()
+    alive = fields.Boolean(metadata={"description": "the node's worker holds its ZooKeeper presence"})
+    daemon_state = fields.String()
+    domain_state = fields.String(metadata={"description": "ready | flush | flushed | unflush"})
+    router_state = fields.String()
+    keepalive_age = fields.Float(allow_none=True, metadata={"description": "seconds since the last keepalive"})
+    schema_version = fields.String()
+    hypervisor = fields.String()
+    memory = fields.Nested(_Memory, metadata={"description": "MiB"})
+    vcpu = fields.Nested(_Vcpu)
+    load = fields.Float()
+    vms = fields.Nested(_VmCounts)
+    ipmi = fields.Nested(_Ipmi, metadata={"description": "the IPMI password is never shown"})
+    faults = fields.List(fields.String())
+
+
+class MetaSchema(Schema):
+    node_limit = fields.List(fields.String(), metadata={"description": "nodes the VM may run on (empty: any)"})
+    node_selector = fields.String(validate=validate.OneOf(("", *METHODS)),
+                                  metadata={"description": "empty: the cluster default"})
+    autostart = fields.Boolean()
+    migration_method = fields.String(validate=validate.OneOf(MIGRATION_METHODS))
+    max_downtime = fields.Integer(allow_none=True, validate=validate.Range(min=1),
+                                  metadata={"description": "ms, live migration only"})
+
+
+class VmSchema(Schema):
+    name = fields.String()
+    uuid = fields.String()
+    state = fields.String()
+    node = fields.String()
+    last_node = fields.String()
+    failed_reason = fields.String()
+    memory = fields.Integer(metadata={"description": "MiB"})
+    vcpus = fields.Integer()
+    active_job = fields.String(metadata={"description": "id of the job acting on the VM, empty when none"})
+    meta = fields.Nested(MetaSchema)
+
+
+class VmDetailSchema(VmSchema):
+    xml = fields.String()
+
+
+class VmDefineSchema(Schema):
+    xml = fields.String(required=True, validate=validate.Length(min=1, max=1_000_000),
+                        metadata={"description": "libvirt domain XML"})
+    node = fields.String(metadata={"description": "target node; default: chosen by the selector"})
+    meta = fields.Nested(MetaSchema)
+
+
+class VmStateSchema(Schema):
+    state = fields.String(required=True, validate=validate.OneOf(tuple(a for a in ACTIONS if a != "undefine")))
+    timeout = fields.Float(validate=validate.Range(min=1, max=86400),
+                           metadata={"description": "graceful shutdown bound in seconds (shutdown, restart)"})
+
+
+class JobSchema(Schema):
+    id = fields.String()
+    kind = fields.String()
+    vm = fields.String()
+    node = fields.String()
+    params = fields.Dict()
+    state = fields.String(metadata={"description": "queued | running | succeeded | failed | cancelled"})
+    phase = fields.String()
+    step = fields.Integer()
+    steps = fields.Integer()
+    percent = fields.Integer()
+    messages = fields.List(fields.Dict())
+    created = fields.Float()
+    started = fields.Float(allow_none=True)
+    finished = fields.Float(allow_none=True)
+    reason = fields.String()
+    result = fields.Dict()
+    parent = fields.String()
+    cancel_requested = fields.Boolean()
+
+
+class JobQuerySchema(Schema):
+    state = fields.String(validate=validate.OneOf([s.value for s in JobState]))
+    kind = fields.String()
+    node = fields.String()
+    vm = fields.String()
+    limit = fields.Integer(load_default=JOB_LIST_LIMIT, validate=validate.Range(min=1, max=10_000))
