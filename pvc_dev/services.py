@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -106,6 +107,16 @@ class Service:
         self.log_file.close()
 
 
+def _await(svc: Service, ready: Callable[[], object], timeout: float, what: str) -> Service:
+    """Wait until ``svc`` is ready; if it never gets there, stop it before raising so nothing is left behind."""
+    try:
+        wait_until(lambda: svc.check() or ready(), timeout, what)
+    except BaseException:
+        svc.stop()
+        raise
+    return svc
+
+
 def _zk_ok(port: int) -> bool:
     with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
         sock.sendall(b"ruok")
@@ -128,8 +139,7 @@ def start_zookeeper(workdir: Path, *, tick_ms: int = 500) -> Service:
     argv = ["java", "-Xmx256m", "-XX:+UseSerialGC", f"-Dlog4j.configuration=file:{workdir / 'log4j.properties'}",
             "-cp", ZK_CLASSPATH, "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(cfg)]
     svc = Service("zookeeper", argv, workdir / "stdout.log", port=port, hosts=f"127.0.0.1:{port}")
-    wait_until(lambda: svc.check() or _zk_ok(port), 30, "ZooKeeper to answer ruok")
-    return svc
+    return _await(svc, lambda: _zk_ok(port), 30, "ZooKeeper to answer ruok")
 
 
 def start_redis(workdir: Path) -> Service:
@@ -144,8 +154,7 @@ def start_redis(workdir: Path) -> Service:
             sock.sendall(b"PING\r\n")
             return sock.recv(16).startswith(b"+PONG")
 
-    wait_until(lambda: svc.check() or ping(), 15, "Redis to answer PING")
-    return svc
+    return _await(svc, ping, 15, "Redis to answer PING")
 
 
 def start_worker(node: str, env: dict[str, str], workdir: Path) -> Service:
@@ -160,11 +169,8 @@ def start_api(env: dict[str, str], workdir: Path) -> Service:
     port = free_port()
     svc = Service("api", [_bin("pvc-api")], workdir / "api.log",
                   env={**env, "PVC_API_LISTEN": f"127.0.0.1:{port}"}, port=port, url=f"http://127.0.0.1:{port}")
-    import urllib.request
-
-    wait_until(lambda: svc.check() or urllib.request.urlopen(f"{svc.info['url']}/api/v1/health", timeout=2),
-               30, "the API's /health")
-    return svc
+    return _await(svc, lambda: urllib.request.urlopen(f"{svc.info['url']}/api/v1/health", timeout=2), 30,
+                  "the API's /health")
 
 
 def start_flower(broker: str, user: str, password: str, workdir: Path) -> Service:
@@ -175,8 +181,5 @@ def start_flower(broker: str, user: str, password: str, workdir: Path) -> Servic
             f"--port={port}", f"--basic-auth={user}:{password}", "--persistent=False",
             f"--db={workdir / 'flower.db'}"]
     svc = Service("flower", argv, workdir / "flower.log", port=port, url=f"http://127.0.0.1:{port}")
-    import urllib.request
-
-    wait_until(lambda: svc.check() or urllib.request.urlopen(f"{svc.info['url']}/healthcheck", timeout=2),
-               30, "Flower's /healthcheck")
-    return svc
+    return _await(svc, lambda: urllib.request.urlopen(f"{svc.info['url']}/healthcheck", timeout=2), 30,
+                  "Flower's /healthcheck")

@@ -1,0 +1,52 @@
+"""``pvc cluster status|init|upgrade``."""
+
+from __future__ import annotations
+
+import click
+
+from pvc_cli.output import emit, output_option
+
+
+@click.group("cluster")
+def group() -> None:
+    """The cluster as a whole: status, creation, schema upgrades."""
+
+
+def _counts(counts: dict) -> str:
+    return ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none"
+
+
+@group.command("status")
+@output_option
+@click.pass_obj
+def status(client, output) -> None:
+    """Schema version, maintenance, and counts of nodes, VMs and jobs by state."""
+    emit(output, client().get("/cluster"), lambda c: "\n".join([
+        f"schema version: {c['schema_version']} (newest known: {c['latest_schema_version']})",
+        f"   maintenance: {'on' if c['maintenance'] else 'off'}",
+        f"  primary node: {c['primary_node'] or '-'}",
+        f"      selector: {c['migration_selector']}",
+        f"         nodes: {_counts(c['nodes'])}",
+        f"           VMs: {_counts(c['vms'])}",
+        f"          jobs: {_counts(c['jobs'])}"]))
+
+
+@group.command("init")
+@click.option("--version", type=click.IntRange(min=0), help="schema version to create (default: the newest)")
+@output_option
+@click.pass_obj
+def init(client, version, output) -> None:
+    """Create the cluster in ZooKeeper (safe to repeat: adds only missing keys)."""
+    body = {"version": version} if version is not None else {}
+    emit(output, client().post("/cluster/init", body),
+         lambda r: f"cluster at schema version {r['schema_version']}; {len(r['created'])} key(s) created")
+
+
+@group.command("upgrade")
+@output_option
+@click.pass_obj
+def upgrade(client, output) -> None:
+    """Upgrade the ZooKeeper layout to the newest schema; workers re-exec themselves to load it."""
+    emit(output, client().post("/cluster/upgrade"),
+         lambda r: f"cluster at schema version {r['schema_version']}"
+                   + (f" (upgraded through {r['upgraded_through']})" if r["upgraded_through"] else " (no change)"))

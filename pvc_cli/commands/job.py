@@ -1,0 +1,79 @@
+"""``pvc job list|show|watch|cancel``."""
+
+from __future__ import annotations
+
+import click
+
+from pvc_cli.output import age, emit, output_option, table
+from pvc_cli.wait import EXIT_FAILED, EXIT_TIMEOUT, watch
+
+STATES = ["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+@click.group("job")
+def group() -> None:
+    """Jobs: what they do, where, how far they got, and why they ended."""
+
+
+def render_job(j: dict) -> str:
+    lines = [f"{k:>10}: {v}" for k, v in (("id", j["id"]), ("kind", j["kind"]), ("vm", j["vm"]), ("node", j["node"]),
+                                           ("state", j["state"]), ("phase", f"{j['phase']} ({j['step']}/{j['steps']})"),
+                                           ("percent", f"{j['percent']}%"), ("created", age(j["created"])),
+                                           ("finished", age(j["finished"])), ("reason", j["reason"] or "-"),
+                                           ("result", j["result"] or "-"))]
+    lines += [f"{'':>10}  {m['text']}" for m in j.get("messages") or []]
+    return "\n".join(lines)
+
+
+@group.command("list")
+@click.option("--state", type=click.Choice(STATES))
+@click.option("--kind", help="e.g. start, define")
+@click.option("--node")
+@click.option("--vm")
+@click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
+@output_option
+@click.pass_obj
+def list_jobs(client, state, kind, node, vm, limit, output) -> None:
+    """Jobs, newest first."""
+    jobs = client().get("/jobs", state=state, kind=kind, node=node, vm=vm, limit=limit)
+    emit(output, jobs, lambda rows: table(rows, [
+        ("ID", lambda j: j["id"]), ("KIND", lambda j: j["kind"]), ("VM", lambda j: j["vm"]),
+        ("NODE", lambda j: j["node"]), ("STATE", lambda j: j["state"]), ("%", lambda j: j["percent"]),
+        ("CREATED", lambda j: age(j["created"])), ("REASON", lambda j: j["reason"][:60])]))
+
+
+@group.command("show")
+@click.argument("job_id")
+@output_option
+@click.pass_obj
+def show(client, job_id, output) -> None:
+    """One job with its messages."""
+    emit(output, client().get(f"/jobs/{job_id}"), render_job)
+
+
+@group.command("watch")
+@click.argument("job_id")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=600.0, show_default=True)
+@output_option
+@click.pass_obj
+def watch_job(client, job_id, timeout, output) -> None:
+    """Follow a job to its end with a progress bar; exit 0 if it succeeded."""
+    c = client()
+    job, ended = watch(c, c.get(f"/jobs/{job_id}"), timeout, quiet=output == "json")
+    emit(output, job, render_job)
+    if not ended:
+        raise SystemExit(EXIT_TIMEOUT)
+    if job["state"] != "succeeded":
+        raise SystemExit(EXIT_FAILED)
+
+
+@group.command("cancel")
+@click.argument("job_id")
+@output_option
+@click.pass_obj
+def cancel(client, job_id, output) -> None:
+    """Cancel a job (a queued job ends at once; a running one stops at its next safe point)."""
+    job = client().post(f"/jobs/{job_id}/cancel")
+    emit(output, job, lambda j: f"job {j['id']}: {j['state']}"
+         + (" (cancel requested; it stops at its next safe point)" if j["cancel_requested"] and
+            j["state"] == "running" else ""))

@@ -1,0 +1,53 @@
+"""``pvc node list|info``."""
+
+from __future__ import annotations
+
+import click
+
+from pvc_cli.output import emit, output_option, table
+
+
+@click.group("node")
+def group() -> None:
+    """Nodes: workers, states and resources."""
+
+
+def _keepalive(n: dict) -> str:
+    return "-" if n["keepalive_age"] is None else f"{n['keepalive_age']:.1f}s"
+
+
+def render_node(n: dict) -> str:
+    m = n["memory"]
+    rows = [("name", n["name"]), ("worker", "alive" if n["alive"] else "ABSENT"),
+            ("daemon state", n["daemon_state"]), ("domain state", n["domain_state"]),
+            ("keepalive age", _keepalive(n)), ("hypervisor", n["hypervisor"]),
+            ("memory MiB", f"total {m['total']}, allocated {m['allocated']}, free {m['free']}, "
+                           f"provisioned {m['provisioned']}"),
+            ("vCPUs", f"total {n['vcpu']['total']}, allocated {n['vcpu']['allocated']}"), ("load", n["load"]),
+            ("VMs", f"{n['vms']['total']} ({n['vms']['running']} running)"),
+            ("IPMI", f"{n['ipmi']['username']}@{n['ipmi']['hostname']}" if n["ipmi"]["hostname"] else "-"),
+            ("faults", "; ".join(n["faults"]) or "none")]
+    return "\n".join(f"{k:>13}: {v}" for k, v in rows)
+
+
+@group.command("list")
+@output_option
+@click.pass_obj
+def list_nodes(client, output) -> None:
+    """Every node."""
+    emit(output, client().get("/nodes"), lambda rows: table(rows, [
+        ("NODE", lambda n: n["name"]), ("WORKER", lambda n: "alive" if n["alive"] else "ABSENT"),
+        ("DAEMON", lambda n: n["daemon_state"]), ("DOMAIN", lambda n: n["domain_state"]),
+        ("VMS", lambda n: f"{n['vms']['running']}/{n['vms']['total']}"),
+        ("MEM FREE/TOTAL", lambda n: f"{n['memory']['free']}/{n['memory']['total']}"),
+        ("VCPU", lambda n: f"{n['vcpu']['allocated']}/{n['vcpu']['total']}"), ("LOAD", lambda n: n["load"]),
+        ("KEEPALIVE", _keepalive)]))
+
+
+@group.command("info")
+@click.argument("node")
+@output_option
+@click.pass_obj
+def info(client, node, output) -> None:
+    """One node in detail (never shows the IPMI password)."""
+    emit(output, client().get(f"/nodes/{node}"), render_node)

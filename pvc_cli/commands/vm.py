@@ -1,0 +1,114 @@
+"""``pvc vm list|info|define|start|shutdown|stop|restart|undefine``."""
+
+from __future__ import annotations
+
+import click
+
+from pvc_cli.output import emit, output_option, table
+from pvc_cli.wait import finish, wait_options
+
+SELECTORS = ["mem", "memprov", "load", "vcpus", "vms"]
+
+
+@click.group("vm")
+def group() -> None:
+    """Virtual machines and their lifecycle."""
+
+
+def render_vm(v: dict) -> str:
+    m = v["meta"]
+    rows = [("name", v["name"]), ("state", v["state"]), ("node", v["node"]), ("last node", v["last_node"] or "-"),
+            ("memory MiB", v["memory"]), ("vCPUs", v["vcpus"]), ("uuid", v["uuid"] or "-"),
+            ("active job", v["active_job"] or "-"), ("failed reason", v["failed_reason"] or "-"),
+            ("node limit", ",".join(m["node_limit"]) or "any"), ("selector", m["node_selector"] or "cluster default"),
+            ("autostart", m["autostart"]), ("migration", m["migration_method"])]
+    return "\n".join(f"{k:>13}: {val}" for k, val in rows)
+
+
+@group.command("list")
+@click.option("--node", help="only VMs on this node")
+@click.option("--state", help="only VMs in this state (running, stopped, ...)")
+@output_option
+@click.pass_obj
+def list_vms(client, node, state, output) -> None:
+    """Every VM."""
+    vms = [v for v in client().get("/vms") if (not node or v["node"] == node) and (not state or v["state"] == state)]
+    emit(output, vms, lambda rows: table(rows, [
+        ("VM", lambda v: v["name"]), ("STATE", lambda v: v["state"]), ("NODE", lambda v: v["node"]),
+        ("MEM", lambda v: v["memory"]), ("VCPU", lambda v: v["vcpus"]),
+        ("JOB", lambda v: v["active_job"][:8] or "-"), ("REASON", lambda v: v["failed_reason"][:50])]))
+
+
+@group.command("info")
+@click.argument("vm")
+@click.option("--xml", "show_xml", is_flag=True, help="print the libvirt XML too")
+@output_option
+@click.pass_obj
+def info(client, vm, show_xml, output) -> None:
+    """One VM in detail."""
+    emit(output, client().get(f"/vms/{vm}"), lambda v: render_vm(v) + (f"\n\n{v['xml']}" if show_xml else ""))
+
+
+@group.command("define")
+@click.argument("xml_file", type=click.File("r"))
+@click.option("--node", help="node to define it on (default: chosen by the selector)")
+@click.option("--limit", "node_limit", help="comma-separated nodes the VM may run on")
+@click.option("--selector", type=click.Choice(SELECTORS), help="node selector for this VM")
+@click.option("--autostart/--no-autostart", default=False, show_default=True)
+@click.option("--method", "migration_method", type=click.Choice(["default", "live", "shutdown"]))
+@wait_options
+@output_option
+@click.pass_obj
+def define(client, xml_file, node, node_limit, selector, autostart, migration_method, wait, timeout, output) -> None:
+    """Define a VM from a libvirt XML file ('-' for stdin)."""
+    meta: dict = {"autostart": autostart}
+    if node_limit:
+        meta["node_limit"] = [n.strip() for n in node_limit.split(",") if n.strip()]
+    if selector:
+        meta["node_selector"] = selector
+    if migration_method:
+        meta["migration_method"] = migration_method
+    body = {"xml": xml_file.read(), "meta": meta, **({"node": node} if node else {})}
+    c = client()
+    finish(c, c.post("/vms", body), wait, timeout, output)
+
+
+def _state_command(action: str, doc: str, with_timeout: bool = False):
+    @click.argument("vm")
+    @wait_options
+    @output_option
+    @click.pass_obj
+    def command(client, vm, wait, timeout, output, shutdown_timeout=None) -> None:
+        body: dict = {"state": action}
+        if shutdown_timeout:
+            body["timeout"] = shutdown_timeout
+        c = client()
+        finish(c, c.post(f"/vms/{vm}/state", body), wait, timeout, output)
+
+    command.__doc__ = doc
+    if with_timeout:
+        command = click.option("--shutdown-timeout", type=click.FloatRange(min=1),
+                               help="seconds the guest gets to shut down before the job fails "
+                                    "(default: the cluster's, 180)")(command)
+    return group.command(action)(command)
+
+
+_state_command("start", "Start a VM on its node.")
+_state_command("shutdown", "Shut a VM down gracefully (fails with a reason if the guest does not stop in time).",
+               with_timeout=True)
+_state_command("stop", "Force a VM off (like pulling the power).")
+_state_command("restart", "Shut a VM down gracefully, then start it.", with_timeout=True)
+
+
+@group.command("undefine")
+@click.argument("vm")
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+@wait_options
+@output_option
+@click.pass_obj
+def undefine(client, vm, yes, wait, timeout, output) -> None:
+    """Remove a stopped VM from its node and from the cluster."""
+    if not yes and not click.confirm(f"Undefine VM {vm}?", err=True):
+        raise click.Abort()
+    c = client()
+    finish(c, c.delete(f"/vms/{vm}"), wait, timeout, output)

@@ -1,0 +1,37 @@
+"""Printing: aligned tables and key/value blocks for people, JSON for scripts (``-o json``)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import click
+
+__all__ = ["age", "emit", "output_option", "table"]
+
+
+def output_option(fn: Callable) -> Callable:
+    return click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True,
+                        help="table for people, json for scripts")(fn)
+
+
+def table(rows: Iterable[dict], columns: list[tuple[str, Callable[[dict], Any]]]) -> str:
+    cells = [[h for h, _ in columns]] + [[str(get(r)) for _, get in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def emit(output: str, data: Any, render: Callable[[Any], str]) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True) if output == "json" else render(data))
+
+
+def age(timestamp: float | None) -> str:
+    if not timestamp:
+        return "-"
+    seconds = max(time.time() - timestamp, 0)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit} ago"
+    return f"{seconds:.0f}s ago"

@@ -1,0 +1,85 @@
+"""Waiting for a job the way an operator expects: a progress bar on stderr, the job's messages as they come,
+a bound on the wait, and an exit status that says how it ended.
+
+Exit statuses of every ``pvc`` command:
+    0  success (for a job: it succeeded)
+    1  the job failed or was cancelled (its reason is printed)
+    2  usage error (bad option or argument)
+    3  the API refused the request (e.g. 404, 409); its message is printed
+    4  timed out waiting; the job goes on (follow it with ``pvc job watch ID``)
+    5  the API is unreachable
+"""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from pvc_cli.client import Client
+from pvc_cli.output import emit
+
+__all__ = ["EXIT_API", "EXIT_FAILED", "EXIT_TIMEOUT", "EXIT_UNREACHABLE", "finish", "wait_options", "watch"]
+
+EXIT_FAILED, EXIT_API, EXIT_TIMEOUT, EXIT_UNREACHABLE = 1, 3, 4, 5
+TERMINAL = ("succeeded", "failed", "cancelled")
+POLL = 0.2
+
+
+def wait_options(fn):
+    fn = click.option("--timeout", type=click.FloatRange(min=0.1), default=600.0, show_default=True,
+                      help="seconds to wait before giving up (the job continues)")(fn)
+    return click.option("--wait/--no-wait", default=True, show_default=True,
+                        help="wait for the job to end, or print its id and return")(fn)
+
+
+def watch(client: Client, job: dict, timeout: float, quiet: bool) -> tuple[dict, bool]:
+    """Poll until the job ends or ``timeout`` s pass; returns (job, ended)."""
+    deadline = time.monotonic() + timeout
+    seen = 0
+    label = f"{job['kind']} {job['vm']}".strip()
+    with click.progressbar(length=100, label=label, file=click.get_text_stream("stderr"),
+                           show_eta=False, show_percent=True, hidden=quiet) as bar:
+        shown = 0
+        while True:
+            messages = job.get("messages") or []
+            if not quiet:
+                for message in messages[seen:]:
+                    click.echo(f"\r  {message['text']}", err=True)
+            seen = len(messages)
+            percent = int(job.get("percent") or 0)
+            if percent > shown:
+                bar.update(percent - shown)
+                shown = percent
+            if job["state"] in TERMINAL:
+                return job, True
+            if time.monotonic() >= deadline:
+                return job, False
+            time.sleep(POLL)
+            job = client.get(f"/jobs/{job['id']}")
+
+
+def _outcome(job: dict) -> str:
+    result = job.get("result") or {}
+    where = f" on {result['node']}" if result.get("node") else ""
+    state = f" (VM {result['state']})" if result.get("state") else ""
+    head = f"job {job['id']} {job['kind']} {job['vm']}: {job['state']}"
+    if job["state"] == "succeeded":
+        return head + where + state
+    return f"{head}: {job['reason'] or 'no reason recorded'}"
+
+
+def finish(client: Client, job: dict, wait: bool, timeout: float, output: str) -> None:
+    """After a mutation: print the job id (``--no-wait``) or wait and print the outcome; exit accordingly."""
+    if not wait:
+        emit(output, job, lambda j: f"job {j['id']} {j['kind']} {j['vm']}: {j['state']} "
+                                    f"(follow with `pvc job watch {j['id']}`)")
+        return
+    job, ended = watch(client, job, timeout, quiet=output == "json")
+    if not ended:
+        emit(output, job, lambda j: f"job {j['id']} still {j['state']} after {timeout:g} s "
+                                    f"(phase {j['phase']}, {j['percent']}%); follow with `pvc job watch {j['id']}`")
+        raise SystemExit(EXIT_TIMEOUT)
+    emit(output, job, _outcome)
+    if job["state"] != "succeeded":
+        raise SystemExit(EXIT_FAILED)

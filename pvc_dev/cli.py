@@ -1,0 +1,182 @@
+"""``pvc-dev up|down|status``: the dev cluster of the README's first command.
+
+``up`` starts ZooKeeper, Redis, three node workers (libvirt test driver; hv1 8 GiB, hv2 16 GiB, hv3 4 GiB), the
+API and Flower (basic auth) on loopback with free ports, creates a few VMs, prints how to reach everything, and
+stays in the foreground: Ctrl-C (or ``pvc-dev down`` from another shell) stops every process it started, by PID.
+
+Re-running is safe: a live dev cluster is reported, not duplicated; processes left by a launcher that was killed
+hard are stopped (only the PIDs recorded in the state file, and only if they still run the command we started).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+from pvc_dev.cluster import LocalCluster, NodeSpec
+
+__all__ = ["main"]
+
+DEV_NODES = [NodeSpec("hv1", 8192, 4), NodeSpec("hv2", 16384, 8), NodeSpec("hv3", 4096, 2)]
+#: (name, MiB, node, start): spread over the nodes so that `pvc node list` shows some variety.
+DEMO_VMS = [("web1", 1024, "hv1", True), ("web2", 1024, "hv2", True), ("db1", 2048, "hv2", True),
+            ("batch1", 512, "hv3", False)]
+
+
+def _state_file(workdir: Path) -> Path:
+    return workdir / "state.json"
+
+
+def _running(pid: int, argv0: str | None = None) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return argv0 is None or any(argv0.encode() in part for part in cmdline)
+
+
+def _read_state(workdir: Path) -> dict | None:
+    try:
+        return json.loads(_state_file(workdir).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _stop_recorded(state: dict) -> int:
+    """Stop the processes a previous launcher recorded; returns how many were still running."""
+    stopped = 0
+    for proc in state.get("processes", []):
+        if _running(proc["pid"], proc["argv0"]):
+            os.kill(proc["pid"], signal.SIGTERM)
+            stopped += 1
+    deadline = time.monotonic() + 15
+    for proc in state.get("processes", []):
+        while _running(proc["pid"], proc["argv0"]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _running(proc["pid"], proc["argv0"]):
+            os.kill(proc["pid"], signal.SIGKILL)
+    return stopped
+
+
+def _secret(workdir: Path, name: str, length: int) -> str:
+    """A secret kept across runs so that exported tokens keep working after a restart."""
+    path = workdir / name
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(length))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _banner(c: LocalCluster, workdir: Path) -> str:
+    cli_config = workdir / "cli.toml"
+    return f"""
+pvc dev cluster is up ({len(c.nodes)} nodes, libvirt test driver). Ctrl-C here, or `pvc-dev down`, stops it.
+
+  API       {c.api_url}/api/v1        (token: {c.token})
+  Swagger   {c.api_url}/api/v1/docs   (browser: any user name, the token as password)
+  Flower    {c.flower_url}            (user {c.flower_user}, password {c.flower_password})
+  ZooKeeper {c.zk_hosts}
+  Redis     {c.redis_url}
+  Logs      {workdir}
+
+Use the CLI (in another shell):
+  source .venv/bin/activate
+  export PVC_CLI_CONFIG={cli_config}
+  pvc node list
+  pvc vm list
+  pvc vm start batch1          # waits with a progress bar, exits 0
+  pvc vm start batch1          # again: refused (409, already running), exits 3
+  pvc vm shutdown web1
+  pvc job list
+"""
+
+
+def up(args: argparse.Namespace) -> int:
+    workdir = Path(args.workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    previous = _read_state(workdir)
+    if previous and _running(previous["launcher"], "pvc-dev"):
+        print(f"a dev cluster is already running (launcher PID {previous['launcher']}):\n{previous['banner']}")
+        return 0
+    if previous and _stop_recorded(previous):
+        print("stopped processes left over by a previous dev cluster")
+    for sub in ("zookeeper", "redis", "api", "flower", "workers", "nodes"):
+        # A fresh cluster each time: old ZooKeeper data would describe VMs the new test-driver nodes do not have.
+        shutil.rmtree(workdir / sub, ignore_errors=True)
+    cluster = LocalCluster(workdir, DEV_NODES, token=_secret(workdir, "token", 24),
+                           flower_password=_secret(workdir, "flower-password", 12))
+    print("starting ZooKeeper, Redis, 3 workers, the API and Flower ...", flush=True)
+    cluster.start()
+    try:
+        (workdir / "cli.toml").write_text(f'api_url = "{cluster.api_url}"\ntoken = "{cluster.token}"\n')
+        (workdir / "cli.toml").chmod(0o600)
+        if not args.no_vms:
+            for name, memory, node, start in DEMO_VMS:
+                job = cluster.define_vm(name, memory, node=node, start=start)
+                print(f"  VM {name}: {job['kind']} {job['state']} on {job['node']}")
+        banner = _banner(cluster, workdir)
+        _state_file(workdir).write_text(json.dumps({
+            "launcher": os.getpid(), "banner": banner,
+            "processes": [{"name": s.name, "pid": s.pid, "argv0": Path(s.argv[0]).name} for s in cluster.services]}))
+        print(banner, flush=True)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        while True:
+            for service in cluster.services:
+                if not service.alive():
+                    print(f"{service.name} exited ({service.proc.returncode}); its log: {service.log_path}")
+                    return 1
+            time.sleep(1)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        print("\nstopping the dev cluster ...", flush=True)
+        cluster.stop()
+        _state_file(workdir).unlink(missing_ok=True)
+        print("stopped.")
+
+
+def down(args: argparse.Namespace) -> int:
+    workdir = Path(args.workdir).resolve()
+    state = _read_state(workdir)
+    if not state:
+        print("no dev cluster recorded in", workdir)
+        return 0
+    if _running(state["launcher"], "pvc-dev"):
+        os.kill(state["launcher"], signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while _running(state["launcher"], "pvc-dev") and time.monotonic() < deadline:
+            time.sleep(0.1)
+    _stop_recorded(state)
+    _state_file(workdir).unlink(missing_ok=True)
+    print("dev cluster stopped")
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    state = _read_state(Path(args.workdir).resolve())
+    if not state or not _running(state["launcher"], "pvc-dev"):
+        print("no dev cluster running")
+        return 1
+    print(state["banner"])
+    for proc in state["processes"]:
+        print(f"  {proc['name']:<12} PID {proc['pid']:<8} {'running' if _running(proc['pid']) else 'EXITED'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pvc-dev", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", default=".dev-cluster", help="logs, data and state (default: .dev-cluster)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_up = sub.add_parser("up", help="start the dev cluster in the foreground")
+    p_up.add_argument("--no-vms", action="store_true", help="do not create the demo VMs")
+    sub.add_parser("down", help="stop a dev cluster started from this directory")
+    sub.add_parser("status", help="is a dev cluster running, and where")
+    args = parser.parse_args(argv)
+    return {"up": up, "down": down, "status": status}[args.command](args)
