@@ -156,12 +156,17 @@ class LocalCluster:
         return worker
 
     def wait_worker(self, node: str, timeout: float = 60) -> None:
-        """Until the node's worker consumes its queue (daemon_state ``run``, written by Celery's ready signal)."""
+        """Until THIS worker process consumes its queue: presence holds its PID (not a dead predecessor's, whose
+        session may not have expired yet) and daemon_state is ``run`` (written by Celery's ready signal)."""
         worker, schema = self.workers[node], self.schema
-        path = schema.path("node.daemon_state", node)
-        wait_until(lambda: worker.check() or (self.zk.exists(schema.path("node.presence", node))
-                                              and self.zk.get(path)[0] == b"run"),
-                   timeout, f"worker {node} to run")
+        presence, state = schema.path("node.presence", node), schema.path("node.daemon_state", node)
+
+        def ready() -> bool:
+            worker.check()
+            return (self.zk.exists(presence) is not None and self.zk.get(presence)[0] == str(worker.pid).encode()
+                    and self.zk.get(state)[0] == b"run")
+
+        wait_until(ready, timeout, f"worker {node} to run")
 
     def stop(self) -> None:
         """Stop every process this cluster started, newest first, each by its PID."""

@@ -40,8 +40,8 @@ class JobState(StrEnum):
 
 TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
-#: A transaction step: ("create", path, data) | ("set", path, data, version) | ("delete", path, version)
-#: | ("check", path, version). ``version`` -1 means unconditional.
+#: A transaction step: ("create", path, data[, "ephemeral"]) | ("set", path, data, version)
+#: | ("delete", path, version) | ("check", path, version). ``version`` -1 means unconditional.
 Op = tuple
 
 
@@ -111,7 +111,7 @@ def commit(zk: KazooClient, ops: Iterable[Op]) -> list:
     for op in ops:
         kind = op[0]
         if kind == "create":
-            tx.create(op[1], op[2])
+            tx.create(op[1], op[2], ephemeral=len(op) > 3 and op[3] == "ephemeral")
         elif kind == "set":
             tx.set_data(op[1], op[2], op[3] if len(op) > 3 else -1)
         elif kind == "delete":

