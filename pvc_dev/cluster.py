@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,7 +105,10 @@ class LocalCluster:
         return Schema.load(cluster_version(self.zk))
 
     # ---- life cycle -----------------------------------------------------------------------------------------
-    def start(self, *, init: bool = True) -> LocalCluster:
+    def start(self, *, schema_version: int | None = None,
+              seed: Callable[[KazooClient], None] | None = None) -> LocalCluster:
+        """Start everything; the cluster is created at ``schema_version`` (default newest) and ``seed`` may
+        write to ZooKeeper before the workers start (tests of upgrades and reconciliation)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
             if self.zookeeper is None:
@@ -117,8 +121,9 @@ class LocalCluster:
             root.close()
             self.redis = start_redis(self.workdir / "redis")
             self.services.append(self.redis)
-            if init:
-                init_cluster(self.zk)
+            init_cluster(self.zk, schema_version)
+            if seed:
+                seed(self.zk)
             for spec in self.nodes:
                 self.start_worker(spec.name)
             for spec in self.nodes:

@@ -73,7 +73,11 @@ def cluster_version(zk: KazooClient, schema: Schema | None = None) -> int | None
 def init_cluster(zk: KazooClient, version: int | None = None) -> tuple[Schema, list[str]]:
     """Create a cluster at ``version`` (default: latest) or, when one exists, add keys missing from its version."""
     current = cluster_version(zk)
-    schema = Schema.load(current if current is not None else (version or available_versions()[-1]))
+    if current is None:
+        current_or_new = available_versions()[-1] if version is None else version
+    else:
+        current_or_new = current
+    schema = Schema.load(current_or_new)
     if current is None:
         zk.create(schema.path("base.schema.version"), str(schema.version).encode(), makepath=True)
     created = schema.apply_defaults(zk)

@@ -1,0 +1,63 @@
+"""A populated live cluster upgraded from schema 0 to 1 keeps every value, and running workers re-exec into it."""
+
+from pvc_dev.cluster import domain_xml
+from pvc_dev.services import wait_until
+from pvc_tasks.jobs import commit
+from zk_schema import Schema, plan
+
+
+def test_upgrade_0_to_1_keeps_every_value_and_workers_reexec(make_cluster):
+    """Values move to their new paths, removed keys go, added keys get defaults; workers reload in place."""
+    v0 = Schema.load(0)
+    vms = {f"old{i}": {"xml": domain_xml(f"old{i}", 128 * (i + 1)), "node": "hv1", "state": "running",
+                       "memory": str(128 * (i + 1)), "vcpus": "1", "uuid": f"uuid-{i}", "last_node": "hv2",
+                       "meta.node_limit": "hv1,hv2", "meta.node_selector": "load", "node_autostart": "true",
+                       "meta.migration_method": "live", "console.log": f"boot log {i}"} for i in range(3)}
+
+    def seed(zk):
+        """VMs as a release on schema 0 wrote them."""
+        for name, values in vms.items():
+            commit(zk, [("create", p, d) for p, d in v0.create_ops("domain", name, values=values)])
+
+    c = make_cluster(start=False)
+    c.nodes = c.nodes[:2]
+    c.start(schema_version=0, seed=seed)
+    assert c.zk.get(Schema.load(0).path("node.schema_version", "hv1"))[0] == b"0"
+    node_values = {"ipmi.hostname": "bmc-hv2.example", "ipmi.username": "admin", "ipmi.password": "s3cret"}
+    commit(c.zk, [("set", v0.path(f"node.{k}", "hv2"), v.encode(), -1) for k, v in node_values.items()])
+    pids = {n: w.pid for n, w in c.workers.items()}
+
+    s = c.session()
+    r = s.post(f"{c.api_url}/api/v1/cluster/upgrade")
+    assert r.status_code == 200, r.text
+    assert r.json() == {"schema_version": 1, "created": [], "upgraded_through": [1]}
+
+    v1, p = Schema.load(1), plan(Schema.load(0), Schema.load(1))
+    assert v1.missing(c.zk) == []
+    for name, values in vms.items():
+        for key, value in values.items():
+            if f"domain.{key}" in p.removed:
+                assert not c.zk.exists(v0.path(f"domain.{key}", name)), key
+                continue
+            new_key = p.moved.get(f"domain.{key}", f"domain.{key}")
+            assert c.zk.get(v1.path(new_key, name))[0].decode() == value, (name, key)
+        assert c.zk.get(v1.path("domain.meta.max_downtime", name))[0].decode() == \
+            v1.keys["domain.meta.max_downtime"].default
+        assert not c.zk.exists(v0.path("domain.node_autostart", name))
+    for key, value in node_values.items():
+        assert c.zk.get(v1.path(f"node.{key}", "hv2"))[0].decode() == value
+        assert not c.zk.exists(v0.path(f"node.{key}", "hv2"))
+
+    # Each worker saw the version change and re-executed itself (same PID: execv) on the new layout.
+    for node in pids:
+        wait_until(lambda n=node: c.zk.get(v1.path("node.schema_version", n))[0] == b"1"
+                   and c.zk.get(v1.path("node.daemon_state", n))[0] == b"run", 60, f"{node} to re-exec")
+        assert c.workers[node].pid == pids[node] and c.workers[node].alive()
+        assert "restarting this worker to reload it" in c.workers[node].log_path.read_text()
+    # The API serves the new layout too: the VM shows its moved meta, and jobs still run end to end.
+    vm = s.get(f"{c.api_url}/api/v1/vms/old1").json()
+    assert vm["meta"]["autostart"] is True and vm["meta"]["node_limit"] == ["hv1", "hv2"]
+    job = s.post(f"{c.api_url}/api/v1/vms/old1/state", json={"state": "stop"}).json()
+    assert c.wait_job(job["id"])["state"] == "succeeded"
+    # Upgrading again is a no-op.
+    assert s.post(f"{c.api_url}/api/v1/cluster/upgrade").json()["upgraded_through"] == []
