@@ -33,30 +33,55 @@ def wait_options(fn):
                         help="wait for the job to end, or print its id and return")(fn)
 
 
+class Progress:
+    """A one-line bar on a terminal (redrawn in place); on a pipe or file, one line per change of phase or
+    percent, so logs of scripted runs still show how the job went."""
+
+    WIDTH = 30
+
+    def __init__(self, label: str, quiet: bool) -> None:
+        self.label, self.quiet = label, quiet
+        self.tty = click.get_text_stream("stderr").isatty()
+        self.last: tuple[str, int] | None = None
+
+    def message(self, text: str) -> None:
+        if not self.quiet:
+            click.echo(("\r\033[K" if self.tty else "") + f"  {text}", err=True)
+            self.last = None if self.tty else self.last
+
+    def update(self, phase: str, percent: int) -> None:
+        if self.quiet or (phase, percent) == self.last:
+            return
+        self.last = (phase, percent)
+        filled = self.WIDTH * percent // 100
+        line = f"{self.label} [{'#' * filled}{'-' * (self.WIDTH - filled)}] {percent:3d}% {phase}"
+        click.echo(f"\r\033[K{line}" if self.tty else line, err=True, nl=not self.tty)
+
+    def close(self) -> None:
+        if not self.quiet and self.tty:
+            click.echo("", err=True)
+
+
 def watch(client: Client, job: dict, timeout: float, quiet: bool) -> tuple[dict, bool]:
     """Poll until the job ends or ``timeout`` s pass; returns (job, ended)."""
     deadline = time.monotonic() + timeout
     seen = 0
-    label = f"{job['kind']} {job['vm']}".strip()
-    with click.progressbar(length=100, label=label, file=click.get_text_stream("stderr"),
-                           show_eta=False, show_percent=True, hidden=quiet) as bar:
-        shown = 0
+    progress = Progress(f"{job['kind']} {job['vm']}".strip(), quiet)
+    try:
         while True:
             messages = job.get("messages") or []
-            if not quiet:
-                for message in messages[seen:]:
-                    click.echo(f"\r  {message['text']}", err=True)
+            for message in messages[seen:]:
+                progress.message(message["text"])
             seen = len(messages)
-            percent = int(job.get("percent") or 0)
-            if percent > shown:
-                bar.update(percent - shown)
-                shown = percent
+            progress.update(job.get("phase") or "", int(job.get("percent") or 0))
             if job["state"] in TERMINAL:
                 return job, True
             if time.monotonic() >= deadline:
                 return job, False
             time.sleep(POLL)
             job = client.get(f"/jobs/{job['id']}")
+    finally:
+        progress.close()
 
 
 def _outcome(job: dict) -> str:

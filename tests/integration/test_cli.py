@@ -1,0 +1,122 @@
+"""The ``pvc`` CLI as an operator runs it: real processes against the module's cluster."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pvc_cli.main import cli
+from pvc_dev.cluster import domain_xml
+
+PVC = [str(Path(sys.executable).with_name("pvc"))]
+
+
+@pytest.fixture
+def pvc(cluster):
+    def run(*args: str, env: dict | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
+        full_env = {**os.environ, **cluster.client_env(), **(env or {})}
+        full_env.pop("PVC_CLI_CONFIG", None)
+        return subprocess.run(PVC + list(args), capture_output=True, text=True, env=full_env, input=stdin,
+                              timeout=60)
+
+    return run
+
+
+def walk(group, path=()):
+    for name, command in getattr(group, "commands", {}).items():
+        yield (*path, name)
+        yield from walk(command, (*path, name))
+
+
+def test_every_command_has_help():
+    """Every command and group answers --help with a description."""
+    runner = CliRunner()
+    commands = list(walk(cli))
+    assert {("vm", "start"), ("vm", "define"), ("job", "watch"), ("node", "info"), ("cluster", "init")} \
+        <= set(commands)
+    for command in commands:
+        result = runner.invoke(cli, [*command, "--help"])
+        assert result.exit_code == 0 and "Usage:" in result.output, command
+
+
+def test_start_waits_with_progress_then_conflict_exits_nonzero(cluster, pvc, vm_name):
+    """`pvc vm start` shows progress and exits 0; the same on the running VM prints the 409 and exits 3."""
+    cluster.define_vm(vm_name, node="hv2")
+    done = pvc("vm", "start", vm_name)
+    assert done.returncode == 0, done.stderr
+    assert "succeeded on hv2 (VM running)" in done.stdout
+    assert f"starting {vm_name} on hv2" in done.stderr and "100%" in done.stderr
+    again = pvc("vm", "start", vm_name)
+    assert again.returncode == 3
+    assert f"cannot start VM {vm_name}: it is running [invalid_state]" in again.stderr
+    assert "Traceback" not in again.stderr
+
+
+def test_no_wait_then_watch_and_json_output(cluster, pvc, vm_name):
+    """--no-wait returns the job at once; `job watch` follows it; -o json is parseable everywhere."""
+    cluster.define_vm(vm_name, node="hv1")
+    queued = pvc("vm", "start", vm_name, "--no-wait", "-o", "json")
+    assert queued.returncode == 0
+    job = json.loads(queued.stdout)
+    watched = pvc("job", "watch", job["id"], "-o", "json")
+    assert watched.returncode == 0 and json.loads(watched.stdout)["state"] == "succeeded"
+    for args in (("vm", "list"), ("node", "list"), ("job", "list", "--vm", vm_name), ("vm", "info", vm_name),
+                 ("node", "info", "hv1"), ("job", "show", job["id"]), ("cluster", "status")):
+        out = pvc(*args, "-o", "json")
+        assert out.returncode == 0, (args, out.stderr)
+        json.loads(out.stdout)
+    assert vm_name in pvc("vm", "list").stdout
+
+
+def test_define_rejected_by_libvirt_fails_and_leaves_nothing(cluster, pvc, tmp_path):
+    """XML libvirt refuses: the define job fails with libvirt's reason, exit 1, and the VM record is gone."""
+    xml = tmp_path / "bad.xml"
+    xml.write_text(domain_xml("badbus").replace("</os>", "</os><devices><disk type='file'><source file='/x'/>"
+                                                         "<target dev='vda' bus='nonsense'/></disk></devices>"))
+    result = pvc("vm", "define", str(xml), "--node", "hv1")
+    assert result.returncode == 1
+    assert "failed" in result.stdout and "nonsense" in result.stdout
+    assert pvc("vm", "info", "badbus").returncode == 3
+
+
+def test_define_from_stdin_with_meta(pvc, vm_name):
+    """`pvc vm define -` reads the XML from stdin and records the meta options."""
+    result = pvc("vm", "define", "-", "--limit", "hv1,hv3", "--selector", "vms", "--autostart", "-o", "json",
+                 stdin=domain_xml(vm_name))
+    assert result.returncode == 0, result.stderr
+    info = json.loads(pvc("vm", "info", vm_name, "-o", "json").stdout)
+    assert info["meta"]["node_limit"] == ["hv1", "hv3"] and info["meta"]["autostart"] is True
+    assert info["node"] in ("hv1", "hv3")
+
+
+def test_timeout_exits_4_and_the_job_goes_on(cluster, pvc, vm_name):
+    """A wait bounded by --timeout exits 4 and says how to follow the job, which still completes."""
+    cluster.define_vm(vm_name, node="hv3", start=True)
+    worker = cluster.workers["hv3"]
+    os.kill(worker.pid, signal.SIGSTOP)
+    try:
+        result = pvc("vm", "stop", vm_name, "--timeout", "0.3")
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+    assert result.returncode == 4, result.stderr
+    assert "pvc job watch" in result.stdout
+    job_id = result.stdout.split()[1]
+    assert cluster.wait_job(job_id)["state"] == "succeeded"
+
+
+def test_connection_errors_are_one_line(pvc, tmp_path):
+    """Unreachable API: exit 5; wrong token: exit 3; a config file supplies URL and token."""
+    down = pvc("vm", "list", env={"PVC_API_URL": "http://127.0.0.1:9"})
+    assert down.returncode == 5 and "cannot reach the pvc API" in down.stderr and "Traceback" not in down.stderr
+    bad = pvc("vm", "list", env={"PVC_API_TOKEN": "wrong"})
+    assert bad.returncode == 3 and "[unauthorised]" in bad.stderr
+    config = tmp_path / "cli.toml"
+    missing = pvc("--config", str(tmp_path / "nope.toml"), "vm", "list")
+    assert missing.returncode == 3 and "does not exist" in missing.stderr
+    config.write_text("api_url = 'http://127.0.0.1:9'\n")
+    assert pvc("vm", "list", env={"PVC_CLI_CONFIG": str(config), "PVC_API_URL": ""}).returncode == 5
