@@ -8,6 +8,8 @@ Several clusters may share one ZooKeeper server: each gets its own chroot; each 
 from __future__ import annotations
 
 import secrets
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,14 +21,30 @@ from kazoo.client import KazooClient
 from pvc_dev.services import Service, start_api, start_flower, start_redis, start_worker, start_zookeeper, wait_until
 from zk_schema import Schema, init_cluster
 
-__all__ = ["LocalCluster", "NodeSpec", "domain_xml", "node_xml"]
+__all__ = ["LocalCluster", "NodeSpec", "domain_xml", "node_xml", "qemu_domain_xml"]
 
 
 @dataclass(frozen=True)
 class NodeSpec:
+    """A node of a local cluster. ``hypervisor`` is ``test`` (libvirt's test driver, described by a node file
+    with ``memory_mib`` and ``cpus``) or ``qemu-embed`` (real QEMU guests through libvirt's embedded QEMU driver
+    inside the worker process; the host's real memory and CPUs apply)."""
+
     name: str
     memory_mib: int = 8192
     cpus: int = 4
+    hypervisor: str = "test"
+
+
+#: qemu.conf of an embedded QEMU node: root without a security driver, logs to files (no virtlogd), no cgroups.
+QEMU_CONF = """user = "root"
+group = "root"
+dynamic_ownership = 0
+remember_owner = 0
+security_driver = "none"
+stdio_handler = "file"
+cgroup_controllers = [ ]
+"""
 
 
 def node_xml(spec: NodeSpec) -> str:
@@ -59,6 +77,7 @@ class LocalCluster:
         self.api: Service | None = None
         self.flower_service: Service | None = None
         self._zk: KazooClient | None = None
+        self._qemu_roots: dict[str, Path] = {}
 
     # ---- addresses ------------------------------------------------------------------------------------------
     @property
@@ -147,11 +166,27 @@ class LocalCluster:
     def spec(self, node: str) -> NodeSpec:
         return next(s for s in self.nodes if s.name == node)
 
-    def start_worker(self, node: str, extra_env: dict[str, str] | None = None) -> Service:
+    def libvirt_uri(self, node: str) -> str:
+        """Write the node's hypervisor description and return its libvirt URI."""
+        spec = self.spec(node)
+        if spec.hypervisor == "qemu-embed":
+            # QEMU's monitor sockets live under the root and a unix socket path has at most 108 bytes: keep the
+            # root short, outside the (long) work directory, and remove it at stop.
+            if node not in self._qemu_roots:
+                self._qemu_roots[node] = Path(tempfile.mkdtemp(prefix=f"pvcq-{node}-"))
+            root = self._qemu_roots[node]
+            (root / "etc").mkdir(exist_ok=True)
+            (root / "etc" / "qemu.conf").write_text(QEMU_CONF)
+            return f"qemu:///embed?root={root}"
+        if spec.hypervisor != "test":
+            raise ValueError(f"unknown hypervisor {spec.hypervisor!r} for node {node}")
         xml = self.workdir / "nodes" / f"{node}.xml"
         xml.parent.mkdir(parents=True, exist_ok=True)
-        xml.write_text(node_xml(self.spec(node)))
-        env = {**self.env(), "PVC_LIBVIRT_URI": f"test://{xml}", **self.worker_env, **(extra_env or {})}
+        xml.write_text(node_xml(spec))
+        return f"test://{xml}"
+
+    def start_worker(self, node: str, extra_env: dict[str, str] | None = None) -> Service:
+        env = {**self.env(), "PVC_LIBVIRT_URI": self.libvirt_uri(node), **self.worker_env, **(extra_env or {})}
         worker = start_worker(node, env, self.workdir / "workers")
         old = self.workers.get(node)
         if old in self.services:
@@ -185,6 +220,8 @@ class LocalCluster:
         for service in reversed(self.services):
             service.stop()
         self.services.clear()
+        for root in self._qemu_roots.values():
+            shutil.rmtree(root, ignore_errors=True)
 
     # ---- helpers for scripts and tests ----------------------------------------------------------------------
     def session(self) -> requests.Session:
@@ -202,10 +239,12 @@ class LocalCluster:
 
         return wait_until(done, timeout, f"job {job_id} to end", interval=0.02)  # type: ignore[return-value]
 
-    def define_vm(self, name: str, memory_mib: int = 256, node: str | None = None, start: bool = False) -> dict:
-        """Define (and optionally start) a tiny test-driver VM through the API; returns the last job."""
+    def define_vm(self, name: str, memory_mib: int = 256, node: str | None = None, start: bool = False,
+                  xml: str | None = None) -> dict:
+        """Define (and optionally start) a VM through the API (default: a tiny test-driver VM); returns the last
+        job."""
         s = self.session()
-        body: dict = {"xml": domain_xml(name, memory_mib)}
+        body: dict = {"xml": xml or domain_xml(name, memory_mib)}
         if node:
             body["node"] = node
         r = s.post(f"{self.api_url}/api/v1/vms", json=body, timeout=10)
@@ -222,5 +261,14 @@ def domain_xml(name: str, memory_mib: int = 256, vcpus: int = 1) -> str:
     """A minimal libvirt domain for the test driver."""
     return (f"<domain type='test'><name>{name}</name><memory unit='MiB'>{memory_mib}</memory>"
             f"<vcpu>{vcpus}</vcpu><os><type arch='x86_64'>hvm</type></os></domain>")
+
+
+def qemu_domain_xml(name: str, memory_mib: int = 64) -> str:
+    """A tiny real guest: no disk, so it sits in SeaBIOS (and ignores ACPI shutdown requests). No <cpu> element:
+    ``-cpu host`` aborts QEMU under this machine's nested virtualisation (machine-recipes.md)."""
+    return (f"<domain type='kvm'><name>{name}</name><memory unit='MiB'>{memory_mib}</memory><vcpu>1</vcpu>"
+            "<os><type arch='x86_64' machine='pc'>hvm</type></os><features><acpi/></features>"
+            "<devices><emulator>/usr/bin/qemu-system-x86_64</emulator><video><model type='none'/></video>"
+            "<memballoon model='none'/></devices></domain>")
 
 

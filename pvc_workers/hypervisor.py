@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 import libvirt
 
@@ -36,12 +37,32 @@ def _quiet(_ctx: object, _err: object) -> None:
 
 libvirt.registerErrorHandler(_quiet, None)
 
+_event_loop: threading.Thread | None = None
+
+
+def _ensure_event_loop() -> None:
+    """libvirt's default event loop on a daemon thread, registered before the first connection opens: the
+    embedded QEMU driver (``qemu:///embed``) refuses to open without one, and keepalives and domain events of
+    remote connections need it."""
+    global _event_loop
+    if _event_loop is not None:
+        return
+    libvirt.virEventRegisterDefaultImpl()
+
+    def run() -> None:
+        while True:
+            libvirt.virEventRunDefaultImpl()
+
+    _event_loop = threading.Thread(target=run, name="libvirt-events", daemon=True)
+    _event_loop.start()
+
 
 class LibvirtHypervisor:
     """A node's hypervisor through one libvirt connection."""
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
+        _ensure_event_loop()
         try:
             self.conn = libvirt.open(uri)
         except libvirt.libvirtError as exc:

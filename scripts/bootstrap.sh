@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(zookeeper redis-server libvirt-dev pkg-config openipmi ipmitool libvirt-clients)
+# ZooKeeper, Redis, libvirt (headers for libvirt-python; the QEMU driver for real guests), IPMI simulator.
+APT_PACKAGES=(zookeeper redis-server libvirt-dev pkg-config openipmi ipmitool libvirt-clients
+              qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu)
 VENV=${PVC_VENV:-.venv}
 
 missing=()
@@ -18,6 +20,13 @@ if ((${#missing[@]})); then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# Debian's libvirt QEMU driver refuses to initialise unless these exist (machine-recipes.md).
+SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+getent group kvm >/dev/null || $SUDO groupadd -r kvm
+getent group libvirt-qemu >/dev/null || $SUDO groupadd -r libvirt-qemu
+getent passwd libvirt-qemu >/dev/null || $SUDO useradd -r -g libvirt-qemu -G kvm -d /var/lib/libvirt \
+    -s /usr/sbin/nologin libvirt-qemu
 
 PYTHON=${PYTHON:-python3}
 if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
