@@ -23,7 +23,8 @@ __all__ = ["EXIT_API", "EXIT_FAILED", "EXIT_TIMEOUT", "EXIT_UNREACHABLE", "finis
 
 EXIT_FAILED, EXIT_API, EXIT_TIMEOUT, EXIT_UNREACHABLE = 1, 3, 4, 5
 TERMINAL = ("succeeded", "failed", "cancelled")
-POLL = 0.2
+#: Seconds one long-poll request may wait for a change (below the client's HTTP timeout).
+LONG_POLL = 10.0
 
 
 def wait_options(fn):
@@ -76,10 +77,12 @@ def watch(client: Client, job: dict, timeout: float, quiet: bool) -> tuple[dict,
             progress.update(job.get("phase") or "", int(job.get("percent") or 0))
             if job["state"] in TERMINAL:
                 return job, True
-            if time.monotonic() >= deadline:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 return job, False
-            time.sleep(POLL)
-            job = client.get(f"/jobs/{job['id']}")
+            # Long-poll: the API answers as soon as the job changes (or after `wait` s with no change).
+            job = client.get(f"/jobs/{job['id']}", wait=round(min(LONG_POLL, remaining), 3),
+                             after=job.get("revision", -1))
     finally:
         progress.close()
 

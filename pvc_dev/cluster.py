@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -231,13 +232,17 @@ class LocalCluster:
 
     def wait_job(self, job_id: str, timeout: float = 60) -> dict:
         """Poll the API until the job is terminal; returns the job."""
-        s = self.session()
-
-        def done():
-            job = s.get(f"{self.api_url}/api/v1/jobs/{job_id}", timeout=10).json()
-            return job if job.get("state") in ("succeeded", "failed", "cancelled") else None
-
-        return wait_until(done, timeout, f"job {job_id} to end", interval=0.02)  # type: ignore[return-value]
+        s, revision = self.session(), -1
+        deadline = time.monotonic() + timeout
+        while True:
+            wait = max(0.0, min(5.0, deadline - time.monotonic()))
+            job = s.get(f"{self.api_url}/api/v1/jobs/{job_id}", params={"wait": wait, "after": revision},
+                        timeout=wait + 10).json()
+            if job.get("state") in ("succeeded", "failed", "cancelled"):
+                return job
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} still {job.get('state')} after {timeout:g} s: {job}")
+            revision = job.get("revision", revision)
 
     def define_vm(self, name: str, memory_mib: int = 256, node: str | None = None, start: bool = False,
                   xml: str | None = None) -> dict:

@@ -12,6 +12,7 @@ transaction that creates the job and cleared in the same transaction that ends i
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -157,6 +158,21 @@ class JobStore:
 
     def get(self, job_id: str) -> Job:
         return self.get_versioned(job_id)[0]
+
+    def wait_change(self, job_id: str, after: int, timeout: float) -> tuple[Job, int]:
+        """The job once its revision (znode version) is above ``after``, or as it is after ``timeout`` s.
+
+        A one-shot ZooKeeper watch wakes the caller on the next write, so a waiting client sees a change within
+        one round trip instead of a polling interval."""
+        changed = threading.Event()
+        try:
+            data, stat = self.zk.get(self.path(job_id), watch=lambda _event: changed.set())
+        except (NoNodeError, ValueError) as exc:
+            raise NotFound(f"no job {job_id}", code="job_not_found") from exc
+        job = Job.from_bytes(data)
+        if stat.version > after or job.terminal or not changed.wait(timeout):
+            return job, stat.version
+        return self.get_versioned(job_id)
 
     def all(self) -> list[Job]:
         """Every job record, read in parallel."""

@@ -6,6 +6,8 @@ Every route lives under ``/api/v1``; the OpenAPI 3 document is ``/api/v1/openapi
 
 from __future__ import annotations
 
+import threading
+
 from flask import Flask
 
 from pvc_tasks.app import configure
@@ -42,6 +44,7 @@ def create_app(settings: Settings, handle: ClusterHandle | None = None) -> Flask
         handle.start()
     app.extensions["pvc"] = handle
     app.extensions["pvc_settings"] = settings
+    app.extensions["pvc_waiters"] = threading.BoundedSemaphore(max(1, settings.api_threads // 2))
     auth.install(app, settings.api_tokens)
     errors.register(app)
     api = PvcApi(app)

@@ -148,6 +148,14 @@ class JobSchema(Schema):
     result = fields.Dict()
     parent = fields.String()
     cancel_requested = fields.Boolean()
+    revision = fields.Integer(metadata={"description": "increases on every change of the job (show only)"})
+
+
+class JobWaitSchema(Schema):
+    wait = fields.Float(load_default=0, validate=validate.Range(min=0, max=30),
+                        metadata={"description": "long-poll: answer as soon as the job's revision is above "
+                                                 "`after` or it is terminal, or after this many seconds"})
+    after = fields.Integer(load_default=-1, metadata={"description": "the revision the client already has"})
 
 
 class JobQuerySchema(Schema):

@@ -70,5 +70,8 @@ def vm_view(record: dict, *, detail: bool = False) -> dict:
     return view
 
 
-def job_view(job: Job) -> dict:
-    return asdict(job)
+def job_view(job: Job, revision: int | None = None) -> dict:
+    view = asdict(job)
+    if revision is not None:
+        view["revision"] = revision
+    return view

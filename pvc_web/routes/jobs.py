@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+
+from flask import current_app
+
 from pvc_tasks.jobs import JobStore
 from pvc_tasks.submit import cancel_job
 from pvc_web.blueprint import Blueprint, handle
-from pvc_web.schemas import JobQuerySchema, JobSchema
+from pvc_web.schemas import JobQuerySchema, JobSchema, JobWaitSchema
 from pvc_web.views import job_view
 
 PREFIX = "/jobs"
@@ -26,11 +30,22 @@ def list_jobs(query: dict):
 
 
 @blp.route("/<string:job_id>")
+@blp.arguments(JobWaitSchema, location="query")
 @blp.response(200, JobSchema)
-def show_job(job_id: str):
-    """One job (404 ``job_not_found`` when unknown)."""
+def show_job(query: dict, job_id: str):
+    """One job (404 ``job_not_found`` when unknown). With ``wait``, a long-poll for its next change.
+
+    Long-polls hold a server thread, so at most half the API's threads wait at once; beyond that the job is
+    answered at once and the client simply asks again."""
     h = handle()
-    return job_view(JobStore(h.zk, h.schema).get(job_id))
+    store = JobStore(h.zk, h.schema)
+    waiters: threading.BoundedSemaphore = current_app.extensions["pvc_waiters"]
+    if query["wait"] > 0 and waiters.acquire(blocking=False):
+        try:
+            return job_view(*store.wait_change(job_id, query["after"], query["wait"]))
+        finally:
+            waiters.release()
+    return job_view(*store.get_versioned(job_id))
 
 
 @blp.route("/<string:job_id>/cancel", methods=["POST"])
