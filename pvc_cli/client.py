@@ -15,11 +15,11 @@ from typing import Any
 
 import requests
 
-from pvc_tasks.defaults import CLI_HTTP_TIMEOUT
-
 __all__ = ["ApiError", "Client", "Unreachable", "resolve"]
 
 DEFAULT_URL = "http://127.0.0.1:7370"
+#: Seconds one HTTP request may take (a long-poll asks for at most 10 s of waiting, so this stays above it).
+CLI_HTTP_TIMEOUT = 20.0
 DEFAULT_CONFIG = Path("~/.config/pvc/cli.toml")
 
 

@@ -34,7 +34,3 @@ API_LISTEN = "127.0.0.1:7370"
 API_THREADS = 8
 #: Jobs a list request returns at most unless it asks for fewer.
 JOB_LIST_LIMIT = 200
-#: How long (s) the CLI waits for a job by default before giving up with exit code 4 (the job continues).
-CLI_TIMEOUT = 600.0
-#: HTTP timeout (s) of one CLI request.
-CLI_HTTP_TIMEOUT = 15.0
