@@ -21,8 +21,8 @@ from pvc_tasks import selector
 from pvc_tasks.errors import Conflict, Invalid, NotFound, Unavailable
 from pvc_tasks.jobs import Job, JobState, JobStore, commit
 from pvc_tasks.lifecycle import TASKS
-from pvc_tasks.state import delete_tree_ops, domain_record, node_alive, node_record, node_records
-from zk_schema import Schema
+from pvc_tasks.state import delete_tree_ops, node_alive, node_record, node_records
+from zk_schema import Schema, SchemaError
 
 __all__ = ["ACTIONS", "cancel_job", "parse_domain_xml", "submit_define", "submit_vm_action"]
 
@@ -155,11 +155,14 @@ def submit_vm_action(zk: KazooClient, schema: Schema, vm: str, action: str, para
     """Create a lifecycle job for an existing VM (one transaction with its marker) and enqueue it."""
     if action not in ACTIONS:
         raise Invalid(f"state: {action!r} is not one of {', '.join(ACTIONS)}", details={"state": [action]})
-    record = domain_record(zk, schema, vm)
+    # Only the keys this decision needs, read in parallel (one round trip); the marker with its version, which
+    # the creating transaction checks.
     marker_path = schema.path("domain.active_job", vm)
     try:
-        marker, stat = zk.get(marker_path)
-    except NoNodeError as exc:
+        pending = {key: zk.get_async(schema.path(f"domain.{key}", vm)) for key in ("state", "node")}
+        marker, stat = zk.get_async(marker_path).get()
+        record = {key: result.get()[0].decode() for key, result in pending.items()}
+    except (NoNodeError, SchemaError) as exc:
         raise NotFound(f"no VM {vm!r}", code="vm_not_found") from exc
     if marker:
         active = marker.decode()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict
 
@@ -24,6 +25,15 @@ def _float(value: str | None) -> float:
         return 0.0
 
 
+def _faults(raw: str | None) -> list[str]:
+    """``node.faults`` holds a JSON list of strings."""
+    try:
+        faults = json.loads(raw or "[]")
+    except ValueError:
+        return [raw] if raw else []
+    return [str(f) for f in faults] if isinstance(faults, list) else [str(faults)]
+
+
 def node_view(record: dict) -> dict:
     keepalive = _float(record.get("keepalive"))
     return {
@@ -41,7 +51,7 @@ def node_view(record: dict) -> dict:
         "load": _float(record.get("load")),
         "vms": {k: _int(record.get(f"vms.{k}")) for k in ("total", "running")},
         "ipmi": {"hostname": record.get("ipmi.hostname") or "", "username": record.get("ipmi.username") or ""},
-        "faults": [f for f in (record.get("faults") or "").split("\n") if f],
+        "faults": _faults(record.get("faults")),
     }
 
 

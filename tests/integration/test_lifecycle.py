@@ -43,4 +43,5 @@ def test_node_list_shows_resources_from_libvirt(api):
     assert nodes["hv1"]["memory"]["total"] == 4096 and nodes["hv3"]["memory"]["total"] == 2048
     assert all(n["alive"] and n["daemon_state"] == "run" for n in nodes.values())
     assert all(n["keepalive_age"] is not None and n["keepalive_age"] < 10 for n in nodes.values())
+    assert all(n["faults"] == [] for n in nodes.values())
     assert "password" not in str(nodes)
