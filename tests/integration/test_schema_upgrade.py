@@ -19,12 +19,14 @@ def test_upgrade_0_to_1_keeps_every_value_and_workers_reexec(make_cluster):
         for name, values in vms.items():
             commit(zk, [("create", p, d) for p, d in v0.create_ops("domain", name, values=values)])
 
-    c = make_cluster(start=False)
+    node_values = {"ipmi.hostname": "bmc-hv2.example", "ipmi.username": "admin", "ipmi.password": "s3cret"}
+    c = make_cluster(start=False, worker_env={f"PVC_{k.replace('.', '_').upper()}": v
+                                              for k, v in node_values.items()})
     c.nodes = c.nodes[:2]
     c.start(schema_version=0, seed=seed)
     assert c.zk.get(Schema.load(0).path("node.schema_version", "hv1"))[0] == b"0"
-    node_values = {"ipmi.hostname": "bmc-hv2.example", "ipmi.username": "admin", "ipmi.password": "s3cret"}
-    commit(c.zk, [("set", v0.path(f"node.{k}", "hv2"), v.encode(), -1) for k, v in node_values.items()])
+    for key, value in node_values.items():  # the workers registered their IPMI settings at the v0 paths
+        assert c.zk.get(v0.path(f"node.{key}", "hv2"))[0].decode() == value
     pids = {n: w.pid for n, w in c.workers.items()}
 
     s = c.session()
@@ -55,6 +57,9 @@ def test_upgrade_0_to_1_keeps_every_value_and_workers_reexec(make_cluster):
         assert c.workers[node].pid == pids[node] and c.workers[node].alive()
         assert "restarting this worker to reload it" in c.workers[node].log_path.read_text()
     # The API serves the new layout too: the VM shows its moved meta, and jobs still run end to end.
+    node = s.get(f"{c.api_url}/api/v1/nodes/hv2").text
+    assert "bmc-hv2.example" in node and "s3cret" not in node  # the IPMI password never leaves ZooKeeper
+    assert "s3cret" not in c.workers["hv2"].log_path.read_text()
     vm = s.get(f"{c.api_url}/api/v1/vms/old1").json()
     assert vm["meta"]["autostart"] is True and vm["meta"]["node_limit"] == ["hv1", "hv2"]
     job = s.post(f"{c.api_url}/api/v1/vms/old1/state", json={"state": "stop"}).json()
