@@ -35,6 +35,9 @@ class Settings:
     queue_timeout: float = defaults.QUEUE_TIMEOUT
     job_retention: float = defaults.JOB_RETENTION
     shutdown_timeout: float = defaults.SHUTDOWN_TIMEOUT
+    migration_timeout: float = defaults.MIGRATION_TIMEOUT
+    #: Where QEMU sends live-migration data (e.g. ``tcp://10.0.0.1``); empty: libvirt uses the peer's hostname.
+    migration_uri: str = ""
     ipmi_hostname: str = ""
     ipmi_username: str = ""
     ipmi_password: str = field(default="", repr=False)

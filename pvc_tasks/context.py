@@ -6,6 +6,7 @@ protocol below, and the worker installs an implementation (libvirt) with ``insta
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -15,7 +16,8 @@ from pvc_tasks.config import Settings
 from pvc_tasks.jobs import JobStore
 from zk_schema import Schema
 
-__all__ = ["DomainFacts", "Hypervisor", "HypervisorError", "NodeContext", "NodeResources", "current", "install"]
+__all__ = ["DomainFacts", "Hypervisor", "HypervisorError", "MigrationAborted", "NodeContext", "NodeResources",
+           "current", "install"]
 
 
 class HypervisorError(Exception):
@@ -40,10 +42,21 @@ class NodeResources:
     load: float
 
 
+class MigrationAborted(HypervisorError):
+    """A live migration was aborted (cancel or convergence timeout); the VM still runs on the source."""
+
+
 class Hypervisor(Protocol):
     """The operations a node's tasks need from its hypervisor; every call is bounded by the hypervisor."""
 
     uri: str
+    #: True when the hypervisor can live-migrate to a peer (libvirt's test driver and embedded QEMU cannot).
+    live_migration: bool
+
+    def migrate_live(self, name: str, peer_uri: str, *, max_downtime_ms: int, timeout: float,
+                     progress: Callable[[float], None], cancelled: Callable[[], bool]) -> None:
+        """Live-migrate to ``peer_uri``; ``progress`` gets 0..1, ``cancelled`` is polled. Raises
+        ``MigrationAborted`` when cancelled or not converged within ``timeout`` s (the VM stays here)."""
 
     def define(self, xml: str) -> DomainFacts: ...
 
@@ -73,6 +86,9 @@ class NodeContext:
     zk: KazooClient
     schema: Schema
     hypervisor: Hypervisor
+    #: Refreshes and returns this node's resource figures (node key name -> value), written with every job's
+    #: terminal transaction so placement never reads figures that lag behind a change the job made.
+    inventory: Callable[[], dict[str, str]] | None = None
 
     @property
     def jobs(self) -> JobStore:

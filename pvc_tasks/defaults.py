@@ -28,6 +28,10 @@ QUEUE_TIMEOUT = 3600.0
 JOB_RETENTION = 7 * 24 * 3600.0
 #: Graceful shutdown bound (s) before a shutdown job fails with a reason; PVC's default is 180 s.
 SHUTDOWN_TIMEOUT = 180.0
+#: Bound (s) of a live migration that has not converged: it is aborted and the VM keeps running on its source.
+MIGRATION_TIMEOUT = 300.0
+#: Live-migration max downtime (ms) when a VM's meta does not set one (PVC's default is 300 ms).
+MAX_DOWNTIME_MS = 300
 #: API listen address and port.
 API_LISTEN = "127.0.0.1:7370"
 #: Waitress threads serving the API.

@@ -68,6 +68,8 @@ class Job:
     result: dict = field(default_factory=dict)
     parent: str = ""
     cancel_requested: bool = False
+    #: Multi-step jobs (migration): the step whose task may act next; a task for another step is stale.
+    stage: str = ""
 
     @classmethod
     def new(cls, kind: str, vm: str, node: str, params: dict | None = None, parent: str = "") -> Job:

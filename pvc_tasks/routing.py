@@ -8,6 +8,9 @@ Queues
 Families (task name prefix -> queue, and why)
     ``pvc.vm.*``     ``node.<node>`` where ``node`` is the task's ``node`` keyword argument, the node that holds
                      the VM's libvirt domain: a lifecycle step must run against that node's hypervisor.
+    ``pvc.migrate.*`` ``node.<node>``, the node that owns what the step touches: ``prepare``, ``finish`` and
+                     ``abort_target`` on the TARGET (its libvirt, its reservation), ``perform``, ``cleanup`` and
+                     ``abort_source`` on the SOURCE (see pvc_tasks.migration). The sender names the node.
 
 Callers never pass a queue: they call a task with its keyword arguments and the router below picks the queue
 from the task's family. A task name outside every family is an error, never a silent default queue.
@@ -33,6 +36,7 @@ CLUSTER_QUEUE = Queue("cluster", _EXCHANGE, routing_key="cluster")
 #: Task name prefix -> (keyword argument naming the node, why the task runs there).
 FAMILIES: dict[str, tuple[str, str]] = {
     "pvc.vm.": ("node", "a VM lifecycle step acts on the libvirt domain, which lives on the VM's node"),
+    "pvc.migrate.": ("node", "each migration step acts on the hypervisor of the node that owns its resource"),
 }
 
 

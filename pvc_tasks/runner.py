@@ -24,7 +24,8 @@ from pvc_tasks.context import NodeContext, current
 from pvc_tasks.jobs import Job, JobState, Op
 from pvc_tasks.state import delete_tree_ops
 
-__all__ = ["JobCancelled", "JobFailed", "JobRun", "fail_orphan", "job_task"]
+__all__ = ["ORPHAN_HANDLERS", "JobCancelled", "JobFailed", "JobRun", "fail_orphan", "handle_orphan", "hop", "job_task",
+           "node_figure_ops", "step_task"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,10 @@ class JobRun:
         if target > job.percent:
             self.job = self.ctx.jobs.update(job.id, lambda j: _raise_percent(j, target))
 
+    def note_only(self, text: str) -> None:
+        """Add a message to the job without changing its phase."""
+        self.job = self.ctx.jobs.update(self.job.id, lambda j: (j.note(text), True)[1])
+
     def cancel_point(self) -> None:
         self.job = self.ctx.jobs.get(self.job.id)
         if self.job.cancel_requested:
@@ -112,19 +117,27 @@ def _claim(ctx: NodeContext, job_id: str) -> Job | None:
     return job if claimed else None
 
 
+def node_figure_ops(ctx: NodeContext) -> list[Op]:
+    """Ops writing this node's fresh resource figures (empty outside a worker with an inventory)."""
+    if ctx.inventory is None:
+        return []
+    return [("set", ctx.schema.path(f"node.{k}", ctx.node), v.encode(), -1) for k, v in ctx.inventory().items()]
+
+
 def _outcome_ops(run: JobRun, outcome: JobState, reason: str) -> list[Op]:
     ctx, schema, vm = run.ctx, run.ctx.schema, run.vm
     root = schema.path("domain", vm)
     if ctx.zk.exists(root) is None:
-        return []
+        return node_figure_ops(ctx)
     if outcome in run.remove_vm_when:
-        return delete_tree_ops(ctx.zk, root)
+        return delete_tree_ops(ctx.zk, root) + node_figure_ops(ctx)
     values = dict(run.on_success) if outcome == JobState.SUCCEEDED else {}
     observed = run.hv.state(vm)
     if observed != "missing":
         values["state"] = observed
     values["failed_reason"] = reason if outcome == JobState.FAILED else ""
-    return [("set", schema.path(f"domain.{key}", vm), value.encode(), -1) for key, value in values.items()]
+    return ([("set", schema.path(f"domain.{key}", vm), value.encode(), -1) for key, value in values.items()]
+            + node_figure_ops(ctx))
 
 
 def _finish(run: JobRun, outcome: JobState, reason: str = "", result: dict | None = None) -> Job:
@@ -167,6 +180,19 @@ def job_task(name: str) -> Callable:
     return decorate
 
 
+#: Job kind -> how to end or roll back a job whose current step cannot run (its node died or restarted, or its
+#: message was lost). Families with rollback steps register here; others end ``failed`` through ``fail_orphan``.
+ORPHAN_HANDLERS: dict[str, Callable] = {}
+
+
+def handle_orphan(store, job: Job, reason: str) -> None:
+    handler = ORPHAN_HANDLERS.get(job.kind)
+    if handler is not None:
+        handler(store, job, reason)
+    else:
+        fail_orphan(store, job.id, reason)
+
+
 def fail_orphan(store, job_id: str, reason: str) -> Job:
     """End a job whose task can no longer end it (its worker died, its message was lost), from any process.
 
@@ -179,3 +205,76 @@ def fail_orphan(store, job_id: str, reason: str) -> Job:
                             ops=lambda _j: delete_tree_ops(store.zk, root) if store.zk.exists(root) else [],
                             release=False)
     return store.finish(job_id, JobState.FAILED, reason)
+
+
+def hop(run: JobRun, task_name: str, node: str, ops: list[Op] | None = None, message: str | None = None,
+        params: dict | None = None) -> None:
+    """Hand a multi-step job to its next task on ``node``'s queue.
+
+    The job's ``stage`` (the task that may act next) and ``node`` (whose queue holds it) are written, with ``ops``
+    (and ``params`` merged into the job's), in one transaction BEFORE the message is sent, so a stale or duplicated
+    message finds a stage that is not its own and does nothing. No task ever waits for another: each hands over."""
+
+    def mutate(job: Job) -> bool:
+        if job.terminal:
+            raise JobFailed(f"job ended meanwhile ({job.state})")
+        job.stage, job.node = task_name, node
+        job.params.update(params or {})
+        if message:
+            job.note(message)
+        return True
+
+    run.job = run.ctx.jobs.update(run.job.id, mutate, (lambda _j: list(ops)) if ops else None)
+    app.send_task(task_name, kwargs={"job_id": run.job.id, "vm": run.vm, "node": node})
+
+
+def step_task(name: str, *, claims: bool = False,
+              on_error: Callable[[JobRun, JobState, str], None] | None = None) -> Callable:
+    """Declare one step of a multi-step job: a Celery task ``name`` whose body is ``fn(run)``.
+
+    The step acts only if the job is not terminal and its ``stage`` names this task on this node (else the message
+    is stale: ignored). ``claims``: the first step, which also moves the job ``queued -> running``. An exception
+    calls ``on_error(run, outcome, reason)`` (cancelled on ``JobCancelled``, failed otherwise), which starts the
+    family's rollback."""
+
+    def decorate(fn: Callable) -> Callable:
+        @app.task(name=name)
+        @functools.wraps(fn)
+        def task(job_id: str, vm: str, node: str) -> dict:
+            ctx = current()
+            job = ctx.jobs.get(job_id)
+            if node != ctx.node or job.terminal or job.stage != name or job.node != node:
+                log.info("stale %s message for job %s (stage %s on %s); ignored", name, job_id, job.stage, job.node)
+                return {"job": job_id, "state": "skipped"}
+            if claims:
+                job = _claim(ctx, job_id)
+                if job is None:
+                    return {"job": job_id, "state": "skipped"}
+            run = JobRun(ctx, job)
+            try:
+                if run.job.cancel_requested:
+                    raise JobCancelled(f"cancelled by request before {name}")
+                fn(run)
+            except JobCancelled as exc:
+                _step_error(run, on_error, JobState.CANCELLED, str(exc))
+            except JobFailed as exc:
+                _step_error(run, on_error, JobState.FAILED, str(exc))
+            except Exception as exc:  # every job must end with a reason, whatever went wrong
+                log.exception("job %s step %s crashed", job_id, name)
+                _step_error(run, on_error, JobState.FAILED, f"internal error in {name}: {exc}")
+            return {"job": job_id, "stage": run.job.stage, "state": str(run.job.state)}
+
+        return task
+
+    return decorate
+
+
+def _step_error(run: JobRun, on_error: Callable | None, outcome: JobState, reason: str) -> None:
+    if on_error is None:
+        run.job = run.ctx.jobs.finish(run.job.id, outcome, reason)
+        return
+    try:
+        on_error(run, outcome, reason)
+    except Exception:  # the rollback itself failed: end the job, loudly, rather than leave it open
+        log.exception("rollback of job %s failed", run.job.id)
+        run.job = run.ctx.jobs.finish(run.job.id, JobState.FAILED, f"{reason}; rollback failed, see the worker log")

@@ -2,11 +2,14 @@
 
 Methods (the VM's ``node_selector`` meta, else the cluster's ``migration_selector``):
 
-    mem      most free memory (total - allocated to running VMs - reserved in flight)
-    memprov  most memory not provisioned to VMs, running or not
+    mem      most free memory (total - allocated to running VMs - reserved by in-flight migrations)
+    memprov  most memory not provisioned to VMs, running or not (reservations count as provisioned)
     load     lowest load average
-    vcpus    fewest allocated vCPUs
-    vms      fewest VMs
+    vcpus    fewest allocated vCPUs (reservations count)
+    vms      fewest VMs (each reservation counts as one)
+
+Reservations (``node.reserved``, a JSON object job id -> {"memory", "vcpus"}) are VMs on their way to the node;
+counting them is what keeps two parallel placements from both picking the node with the last free room.
 
 Candidates are alive, in domain state ``ready``, inside the VM's ``node_limit`` (when set), not excluded (the
 source of a migration), and the VM must fit in free memory. Ties go to the node whose name sorts first, so the
@@ -15,9 +18,10 @@ choice is deterministic.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
-__all__ = ["METHODS", "candidates", "select"]
+__all__ = ["METHODS", "candidates", "free_memory", "select"]
 
 METHODS = ("mem", "memprov", "load", "vcpus", "vms")
 
@@ -29,17 +33,29 @@ def _num(record: dict, key: str) -> float:
         return 0.0
 
 
-def _free(record: dict) -> float:
-    return _num(record, "memory.total") - _num(record, "memory.allocated")
+def _reserved(record: dict) -> tuple[float, float, int]:
+    """(memory MiB, vCPUs, count) reserved on the node by in-flight jobs."""
+    try:
+        entries = json.loads(record.get("reserved") or "{}")
+    except ValueError:
+        entries = {}
+    values = [e for e in entries.values() if isinstance(e, dict)]
+    return (sum(float(e.get("memory", 0)) for e in values), sum(float(e.get("vcpus", 0)) for e in values),
+            len(values))
+
+
+def free_memory(record: dict) -> float:
+    """MiB a new VM may use on the node: total - allocated - reserved."""
+    return _num(record, "memory.total") - _num(record, "memory.allocated") - _reserved(record)[0]
 
 
 _SCORES = {
     # Higher is better for every score, so one max() serves all methods.
-    "mem": _free,
-    "memprov": lambda r: _num(r, "memory.total") - _num(r, "memory.provisioned"),
+    "mem": free_memory,
+    "memprov": lambda r: _num(r, "memory.total") - _num(r, "memory.provisioned") - _reserved(r)[0],
     "load": lambda r: -_num(r, "load"),
-    "vcpus": lambda r: -_num(r, "vcpu.allocated"),
-    "vms": lambda r: -_num(r, "vms.total"),
+    "vcpus": lambda r: -(_num(r, "vcpu.allocated") + _reserved(r)[1]),
+    "vms": lambda r: -(_num(r, "vms.total") + _reserved(r)[2]),
 }
 
 
@@ -50,7 +66,7 @@ def candidates(nodes: Iterable[dict], memory_mib: int, node_limit: Iterable[str]
     return [n for n in nodes
             if n.get("alive") and n.get("domain_state") == "ready"
             and (not limit or n["name"] in limit) and n["name"] not in excluded
-            and _free(n) >= memory_mib]
+            and free_memory(n) >= memory_mib]
 
 
 def select(nodes: Iterable[dict], method: str, memory_mib: int, node_limit: Iterable[str] = (),

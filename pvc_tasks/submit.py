@@ -17,14 +17,14 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 from kombu.exceptions import OperationalError
 
-from pvc_tasks import selector
+from pvc_tasks import placement, selector
 from pvc_tasks.errors import Conflict, Invalid, NotFound, Unavailable
 from pvc_tasks.jobs import Job, JobState, JobStore, commit
 from pvc_tasks.lifecycle import TASKS
 from pvc_tasks.state import delete_tree_ops, node_alive, node_record, node_records
 from zk_schema import Schema, SchemaError
 
-__all__ = ["ACTIONS", "cancel_job", "parse_domain_xml", "submit_define", "submit_vm_action"]
+__all__ = ["ACTIONS", "cancel_job", "meta_values", "parse_domain_xml", "set_meta", "submit_define", "submit_vm_action"]
 
 log = logging.getLogger(__name__)
 
@@ -69,26 +69,46 @@ def parse_domain_xml(xml: str) -> tuple[str, int, int]:
     return name, memory_mib, vcpus
 
 
-def _check_meta(zk: KazooClient, schema: Schema, meta: dict) -> dict[str, str]:
+def meta_values(zk: KazooClient, schema: Schema, meta: dict, *, partial: bool = False) -> dict[str, str]:
+    """VM meta as ``domain.meta.*`` key values, validated: unknown nodes, selectors and methods are ``Invalid``.
+    ``partial``: only the keys given (a meta update); else every key, with defaults (a define)."""
     values: dict[str, str] = {}
-    known_nodes = set(zk.get_children(schema.path("base.node")))
-    limit = meta.get("node_limit") or []
-    unknown = sorted(set(limit) - known_nodes)
-    if unknown:
-        raise Invalid(f"node_limit: unknown node(s) {', '.join(unknown)}", details={"node_limit": unknown})
-    values["meta.node_limit"] = ",".join(limit)
-    sel = meta.get("node_selector") or ""
-    if sel and sel not in selector.METHODS:
-        raise Invalid(f"node_selector: {sel!r} is not one of {', '.join(selector.METHODS)}",
-                      details={"node_selector": [sel]})
-    values["meta.node_selector"] = sel
-    method = meta.get("migration_method") or "default"
-    if method not in MIGRATION_METHODS:
-        raise Invalid(f"migration_method: {method!r} is not one of {', '.join(MIGRATION_METHODS)}",
-                      details={"migration_method": [method]})
-    values["meta.migration_method"] = method
-    values["meta.autostart"] = "true" if meta.get("autostart") else "false"
+    if "node_limit" in meta or not partial:
+        limit = meta.get("node_limit") or []
+        unknown = sorted(set(limit) - set(zk.get_children(schema.path("base.node"))))
+        if unknown:
+            raise Invalid(f"node_limit: unknown node(s) {', '.join(unknown)}", details={"node_limit": unknown})
+        values["meta.node_limit"] = ",".join(limit)
+    if "node_selector" in meta or not partial:
+        sel = meta.get("node_selector") or ""
+        if sel and sel not in selector.METHODS:
+            raise Invalid(f"node_selector: {sel!r} is not one of {', '.join(selector.METHODS)}",
+                          details={"node_selector": [sel]})
+        values["meta.node_selector"] = sel
+    if "migration_method" in meta or not partial:
+        method = meta.get("migration_method") or "default"
+        if method not in MIGRATION_METHODS:
+            raise Invalid(f"migration_method: {method!r} is not one of {', '.join(MIGRATION_METHODS)}",
+                          details={"migration_method": [method]})
+        values["meta.migration_method"] = method
+    if "autostart" in meta or not partial:
+        values["meta.autostart"] = "true" if meta.get("autostart") else "false"
+    if meta.get("max_downtime") is not None:
+        values["meta.max_downtime"] = str(int(meta["max_downtime"]))
     return values
+
+
+def set_meta(zk: KazooClient, schema: Schema, vm: str, meta: dict) -> None:
+    """Change some of a VM's meta in one transaction (validated first; nothing written on a bad value)."""
+    if zk.exists(schema.path("domain", vm)) is None:
+        raise NotFound(f"no VM {vm!r}", code="vm_not_found")
+    values = meta_values(zk, schema, meta, partial=True)
+    if not values:
+        raise Invalid("meta: nothing to change", details={"meta": ["give at least one field"]})
+    try:
+        commit(zk, [("set", schema.path(f"domain.{k}", vm), v.encode(), -1) for k, v in values.items()])
+    except NoNodeError as exc:
+        raise NotFound(f"no VM {vm!r}", code="vm_not_found") from exc
 
 
 def _require_ready(zk: KazooClient, schema: Schema, node: str) -> None:
@@ -130,7 +150,7 @@ def submit_define(zk: KazooClient, schema: Schema, xml: str, node: str | None = 
     """Create VM + define job in one transaction and enqueue it on the chosen node."""
     meta = meta or {}
     name, memory_mib, vcpus = parse_domain_xml(xml)
-    values = _check_meta(zk, schema, meta)
+    values = meta_values(zk, schema, meta)
     if zk.exists(schema.path("domain", name)) is not None:
         raise Conflict(f"a VM named {name} already exists", code="vm_exists", details={"vm": name})
     if node:
@@ -203,6 +223,8 @@ def cancel_job(zk: KazooClient, schema: Schema, job_id: str) -> Job:
 
     def extra(job: Job) -> list:
         ops = store.release_ops(job) if job.state == JobState.CANCELLED else []
+        if job.state == JobState.CANCELLED and job.params.get("reserved_on"):  # a migration's reservation
+            ops += placement.release_op(zk, schema, job.params["reserved_on"], job.id)
         if job.kind == "define" and job.state == JobState.CANCELLED:
             ops = delete_tree_ops(zk, schema.path("domain", job.vm))
         return ops

@@ -129,6 +129,15 @@ class VmStateSchema(Schema):
                            metadata={"description": "graceful shutdown bound in seconds (shutdown, restart)"})
 
 
+class MigrateSchema(Schema):
+    target = fields.String(metadata={"description": "target node; default: the VM's selector, else the cluster's"})
+    method = fields.String(validate=validate.OneOf(("default", "live", "shutdown")),
+                           metadata={"description": "default: the VM's migration_method"})
+    force_live = fields.Boolean(load_default=False, metadata={"description": "same as method=live"})
+    timeout = fields.Float(validate=validate.Range(min=1, max=86400),
+                           metadata={"description": "graceful shutdown bound (s) for shutdown migrations"})
+
+
 class JobSchema(Schema):
     id = fields.String()
     kind = fields.String()

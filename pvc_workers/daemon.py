@@ -122,7 +122,7 @@ class Daemon:
             raise StartupError(f"this worker is too old for the cluster: {exc}") from exc
         _register(self.zk, schema, settings)
         try:
-            hypervisor = LibvirtHypervisor(settings.libvirt_uri)
+            hypervisor = LibvirtHypervisor(settings.libvirt_uri, settings.migration_uri)
         except HypervisorError as exc:
             raise StartupError(str(exc)) from exc
         ctx = NodeContext(settings.node, settings, self.zk, schema, hypervisor)
@@ -148,6 +148,7 @@ class Daemon:
     def run(self) -> int:
         ctx = self.prepare()
         inventory = Inventory(ctx, self.stop)
+        ctx.inventory = inventory.refresh
         threads = [inventory, Keepalive(ctx, inventory, self.stop), Janitor(ctx, self.stop)]
         for thread in threads:
             thread.start()

@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
+from collections.abc import Callable
 
 import libvirt
 
-from pvc_tasks.context import DomainFacts, HypervisorError, NodeResources
+from pvc_tasks.context import DomainFacts, HypervisorError, MigrationAborted, NodeResources
 
 __all__ = ["LibvirtHypervisor"]
 
@@ -60,8 +62,12 @@ def _ensure_event_loop() -> None:
 class LibvirtHypervisor:
     """A node's hypervisor through one libvirt connection."""
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, migration_uri: str = "") -> None:
         self.uri = uri
+        #: Where QEMU sends migration data (``tcp://host``); empty lets libvirt use the peer's hostname.
+        self.migration_uri = migration_uri
+        # The test driver has no migration API; two embedded QEMU drivers cannot reach each other.
+        self.live_migration = uri.startswith("qemu") and "embed" not in uri
         _ensure_event_loop()
         try:
             self.conn = libvirt.open(uri)
@@ -120,6 +126,54 @@ class LibvirtHypervisor:
             except libvirt.libvirtError:
                 continue  # undefined between the listing and the read
         return facts
+
+    def migrate_live(self, name: str, peer_uri: str, *, max_downtime_ms: int, timeout: float,
+                     progress: Callable[[float], None], cancelled: Callable[[], bool]) -> None:
+        """libvirt peer-to-peer live migration, watched from here: progress from the job's data figures, abort on
+        cancel or when it has not converged within ``timeout`` s (the VM then keeps running on this node)."""
+        dom = self._domain(name)
+        if max_downtime_ms:
+            self._call("set max downtime", dom.migrateSetMaxDowntime, int(max_downtime_ms))
+        flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
+                 | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+        params = {libvirt.VIR_MIGRATE_PARAM_URI: self.migration_uri} if self.migration_uri else {}
+        outcome: dict[str, BaseException | None] = {"error": None}
+
+        def run() -> None:
+            try:
+                dom.migrateToURI3(peer_uri, params, flags)
+            except libvirt.libvirtError as exc:
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=run, name=f"migrate-{name}", daemon=True)
+        started = time.monotonic()
+        worker.start()
+        aborted = ""
+        while worker.is_alive():
+            worker.join(0.1)
+            if not worker.is_alive():
+                break
+            if not aborted and cancelled():
+                aborted = "cancelled by request"
+            elif not aborted and time.monotonic() - started > timeout:
+                aborted = f"did not converge within {timeout:g} s"
+            if aborted:
+                try:
+                    dom.abortJob()
+                except libvirt.libvirtError:
+                    pass  # finished or failed meanwhile; the thread's outcome says which
+                continue
+            try:
+                stats = dom.jobStats()
+            except libvirt.libvirtError:
+                continue
+            total, remaining = stats.get("data_total") or 0, stats.get("data_remaining")
+            if total and remaining is not None:
+                progress(1 - remaining / total)
+        if aborted and outcome["error"] is not None:
+            raise MigrationAborted(f"live migration of {name} aborted: {aborted}; it still runs here")
+        if outcome["error"] is not None:
+            raise HypervisorError(f"live migration of {name} failed: {outcome['error']}")
 
     def resources(self) -> NodeResources:
         _model, memory_mib, cpus, *_ = self._call("node info", self.conn.getInfo)

@@ -21,7 +21,7 @@ from kazoo.exceptions import KazooException, NoNodeError
 
 from pvc_tasks.context import NodeContext
 from pvc_tasks.jobs import JobState
-from pvc_tasks.runner import fail_orphan
+from pvc_tasks.runner import handle_orphan
 from pvc_tasks.state import keepalive_age, node_alive
 
 __all__ = ["Janitor"]
@@ -60,12 +60,12 @@ class Janitor(threading.Thread):
                 age = absent[job.node]
                 if age is not None:
                     seen = "never" if age == float("inf") else f"{age:.0f} s ago"
-                    fail_orphan(self.ctx.jobs, job.id, f"node {job.node}'s worker is not running (last keepalive "
-                                                       f"{seen}); the job cannot proceed")
+                    handle_orphan(self.ctx.jobs, job, f"node {job.node}'s worker is not running (last keepalive "
+                                                      f"{seen}); the job cannot proceed")
                     continue
             if job.state == JobState.QUEUED and now - job.created > settings.queue_timeout:
-                fail_orphan(self.ctx.jobs, job.id, f"not started within {settings.queue_timeout:g} s: the task "
-                                                   f"message was lost or node {job.node} is stuck")
+                handle_orphan(self.ctx.jobs, job, f"not started within {settings.queue_timeout:g} s: the task "
+                                                  f"message was lost or node {job.node} is stuck")
 
     def run(self) -> None:
         while not self.stop.wait(self.ctx.settings.janitor_interval):

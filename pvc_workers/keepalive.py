@@ -35,7 +35,7 @@ class Inventory(threading.Thread):
         self.figures: dict[str, str] = {}
         self.refresh()
 
-    def refresh(self) -> None:
+    def refresh(self) -> dict[str, str]:
         res = self.ctx.hypervisor.resources()
         domains = self.ctx.hypervisor.domains().values()
         running = [d for d in domains if d.state in ("running", "paused")]
@@ -52,6 +52,7 @@ class Inventory(threading.Thread):
             "vms.running": str(len(running)),
             "load": f"{res.load:.2f}",
         }
+        return self.figures
 
     def run(self) -> None:
         while not self.stop.wait(self.ctx.settings.keepalive_interval):

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import logging
 
+from pvc_tasks.app import app
 from pvc_tasks.context import HypervisorError, NodeContext
 from pvc_tasks.jobs import JobState
 from pvc_tasks.lifecycle import TASKS
-from pvc_tasks.runner import fail_orphan
+from pvc_tasks.runner import handle_orphan
 from pvc_tasks.state import domain_records
 
 __all__ = ["reconcile_jobs", "reconcile_vms"]
@@ -68,9 +69,12 @@ def reconcile_jobs(ctx: NodeContext) -> dict[str, int]:
         if job.node != ctx.node or job.terminal:
             continue
         if job.state == JobState.RUNNING:
-            fail_orphan(ctx.jobs, job.id, f"the worker of node {ctx.node} restarted while the job was running "
-                                          f"(phase {job.phase}); the job did not finish")
+            handle_orphan(ctx.jobs, job, f"the worker of node {ctx.node} restarted while the job was running "
+                                         f"(phase {job.phase}); the job did not finish")
             counts["failed"] += 1
+        elif job.stage:
+            app.send_task(job.stage, kwargs={"job_id": job.id, "vm": job.vm, "node": job.node})
+            counts["resent"] += 1
         elif job.kind in TASKS:
             TASKS[job.kind].apply_async(kwargs={"job_id": job.id, "vm": job.vm, "node": job.node, **job.params},
                                         task_id=job.id)

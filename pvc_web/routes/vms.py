@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from pvc_tasks.migration import submit_migration
 from pvc_tasks.state import domain_record, domain_records
-from pvc_tasks.submit import submit_define, submit_vm_action
+from pvc_tasks.submit import set_meta, submit_define, submit_vm_action
 from pvc_web.blueprint import Blueprint, accepted, handle
-from pvc_web.schemas import JobSchema, VmDefineSchema, VmDetailSchema, VmSchema, VmStateSchema
+from pvc_web.schemas import (
+    JobSchema,
+    MetaSchema,
+    MigrateSchema,
+    VmDefineSchema,
+    VmDetailSchema,
+    VmSchema,
+    VmStateSchema,
+)
 from pvc_web.views import job_view, vm_view
 
 PREFIX = "/vms"
@@ -57,3 +66,34 @@ def undefine_vm(vm: str):
     """Undefine a stopped VM (removes it from its node's libvirt and from the cluster)."""
     h = handle()
     return accepted(job_view(submit_vm_action(h.zk, h.schema, vm, "undefine")))
+
+
+@blp.route("/<string:vm>/meta", methods=["PUT"])
+@blp.arguments(MetaSchema(partial=True))
+@blp.response(200, VmDetailSchema)
+def update_meta(args: dict, vm: str):
+    """Change a VM's meta (node_limit, node_selector, autostart, migration_method, max_downtime); validated, one
+    transaction, effective for the next placement."""
+    h = handle()
+    set_meta(h.zk, h.schema, vm, args)
+    return vm_view(domain_record(h.zk, h.schema, vm), detail=True)
+
+
+def _migration(kind: str, doc: str):
+    @blp.arguments(MigrateSchema, required=False)
+    @blp.response(202, JobSchema)
+    @blp.alt_response(409, description="busy VM, same node, no target that fits, node not ready or absent")
+    def endpoint(args: dict, vm: str):
+        h = handle()
+        job = submit_migration(h.zk, h.schema, vm, kind, args.get("target"), args.get("method"),
+                               args.get("force_live", False), args.get("timeout"))
+        return accepted(job_view(job))
+
+    endpoint.__doc__ = doc
+    endpoint.__name__ = f"{kind}_vm"
+    blp.route(f"/<string:vm>/{kind}", methods=["POST"])(endpoint)
+
+
+_migration("migrate", "Migrate a VM to another node temporarily (its last_node remembers where it came from).")
+_migration("move", "Move a VM to another node permanently (clears last_node).")
+_migration("unmigrate", "Return a migrated VM to its last_node.")

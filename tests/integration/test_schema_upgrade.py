@@ -1,4 +1,4 @@
-"""A populated live cluster upgraded from schema 0 to 1 keeps every value, and running workers re-exec into it."""
+"""A populated live cluster upgraded from schema 0 to the newest keeps every value; running workers re-exec into it."""
 
 from pvc_dev.cluster import domain_xml
 from pvc_dev.services import wait_until
@@ -6,8 +6,8 @@ from pvc_tasks.jobs import commit
 from zk_schema import Schema, plan
 
 
-def test_upgrade_0_to_1_keeps_every_value_and_workers_reexec(make_cluster):
-    """Values move to their new paths, removed keys go, added keys get defaults; workers reload in place."""
+def test_upgrade_from_0_keeps_every_value_and_workers_reexec(make_cluster):
+    """Upgraded 0 -> newest, step by step: values move, removed keys go, added keys get defaults; workers reload."""
     v0 = Schema.load(0)
     vms = {f"old{i}": {"xml": domain_xml(f"old{i}", 128 * (i + 1)), "node": "hv1", "state": "running",
                        "memory": str(128 * (i + 1)), "vcpus": "1", "uuid": f"uuid-{i}", "last_node": "hv2",
@@ -32,16 +32,28 @@ def test_upgrade_0_to_1_keeps_every_value_and_workers_reexec(make_cluster):
     s = c.session()
     r = s.post(f"{c.api_url}/api/v1/cluster/upgrade")
     assert r.status_code == 200, r.text
-    assert r.json() == {"schema_version": 1, "created": [], "upgraded_through": [1]}
+    latest = Schema.latest()
+    assert r.json() == {"schema_version": latest.version, "created": [],
+                        "upgraded_through": list(range(1, latest.version + 1))}
 
-    v1, p = Schema.load(1), plan(Schema.load(0), Schema.load(1))
+    plans = [plan(Schema.load(v), Schema.load(v + 1)) for v in range(latest.version)]
+
+    def follow(name: str) -> str | None:
+        """A v0 key's name in the newest version, through every step's moves; None when a step removed it."""
+        for step in plans:
+            if name in step.removed:
+                return None
+            name = step.moved.get(name, name)
+        return name
+
+    v1 = latest  # the layout the cluster is on now
     assert v1.missing(c.zk) == []
     for name, values in vms.items():
         for key, value in values.items():
-            if f"domain.{key}" in p.removed:
+            new_key = follow(f"domain.{key}")
+            if new_key is None:
                 assert not c.zk.exists(v0.path(f"domain.{key}", name)), key
                 continue
-            new_key = p.moved.get(f"domain.{key}", f"domain.{key}")
             assert c.zk.get(v1.path(new_key, name))[0].decode() == value, (name, key)
         assert c.zk.get(v1.path("domain.meta.max_downtime", name))[0].decode() == \
             v1.keys["domain.meta.max_downtime"].default
@@ -52,7 +64,7 @@ def test_upgrade_0_to_1_keeps_every_value_and_workers_reexec(make_cluster):
 
     # Each worker saw the version change and re-executed itself (same PID: execv) on the new layout.
     for node in pids:
-        wait_until(lambda n=node: c.zk.get(v1.path("node.schema_version", n))[0] == b"1"
+        wait_until(lambda n=node: c.zk.get(v1.path("node.schema_version", n))[0] == str(v1.version).encode()
                    and c.zk.get(v1.path("node.daemon_state", n))[0] == b"run", 60, f"{node} to re-exec")
         assert c.workers[node].pid == pids[node] and c.workers[node].alive()
         assert "restarting this worker to reload it" in c.workers[node].log_path.read_text()

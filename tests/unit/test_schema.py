@@ -63,3 +63,9 @@ def test_create_ops_put_parents_first():
     assert paths[0] == "/domains/vm1"
     assert paths.index("/domains/vm1/meta") < paths.index("/domains/vm1/meta/node_limit")
     assert dict(ops)["/domains/vm1/state"] == b"defining"
+
+
+def test_plan_1_to_2_adds_node_reservations():
+    """Version 2 only adds the node's reservation key."""
+    p = plan(Schema.load(1), Schema.load(2))
+    assert (p.added, p.removed, p.moved) == (["node.reserved"], [], {})

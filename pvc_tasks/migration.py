@@ -1,0 +1,395 @@
+"""VM migration from its node S to a node T: four steps, each on the queue of the node that owns what it touches.
+
+Kinds
+    ``migrate``    temporary: the VM's ``last_node`` becomes S, so ``unmigrate`` can bring it back;
+    ``move``       permanent: ``last_node`` is cleared;
+    ``unmigrate``  to ``last_node`` (which is then cleared).
+
+Methods (the request's, else ``force_live`` -> live, else the VM's ``migration_method`` meta)
+    ``live``       libvirt peer-to-peer live migration where the hypervisor has one (real QEMU nodes). On the
+                   test driver, which has no migration API, the definition is handed over instead: the domain is
+                   destroyed on S and started on T (see docs/hypervisors.md);
+    ``shutdown``   graceful shutdown on S (bounded), then start on T;
+    ``default``    live, falling back to shutdown when live is impossible or fails;
+    a stopped VM only changes node (``cold``).
+
+Protocol (S = source, T = target; each arrow is a message to the next node's queue, sent only after the job's
+``stage`` names the next task in ZooKeeper, so no task waits on another and a stale message does nothing)
+
+    API      validate; choose T (explicit, else the VM's selector, else the cluster's) among alive, ready nodes in
+             the VM's node_limit that FIT it; ONE transaction: job + VM marker (version-checked) + reservation on
+             T (version-checked, so parallel placements never overfill T)            -> prepare @T
+    1 prepare  @T  claim; re-check: the VM's active job is this one and it is still on S; T ready, in the
+                   node_limit, fits (its own reservation counted); hand-over paths define the XML on T  -> perform @S
+    2 perform  @S  live migration / hand-over (destroy) / graceful shutdown / nothing (stopped)        -> finish @T
+    3 finish   @T  start on T unless it arrived running; verify; ONE transaction: VM node=T, last_node, state;
+                   T's reservation released; T's fresh resource figures                              -> cleanup @S
+    4 cleanup  @S  undefine S's copy; ONE transaction: job succeeded, marker released, S's figures
+
+Rollback, on any failure or cancel before the commit in step 3 (and by the janitor when a node dies mid-way)
+    abort_target @T  undefine T's copy (never a copy that is running: then the migration did happen, and the
+                     job ROLLS FORWARD to the commit instead); release T's reservation                -> abort_source @S
+    abort_source @S  start the VM again on S if it ran before and runs nowhere; ONE transaction ends the job
+                     failed/cancelled with the reason and releases the marker and any reservation
+
+Invariants: the VM is destroyed on S before it is started on T (hand-over), or moved by libvirt, which never runs
+it twice; ZooKeeper's ``node`` changes only in step 3's transaction, after T runs it. Cancel is honoured at every
+step start and during live migration (libvirt's abortJob), and always ends with the VM on exactly one node.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import BadVersionError
+from kombu.exceptions import OperationalError
+
+from pvc_tasks import defaults, placement
+from pvc_tasks.app import app
+from pvc_tasks.context import HypervisorError, MigrationAborted
+from pvc_tasks.errors import Conflict, Invalid, NotFound, Unavailable
+from pvc_tasks.jobs import Job, JobState, JobStore, commit
+from pvc_tasks.runner import ORPHAN_HANDLERS, JobCancelled, JobFailed, JobRun, hop, node_figure_ops, step_task
+from pvc_tasks.state import domain_record, node_alive
+from zk_schema import Schema
+
+__all__ = ["KINDS", "METHODS", "orphaned", "submit_migration"]
+
+log = logging.getLogger(__name__)
+
+KINDS = ("migrate", "move", "unmigrate")
+METHODS = ("default", "live", "shutdown")
+STEPS = 4
+PREPARE, PERFORM, FINISH, CLEANUP = (f"pvc.migrate.{s}" for s in ("prepare", "perform", "finish", "cleanup"))
+ABORT_TARGET, ABORT_SOURCE = "pvc.migrate.abort_target", "pvc.migrate.abort_source"
+
+
+# ---- API side ---------------------------------------------------------------------------------------------------
+def _method(vm: dict, method: str | None, force_live: bool) -> str:
+    if method and method not in METHODS:
+        raise Invalid(f"method: {method!r} is not one of {', '.join(METHODS)}", details={"method": [method]})
+    if vm["state"] in ("stopped", "failed", "crashed"):
+        return "cold"
+    return method or ("live" if force_live else vm.get("meta.migration_method") or "default")
+
+
+def submit_migration(zk: KazooClient, schema: Schema, vm_name: str, kind: str, target: str | None = None,
+                     method: str | None = None, force_live: bool = False, timeout: float | None = None,
+                     parent: str = "") -> Job:
+    """Validate, place, and create the job (one transaction with the VM marker and T's reservation); enqueue."""
+    if kind not in KINDS:
+        raise Invalid(f"kind: {kind!r} is not one of {', '.join(KINDS)}")
+    store = JobStore(zk, schema)
+    for _attempt in range(10):
+        vm = domain_record(zk, schema, vm_name)
+        marker_path = schema.path("domain.active_job", vm_name)
+        marker, marker_stat = zk.get(marker_path)
+        if marker:
+            raise Conflict(f"VM {vm_name} already has an active job {marker.decode()}; wait for it or cancel it",
+                           code="vm_busy", details={"job": marker.decode()})
+        if vm["state"] not in ("running", "stopped", "failed", "crashed", "paused"):
+            raise Conflict(f"cannot migrate VM {vm_name}: it is {vm['state']}", code="invalid_state",
+                           details={"state": vm["state"]})
+        if kind == "unmigrate":
+            if not vm["last_node"]:
+                raise Conflict(f"VM {vm_name} has no last node to return to", code="no_last_node")
+            if target and target != vm["last_node"]:
+                raise Invalid(f"target: unmigrate returns VM {vm_name} to {vm['last_node']}, not {target}",
+                              details={"target": [target]})
+            target = vm["last_node"]
+        source, resolved = vm["node"], _method(vm, method, force_live)
+        if not node_alive(zk, schema, source):
+            raise Conflict(f"source {source}'s worker is not running, so VM {vm_name} cannot leave it",
+                           code="node_unavailable", details={"node": source})
+        chosen = placement.choose_target(zk, schema, vm, target)
+        reserved, version = placement.read_reserved(zk, schema, chosen)
+        # ``reserved_on`` never changes: it is where the reservation (and any copy prepare made) must be undone,
+        # even if someone re-plans ``target`` meanwhile.
+        job = Job.new(kind, vm_name, chosen, {"source": source, "target": chosen, "reserved_on": chosen,
+                                              "method": resolved,
+                                              "requested": method or "", "force_live": force_live,
+                                              **({"timeout": timeout} if timeout else {})}, parent=parent)
+        job.stage, job.steps = PREPARE, STEPS
+        ops = [store.create_op(job), ("set", marker_path, job.id.encode(), marker_stat.version),
+               placement.reserve_op(schema, chosen, reserved, version, job.id, int(vm["memory"] or 0),
+                                    int(vm["vcpus"] or 0))]
+        try:
+            commit(zk, ops)
+        except BadVersionError:
+            continue  # another request took the marker or a reservation on T: look again
+        break
+    else:
+        raise Conflict(f"VM {vm_name}: placement kept racing with other requests; retry", code="busy")
+    try:
+        app.send_task(PREPARE, kwargs={"job_id": job.id, "vm": vm_name, "node": chosen})
+    except (OperationalError, OSError) as exc:
+        store.finish(job.id, JobState.FAILED, f"could not enqueue: broker unreachable ({exc})",
+                     ops=lambda _j: placement.release_op(zk, schema, chosen, job.id))
+        raise Unavailable("the task broker (Redis) is unreachable; nothing was changed",
+                          code="broker_unavailable") from exc
+    return job
+
+
+# ---- steps on the nodes -----------------------------------------------------------------------------------------
+def _check_still_ours(run: JobRun, on: str) -> dict:
+    """The job must still own the VM, and the VM must still be recorded on S (or T for a roll-forward check)."""
+    schema, zk, vm = run.ctx.schema, run.ctx.zk, run.vm
+    try:
+        record = domain_record(zk, schema, vm)
+    except NotFound as exc:
+        raise JobFailed(f"VM {vm} was removed meanwhile") from exc
+    if record["active_job"] != run.job.id:
+        raise JobFailed(f"VM {vm}'s active job is no longer this one")
+    if record["node"] != on:
+        raise JobFailed(f"VM {vm} is recorded on {record['node']}, not {on}: the world changed under the job")
+    return record
+
+
+def _check_target_unchanged(run: JobRun) -> str:
+    params = run.job.params
+    if params["target"] != params["reserved_on"]:
+        raise JobFailed(f"the job's target changed from {params['reserved_on']} to {params['target']} while it "
+                        f"waited; aborted")
+    return params["reserved_on"]
+
+
+def _abort(run: JobRun, outcome: JobState, reason: str) -> None:
+    """on_error of every step before the commit: start the rollback on T (which continues on S)."""
+    abort = {"abort": {"outcome": str(outcome), "reason": reason}}
+    target = run.job.params["reserved_on"]
+    if run.ctx.node == target:
+        abort_target(run.job.id, run.vm, target, abort_params=abort)
+        return
+    hop(run, ABORT_TARGET, target, params=abort, message=f"rolling back: {reason}")
+
+
+@step_task(PREPARE, claims=True, on_error=_abort)
+def prepare(run: JobRun) -> None:
+    """Runs on T: re-check the target and, for hand-over paths, define the VM here (not started)."""
+    params, vm, node = run.job.params, run.vm, run.ctx.node
+    run.phase("prepare", 1, STEPS, f"preparing {node} for {vm} ({params['method']})")
+    _check_target_unchanged(run)
+    record = _check_still_ours(run, params["source"])
+    try:
+        placement.check_target(run.ctx.zk, run.ctx.schema, record, node, own_job=run.job.id)
+    except Conflict as exc:
+        raise JobFailed(f"target {node} can no longer take {vm}: {exc.message}") from exc
+    live = params["method"] in ("live", "default") and run.hv.live_migration
+    if not live and run.hv.state(vm) == "missing":
+        run.hv.define(record["xml"])
+    hop(run, PERFORM, params["source"], message=f"{node} is ready for {vm}")
+
+
+def _shutdown_on_source(run: JobRun, timeout: float) -> None:
+    run.note_only(f"shutting {run.vm} down on {run.ctx.node} (up to {timeout:g} s)")
+    if run.hv.state(run.vm) != "running":
+        return
+    run.hv.shutdown(run.vm)
+    if not run.wait_for(lambda: run.hv.state(run.vm) != "running", timeout):
+        raise JobFailed(f"VM {run.vm} did not shut down within {timeout:g} s and still runs on {run.ctx.node}")
+
+
+def _live(run: JobRun, target: str, record: dict) -> None:
+    peer = run.ctx.zk.get(run.ctx.schema.path("node.hypervisor", target))[0].decode()
+    downtime = int(record.get("meta.max_downtime") or defaults.MAX_DOWNTIME_MS)
+    run.note_only(f"live-migrating {run.vm} to {target} (max downtime {downtime} ms)")
+
+    def cancelled() -> bool:
+        return run.ctx.jobs.get(run.job.id).cancel_requested
+
+    try:
+        run.hv.migrate_live(run.vm, peer, max_downtime_ms=downtime, timeout=run.ctx.settings.migration_timeout,
+                            progress=run.percent_within, cancelled=cancelled)
+    except MigrationAborted as exc:
+        if cancelled():
+            raise JobCancelled(str(exc)) from exc
+        raise
+
+
+@step_task(PERFORM, on_error=_abort)
+def perform(run: JobRun) -> None:
+    """Runs on S: move the VM's execution off S by the job's method."""
+    params, vm, source = run.job.params, run.vm, run.ctx.node
+    run.phase("perform", 2, STEPS, f"moving {vm} off {source}")
+    target = _check_target_unchanged(run)
+    record = _check_still_ours(run, source)
+    was_running, method, how = run.hv.state(vm) == "running", params["method"], "cold"
+    timeout = float(params.get("timeout") or run.ctx.settings.shutdown_timeout)
+    if was_running and method in ("live", "default") and run.hv.live_migration:
+        try:
+            _live(run, target, record)
+            how = "live"
+        except HypervisorError as exc:
+            if method == "live":
+                raise JobFailed(str(exc)) from exc
+            run.note_only(f"live migration failed ({exc}); falling back to shutdown migration")
+            _shutdown_on_source(run, timeout)
+            how = "shutdown"
+    elif was_running and method in ("live", "default"):
+        run.note_only(f"{run.hv.uri} has no live migration: handing {vm}'s definition over (destroy here, "
+                      f"start on {target})")
+        run.hv.destroy(vm)
+        how = "handover"
+    elif was_running:
+        _shutdown_on_source(run, timeout)
+        how = "shutdown"
+    hop(run, FINISH, target, ops=node_figure_ops(run.ctx), params={"was_running": was_running, "how": how},
+        message=f"{vm} left {source} ({how})")
+
+
+def _commit_ops(run: JobRun, observed: str) -> list:
+    """VM on T, its last_node by kind, T's reservation released, T's fresh figures: one transaction."""
+    schema, zk, vm, params = run.ctx.schema, run.ctx.zk, run.vm, run.job.params
+    last = params["source"] if run.job.kind == "migrate" else ""
+    values = {"node": run.ctx.node, "last_node": last, "state": observed, "failed_reason": ""}
+    ops = [("set", schema.path(f"domain.{k}", vm), v.encode(), -1) for k, v in values.items()]
+    return ops + placement.release_op(zk, schema, run.ctx.node, run.job.id) + node_figure_ops(run.ctx)
+
+
+@step_task(FINISH, on_error=_abort)
+def finish(run: JobRun) -> None:
+    """Runs on T: start the VM here unless it arrived running, verify, and commit its new place."""
+    params, vm, node = run.job.params, run.vm, run.ctx.node
+    run.phase("finish", 3, STEPS, f"starting {vm} on {node}" if params["was_running"] else f"recording {vm}")
+    _check_target_unchanged(run)
+    _check_still_ours(run, params["source"])
+    if params["was_running"] and run.hv.state(vm) != "running":
+        run.hv.start(vm)
+    observed = run.hv.state(vm)
+    if params["was_running"] and observed != "running":
+        raise JobFailed(f"VM {vm} is {observed} on {node} after the migration, not running")
+    hop(run, CLEANUP, params["source"], ops=_commit_ops(run, observed), message=f"{vm} now runs on {node}")
+
+
+@step_task(CLEANUP)
+def cleanup(run: JobRun) -> None:
+    """Runs on S: remove S's copy of the definition and end the job."""
+    vm, source, target = run.vm, run.ctx.node, run.job.params["reserved_on"]
+    run.phase("cleanup", 4, STEPS, f"removing {vm}'s old definition from {source}")
+    note = ""
+    try:
+        state = run.hv.state(vm)
+        if state == "running":
+            raise HypervisorError(f"{vm} still runs on {source}")  # never undefine a running copy
+        if state != "missing":
+            run.hv.undefine(vm)
+    except HypervisorError as exc:
+        note = f"; cleanup of {source} incomplete: {exc}"
+        log.error("cleanup of %s on %s: %s", vm, source, exc)
+    run.job = run.ctx.jobs.finish(run.job.id, JobState.SUCCEEDED, "", {"node": target, "from": source,
+                                                                        "how": run.job.params.get("how", "")},
+                                  ops=lambda _j: node_figure_ops(run.ctx))
+    if note:
+        run.ctx.jobs.update(run.job.id, lambda j: (j.note(note.lstrip("; ")), True)[1])
+
+
+@app.task(name=ABORT_TARGET)
+def abort_target(job_id: str, vm: str, node: str, abort_params: dict | None = None) -> dict:
+    """Runs on T: undo T's side (or roll forward when T already runs the VM), then hand over to S."""
+    from pvc_tasks.context import current
+
+    ctx = current()
+    job = ctx.jobs.get(job_id)
+    if job.terminal or (abort_params is None and (job.stage != ABORT_TARGET or job.node != node)):
+        return {"job": job_id, "state": "skipped"}
+    run = JobRun(ctx, job)
+    source = job.params["source"]
+    if run.hv.state(vm) == "running" and domain_record(ctx.zk, ctx.schema, vm)["node"] == source:
+        # The VM already runs here (a live migration completed, or T started it before a crash): rolling back
+        # would kill the only running copy. Commit the migration instead.
+        hop(run, CLEANUP, source, ops=_commit_ops(run, "running"),
+            message=f"{vm} already runs on {node}: the migration is committed instead of rolled back")
+        return {"job": job_id, "state": "rolled forward"}
+    if run.hv.state(vm) not in ("missing", "running"):
+        try:
+            run.hv.undefine(vm)
+        except HypervisorError as exc:
+            log.warning("abort of job %s: could not undefine %s on %s: %s", job_id, vm, node, exc)
+    hop(run, ABORT_SOURCE, source, ops=placement.release_op(ctx.zk, ctx.schema, node, job_id),
+        params=abort_params, message=f"{node}'s side rolled back")
+    return {"job": job_id, "state": "aborting"}
+
+
+@app.task(name=ABORT_SOURCE)
+def abort_source(job_id: str, vm: str, node: str) -> dict:
+    """Runs on S: make sure the VM runs here again if it ran before, then end the job with the reason."""
+    from pvc_tasks.context import current
+
+    ctx = current()
+    job = ctx.jobs.get(job_id)
+    if job.terminal or job.stage != ABORT_SOURCE or job.node != node:
+        return {"job": job_id, "state": "skipped"}
+    run = JobRun(ctx, job)
+    abort = job.params.get("abort") or {"outcome": "failed", "reason": "rolled back"}
+    reason = abort["reason"]
+    try:
+        on_source = domain_record(ctx.zk, ctx.schema, vm)["node"] == node
+    except NotFound:
+        on_source = False
+    # Before perform ran, whether it ran is what ZooKeeper last recorded (e.g. S's worker restarted meanwhile).
+    was_running = job.params.get("was_running", record_state(ctx, vm) == "running")
+    if on_source and was_running and run.hv.state(vm) != "running":
+        try:
+            if run.hv.state(vm) == "missing":
+                run.hv.define(domain_record(ctx.zk, ctx.schema, vm)["xml"])
+            run.hv.start(vm)
+            reason += f"; {vm} restarted on {node}"
+        except HypervisorError as exc:
+            reason += f"; restarting {vm} on {node} failed: {exc}"
+    outcome = JobState.CANCELLED if abort["outcome"] == JobState.CANCELLED else JobState.FAILED
+    observed = run.hv.state(vm)
+
+    def ops(_job: Job) -> list:
+        values = {"failed_reason": reason if outcome == JobState.FAILED else ""}
+        if on_source and observed != "missing":
+            values["state"] = observed
+        out = [("set", ctx.schema.path(f"domain.{k}", vm), v.encode(), -1) for k, v in values.items()]
+        return out + placement.release_op(ctx.zk, ctx.schema, job.params["reserved_on"], job_id) + node_figure_ops(ctx)
+
+    ctx.jobs.finish(job_id, outcome, reason, ops=ops)
+    return {"job": job_id, "state": str(outcome)}
+
+
+def record_state(ctx, vm: str) -> str:
+    try:
+        return domain_record(ctx.zk, ctx.schema, vm)["state"]
+    except NotFound:
+        return "missing"
+
+
+# ---- the janitor's and the reconciler's entry point -------------------------------------------------------------
+def orphaned(store: JobStore, job: Job, reason: str) -> None:
+    """A migration whose current step cannot run (its node died or restarted, or its message was lost): roll it
+    back from the nodes that are alive — T's side first when T is alive, then S's — or end it when neither is."""
+    zk, schema = store.zk, store.schema
+    source, target = job.params["source"], job.params["reserved_on"]
+    if job.stage == CLEANUP:  # committed: the VM runs on T; S's leftover copy is removed when S's worker starts
+        store.finish(job.id, JobState.SUCCEEDED, "", {"node": target, "from": source})
+        store.update(job.id, lambda j: (j.note(f"cleanup on {source} deferred: {reason}"), True)[1])
+        return
+    route = [(ABORT_SOURCE, source)] if job.stage == ABORT_SOURCE else [(ABORT_TARGET, target), (ABORT_SOURCE, source)]
+    for stage, node in route:
+        if not node_alive(zk, schema, node):
+            continue
+        moved = False
+
+        def mutate(j: Job, stage: str = stage, node: str = node) -> bool:
+            nonlocal moved
+            if j.terminal or j.stage != job.stage or j.node != job.node:
+                return False  # another janitor got there first
+            j.stage, j.node, moved = stage, node, True
+            j.params["abort"] = {"outcome": "failed", "reason": reason}
+            j.note(f"rolling back from {node}: {reason}")
+            return True
+
+        store.update(job.id, mutate)
+        if moved:
+            app.send_task(stage, kwargs={"job_id": job.id, "vm": job.vm, "node": node})
+        return
+    store.finish(job.id, JobState.FAILED, f"{reason}; neither {source} nor {target} can roll it back now",
+                 ops=lambda _j: placement.release_op(zk, schema, target, job.id))
+
+
+for _kind in KINDS:
+    ORPHAN_HANDLERS[_kind] = orphaned

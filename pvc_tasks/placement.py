@@ -1,0 +1,99 @@
+"""Placement of a VM on a node: target choice with in-flight reservations, and the reservation's life.
+
+A reservation is an entry ``job id -> {"memory": MiB, "vcpus": n}`` in the target node's ``node.reserved`` key
+(a JSON object). It is created in the SAME transaction that creates the job, with a version check on that key, so
+two placements racing for the last room on a node cannot both win: the loser's transaction fails and it chooses
+again with the winner's reservation counted. It is removed in the transaction that commits the VM on the node (the
+same transaction writes the node's fresh resource figures, so the VM is never counted twice or not at all) or in
+the one that aborts the job.
+
+Node figures seen by the selector (``pvc_tasks.selector``): the keepalive's libvirt figures plus the reservations.
+"""
+
+from __future__ import annotations
+
+import json
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoNodeError
+
+from pvc_tasks import selector
+from pvc_tasks.errors import Conflict, Invalid
+from pvc_tasks.jobs import Op
+from pvc_tasks.state import node_record, node_records
+from zk_schema import Schema
+
+__all__ = ["check_target", "choose_target", "read_reserved", "release_op", "reserve_op"]
+
+
+def read_reserved(zk: KazooClient, schema: Schema, node: str) -> tuple[dict, int]:
+    """The node's reservations and the key's version (for the version-checked write)."""
+    try:
+        data, stat = zk.get(schema.path("node.reserved", node))
+    except NoNodeError:
+        return {}, -1
+    try:
+        return json.loads(data or b"{}"), stat.version
+    except ValueError:
+        return {}, stat.version
+
+
+def reserve_op(schema: Schema, node: str, reserved: dict, version: int, job_id: str, memory_mib: int,
+               vcpus: int) -> Op:
+    entries = dict(reserved, **{job_id: {"memory": memory_mib, "vcpus": vcpus}})
+    return ("set", schema.path("node.reserved", node), json.dumps(entries, sort_keys=True).encode(), version)
+
+
+def release_op(zk: KazooClient, schema: Schema, node: str, job_id: str) -> list[Op]:
+    """Ops removing the job's reservation on ``node`` (version-checked), or none when it holds none."""
+    reserved, version = read_reserved(zk, schema, node)
+    if job_id not in reserved:
+        return []
+    del reserved[job_id]
+    return [("set", schema.path("node.reserved", node), json.dumps(reserved, sort_keys=True).encode(), version)]
+
+
+def _limit(vm: dict) -> list[str]:
+    return [n for n in (vm.get("meta.node_limit") or "").split(",") if n]
+
+
+def check_target(zk: KazooClient, schema: Schema, vm: dict, target: str, *, own_job: str = "") -> dict:
+    """The target's record when it may take the VM now; ``Conflict`` naming the reason otherwise.
+
+    ``own_job``: a job whose reservation on the target is the VM's own (counted as free when re-checking)."""
+    record = node_record(zk, schema, target)
+    memory, limit = int(vm.get("memory") or 0), _limit(vm)
+    if target == vm.get("node"):
+        raise Conflict(f"VM {vm['name']} is already on {target}", code="same_node", details={"node": target})
+    if not record["alive"]:
+        raise Conflict(f"target {target}'s worker is not running", code="node_unavailable", details={"node": target})
+    if record["domain_state"] != "ready":
+        raise Conflict(f"target {target} is {record['domain_state']}, not ready", code="node_not_ready",
+                       details={"node": target})
+    if limit and target not in limit:
+        raise Conflict(f"target {target} is not in VM {vm['name']}'s node_limit ({', '.join(limit)})",
+                       code="not_in_node_limit", details={"node": target, "node_limit": limit})
+    if own_job:
+        record = dict(record, reserved=json.dumps({k: v for k, v in json.loads(record.get("reserved") or "{}")
+                                                   .items() if k != own_job}))
+    free = selector.free_memory(record)
+    if free < memory:
+        raise Conflict(f"VM {vm['name']} needs {memory} MiB but target {target} has {free:.0f} MiB free",
+                       code="no_target", details={"node": target, "free": free, "needed": memory})
+    return record
+
+
+def choose_target(zk: KazooClient, schema: Schema, vm: dict, explicit: str | None = None) -> str:
+    """An explicit target (checked) or the selector's choice among valid candidates; ``Conflict`` when none."""
+    if explicit:
+        if zk.exists(schema.path("node", explicit)) is None:
+            raise Invalid(f"target: no node named {explicit!r}", details={"target": [f"unknown node {explicit!r}"]})
+        check_target(zk, schema, vm, explicit)
+        return explicit
+    method = vm.get("meta.node_selector") or zk.get(schema.path("base.config.migration_selector"))[0].decode()
+    memory = int(vm.get("memory") or 0)
+    chosen = selector.select(node_records(zk, schema), method, memory, _limit(vm), exclude=[vm.get("node", "")])
+    if chosen is None:
+        raise Conflict(f"no target for VM {vm['name']}: no other ready node in its node_limit has {memory} MiB "
+                       f"free (selector {method})", code="no_target", details={"selector": method})
+    return chosen
