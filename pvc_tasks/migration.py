@@ -117,7 +117,11 @@ def submit_migration(zk: KazooClient, schema: Schema, vm_name: str, kind: str, t
         try:
             commit(zk, ops)
         except BadVersionError:
-            continue  # another request took the marker or a reservation on T: look again
+            if zk.exists(marker_path).version != marker_stat.version:
+                # Another request took the VM between our read and our write: of racing requests exactly one
+                # wins, even if its job has already ended by now.
+                raise Conflict(f"VM {vm_name} got another job at the same moment", code="vm_busy") from None
+            continue  # another placement reserved on T first: choose again with its reservation counted
         break
     else:
         raise Conflict(f"VM {vm_name}: placement kept racing with other requests; retry", code="busy")
