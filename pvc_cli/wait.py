@@ -90,6 +90,8 @@ def watch(client: Client, job: dict, timeout: float, quiet: bool) -> tuple[dict,
 def _outcome(job: dict) -> str:
     result = job.get("result") or {}
     where = f" on {result['node']}" if result.get("node") else ""
+    if result.get("from"):
+        where = f": now on {result['node']} (from {result['from']}, {result.get('how') or 'moved'})"
     state = f" (VM {result['state']})" if result.get("state") else ""
     head = f"job {job['id']} {job['kind']} {job['vm']}: {job['state']}"
     if job["state"] == "succeeded":

@@ -21,7 +21,8 @@ def render_vm(v: dict) -> str:
             ("memory MiB", v["memory"]), ("vCPUs", v["vcpus"]), ("uuid", v["uuid"] or "-"),
             ("active job", v["active_job"] or "-"), ("failed reason", v["failed_reason"] or "-"),
             ("node limit", ",".join(m["node_limit"]) or "any"), ("selector", m["node_selector"] or "cluster default"),
-            ("autostart", m["autostart"]), ("migration", m["migration_method"])]
+            ("autostart", m["autostart"]), ("migration", m["migration_method"]),
+            ("max downtime", f"{m['max_downtime']} ms" if m.get("max_downtime") else "-")]
     return "\n".join(f"{k:>13}: {val}" for k, val in rows)
 
 
@@ -112,3 +113,60 @@ def undefine(client, vm, yes, wait, timeout, output) -> None:
         raise click.Abort()
     c = client()
     finish(c, c.delete(f"/vms/{vm}"), wait, timeout, output)
+
+
+def _migration_command(kind: str, doc: str):
+    @click.argument("vm")
+    @wait_options
+    @output_option
+    @click.pass_obj
+    def command(client, vm, wait, timeout, output, target=None, live=False, method=None,
+                shutdown_timeout=None) -> None:
+        body: dict = {"force_live": live}
+        for key, value in (("target", target), ("method", method), ("timeout", shutdown_timeout)):
+            if value:
+                body[key] = value
+        c = client()
+        finish(c, c.post(f"/vms/{vm}/{kind}", body), wait, timeout, output)
+
+    command.__doc__ = doc
+    command = click.option("--shutdown-timeout", type=click.FloatRange(min=1),
+                           help="graceful shutdown bound (s) when the migration shuts the VM down")(command)
+    command = click.option("--method", type=click.Choice(["default", "live", "shutdown"]),
+                           help="override the VM's migration_method")(command)
+    command = click.option("--live", is_flag=True, help="force a live migration (no fallback to shutdown)")(command)
+    if kind != "unmigrate":
+        command = click.option("--target", help="target node (default: chosen by the VM's selector)")(command)
+    return group.command(kind)(command)
+
+
+_migration_command("migrate", "Migrate a VM to another node; `pvc vm unmigrate` brings it back.")
+_migration_command("move", "Move a VM to another node for good (forgets where it came from).")
+_migration_command("unmigrate", "Return a migrated VM to the node it came from.")
+
+
+@group.command("meta")
+@click.argument("vm")
+@click.option("--limit", "node_limit", help="comma-separated nodes the VM may run on ('' for any)")
+@click.option("--selector", type=click.Choice([*SELECTORS, "default"]), help="node selector ('default': cluster's)")
+@click.option("--autostart/--no-autostart", default=None)
+@click.option("--method", "migration_method", type=click.Choice(["default", "live", "shutdown"]))
+@click.option("--max-downtime", type=click.IntRange(min=1), help="live migration max downtime (ms)")
+@output_option
+@click.pass_obj
+def meta(client, vm, node_limit, selector, autostart, migration_method, max_downtime, output) -> None:
+    """Show or change a VM's placement and migration meta."""
+    body: dict = {}
+    if node_limit is not None:
+        body["node_limit"] = [n.strip() for n in node_limit.split(",") if n.strip()]
+    if selector is not None:
+        body["node_selector"] = "" if selector == "default" else selector
+    if autostart is not None:
+        body["autostart"] = autostart
+    if migration_method:
+        body["migration_method"] = migration_method
+    if max_downtime:
+        body["max_downtime"] = max_downtime
+    c = client()
+    result = c.request("PUT", f"/vms/{vm}/meta", json=body) if body else c.get(f"/vms/{vm}")
+    emit(output, result["meta"] if output == "json" else result, render_vm)

@@ -28,3 +28,22 @@ def test_flower_shows_the_task_on_the_vm_nodes_worker(cluster, api, vm_name):
                          30, "Flower to list the workers")
     assert {"pvc@hv1", "pvc@hv2", "pvc@hv3"} <= set(workers)
     assert [q["name"] for q in workers["pvc@hv3"]["active_queues"]] == ["node.hv3"]
+
+
+def test_flower_shows_each_migration_step_on_its_nodes_worker(cluster, api, vm_name):
+    """prepare and finish run on the target's worker, perform and cleanup on the source's, each by name."""
+    flower = cluster.start_flower()
+    url, auth = flower.info["url"], (cluster.flower_user, cluster.flower_password)
+    assert cluster.define_vm(vm_name, node="hv1", start=True)["state"] == "succeeded"
+    job = api.post(f"{api.base}/vms/{vm_name}/migrate", json={"target": "hv2"}).json()
+    assert cluster.wait_job(job["id"])["state"] == "succeeded"
+    expected = {"pvc.migrate.prepare": "pvc@hv2", "pvc.migrate.perform": "pvc@hv1",
+                "pvc.migrate.finish": "pvc@hv2", "pvc.migrate.cleanup": "pvc@hv1"}
+
+    def steps():
+        tasks = requests.get(f"{url}/api/tasks", auth=auth, timeout=5).json()
+        mine = {t["name"]: t for t in tasks.values() if job["id"] in (t.get("kwargs") or "")}
+        return mine if set(expected) <= set(mine) and all(t["state"] == "SUCCESS" for t in mine.values()) else None
+
+    found = wait_until(steps, 30, "Flower to record the four steps")
+    assert {name: task["worker"] for name, task in found.items()} == expected
