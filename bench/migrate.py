@@ -1,0 +1,134 @@
+"""bench/migrate.py: what a migration job costs, against a raw Celery chain of the same shape, in one run.
+
+Starts its own local cluster (ZooKeeper, Redis, 3 test-driver workers, the API; keepalive and janitor intervals
+long so that nothing else writes to ZooKeeper while it counts), starts one idle VM, and measures:
+
+* ZooKeeper write transactions per migration: the server's zxid (one per write transaction, a multi-op
+  transaction counts once) before and after each migration, API request to terminal state;
+* p50/p99 of a migration job through the API (POST, then the CLI's long-poll until terminal), alternating the VM
+  between two nodes;
+* the baseline in the same run: a Celery chain of as many hops (4, alternating between two worker processes as
+  the steps alternate between T and S) doing the same number of ZooKeeper writes, on the same Redis and ZooKeeper.
+
+    .venv/bin/python bench/migrate.py [--rounds 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.lifecycle import percentile  # noqa: E402
+from pvc_dev.cluster import LocalCluster, NodeSpec  # noqa: E402
+from pvc_dev.services import Service, wait_until  # noqa: E402
+
+STEPS = 4
+
+
+def zxid(port: int) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+        sock.sendall(b"srvr")
+        text = b""
+        while chunk := sock.recv(4096):
+            text += chunk
+    line = next(ln for ln in text.decode().splitlines() if ln.startswith("Zxid:"))
+    return int(line.split()[1], 16) & 0xFFFFFFFF  # low 32 bits count transactions within the epoch
+
+
+def migrate(s, base: str, vm: str, target: str) -> float:
+    started = time.perf_counter()
+    job = s.post(f"{base}/vms/{vm}/move", json={"target": target}, timeout=10).json()
+    while job["state"] not in ("succeeded", "failed", "cancelled"):
+        job = s.get(f"{base}/jobs/{job['id']}", params={"wait": 5, "after": job.get("revision", -1)},
+                    timeout=15).json()
+    if job["state"] != "succeeded":
+        raise RuntimeError(f"migration ended {job['state']}: {job['reason']}")
+    return time.perf_counter() - started
+
+
+def baseline(cluster: LocalCluster, rounds: int, writes: int, workdir: Path) -> list[float]:
+    redis_db = cluster.redis_url.rsplit("/", 1)[0] + "/15"
+    env = {"BENCH_REDIS": redis_db, "BENCH_ZOOKEEPER": cluster.zk_hosts, "PYTHONPATH": str(ROOT)}
+    os.environ.update(env)
+    celery = str(Path(sys.executable).with_name("celery"))
+    workers = [Service(f"bench-{q}", [celery, "-A", "bench.noop_app", "worker", "--pool", "threads",
+                                      "--concurrency", "4", "-Q", q, "-n", f"{q}@bench", "--without-gossip",
+                                      "--without-mingle", "-l", "WARNING"], workdir / f"bench-{q}.log", env=env,
+                       cwd=ROOT) for q in ("bench.a", "bench.b")]
+    from celery import chain
+
+    from bench.noop_app import hop
+
+    # The job's writes, spread over its hops; the API's creating transaction goes to the first hop.
+    per_hop = [writes // STEPS + (1 if i < writes % STEPS else 0) for i in range(STEPS)]
+
+    def run_chain() -> None:
+        links = [hop.si(zk_writes=n, step=i).set(queue="bench.a" if i % 2 == 0 else "bench.b")
+                 for i, n in enumerate(per_hop)]
+        chain(*links).apply_async().get(timeout=30)
+
+    try:
+        wait_until(lambda: all(w.check() is None for w in workers) and (run_chain() or True), 60,
+                   "the baseline workers")
+        for _ in range(5):
+            run_chain()
+        times = []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            run_chain()
+            times.append(time.perf_counter() - started)
+        return times
+    finally:
+        for w in workers:
+            w.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=100)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="pvc-bench-"))
+    quiet = {"PVC_KEEPALIVE_INTERVAL": "3600", "PVC_JANITOR_INTERVAL": "3600"}
+    cluster = LocalCluster(workdir, [NodeSpec("hv1"), NodeSpec("hv2"), NodeSpec("hv3")], flower=False,
+                           worker_env=quiet)
+    print(f"starting a 3-node cluster in {workdir} ...", flush=True)
+    cluster.start()
+    try:
+        cluster.define_vm("bench", 256, node="hv1", start=True)
+        s, base = cluster.session(), f"{cluster.api_url}/api/v1"
+        port, nodes = int(cluster.zookeeper.info["port"]), ["hv2", "hv1"]
+        for i in range(6):  # warm-up
+            migrate(s, base, "bench", nodes[i % 2])
+        counts = []
+        for i in range(10):
+            before = zxid(port)
+            migrate(s, base, "bench", nodes[i % 2])
+            counts.append(zxid(port) - before)
+        times = [migrate(s, base, "bench", nodes[i % 2]) for i in range(args.rounds)]
+        writes = round(statistics.median(counts))
+        raw = baseline(cluster, args.rounds, writes, workdir)
+    finally:
+        cluster.stop()
+    jp50, jp99, rp50, rp99 = percentile(times, 50), percentile(times, 99), percentile(raw, 50), percentile(raw, 99)
+    print(f"\nZooKeeper write transactions per migration (API request to terminal): median {writes} "
+          f"(min {min(counts)}, max {max(counts)}, over {len(counts)} migrations)")
+    print(f"\nmigration of an idle running VM, {args.rounds} rounds (ms)     p50      p99     mean")
+    print(f"  pvc migrate job through the API (4 steps, 2 nodes)   {jp50 * 1e3:7.2f}  {jp99 * 1e3:7.2f}  "
+          f"{statistics.mean(times) * 1e3:7.2f}")
+    print(f"  raw Celery chain, 4 hops over 2 workers, {writes} ZK writes {rp50 * 1e3:6.2f}  {rp99 * 1e3:7.2f}  "
+          f"{statistics.mean(raw) * 1e3:7.2f}")
+    print(f"  ratio pvc / raw                                      {jp50 / rp50:7.2f}x {jp99 / rp99:7.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
