@@ -19,17 +19,19 @@ from pathlib import Path
 import requests
 from kazoo.client import KazooClient
 
+from pvc_dev.libvirtd import start_libvirtd
 from pvc_dev.services import Service, start_api, start_flower, start_redis, start_worker, start_zookeeper, wait_until
 from zk_schema import Schema, init_cluster
 
-__all__ = ["LocalCluster", "NodeSpec", "domain_xml", "node_xml", "qemu_domain_xml"]
+__all__ = ["LocalCluster", "NodeSpec", "domain_xml", "node_xml"]
 
 
 @dataclass(frozen=True)
 class NodeSpec:
     """A node of a local cluster. ``hypervisor`` is ``test`` (libvirt's test driver, described by a node file
-    with ``memory_mib`` and ``cpus``) or ``qemu-embed`` (real QEMU guests through libvirt's embedded QEMU driver
-    inside the worker process; the host's real memory and CPUs apply)."""
+    with ``memory_mib`` and ``cpus``), ``qemu`` (real QEMU guests under the node's own libvirtd, see
+    ``pvc_dev.libvirtd``; live migration between such nodes) or ``qemu-embed`` (real QEMU guests through libvirt's
+    embedded driver inside the worker process; no migration). QEMU nodes report the host's real memory and CPUs."""
 
     name: str
     memory_mib: int = 8192
@@ -79,6 +81,7 @@ class LocalCluster:
         self.flower_service: Service | None = None
         self._zk: KazooClient | None = None
         self._qemu_roots: dict[str, Path] = {}
+        self.libvirtds: dict[str, Service] = {}
 
     # ---- addresses ------------------------------------------------------------------------------------------
     @property
@@ -170,12 +173,15 @@ class LocalCluster:
     def libvirt_uri(self, node: str) -> str:
         """Write the node's hypervisor description and return its libvirt URI."""
         spec = self.spec(node)
+        if spec.hypervisor == "qemu":
+            if node not in self.libvirtds:
+                self.libvirtds[node] = start_libvirtd(node, self._short_dir("pvcl-"))
+                self.services.insert(0, self.libvirtds[node])  # stopped after the workers
+            return str(self.libvirtds[node].info["uri"])
         if spec.hypervisor == "qemu-embed":
             # QEMU's monitor sockets live under the root and a unix socket path has at most 108 bytes: keep the
             # root short, outside the (long) work directory, and remove it at stop.
-            if node not in self._qemu_roots:
-                self._qemu_roots[node] = Path(tempfile.mkdtemp(prefix=f"pvcq-{node}-"))
-            root = self._qemu_roots[node]
+            root = self._short_dir(f"pvcq-{node}-")
             (root / "etc").mkdir(exist_ok=True)
             (root / "etc" / "qemu.conf").write_text(QEMU_CONF)
             return f"qemu:///embed?root={root}"
@@ -186,8 +192,16 @@ class LocalCluster:
         xml.write_text(node_xml(spec))
         return f"test://{xml}"
 
+    def _short_dir(self, prefix: str) -> Path:
+        """A short private directory (unix socket paths have at most 108 bytes), removed at stop."""
+        if prefix not in self._qemu_roots:
+            self._qemu_roots[prefix] = Path(tempfile.mkdtemp(prefix=prefix))
+        return self._qemu_roots[prefix]
+
     def start_worker(self, node: str, extra_env: dict[str, str] | None = None) -> Service:
         env = {**self.env(), "PVC_LIBVIRT_URI": self.libvirt_uri(node), **self.worker_env, **(extra_env or {})}
+        if self.spec(node).hypervisor == "qemu":
+            env.setdefault("PVC_MIGRATION_URI", "tcp://127.0.0.1")  # migration data over loopback
         worker = start_worker(node, env, self.workdir / "workers")
         old = self.workers.get(node)
         if old in self.services:
@@ -266,14 +280,3 @@ def domain_xml(name: str, memory_mib: int = 256, vcpus: int = 1) -> str:
     """A minimal libvirt domain for the test driver."""
     return (f"<domain type='test'><name>{name}</name><memory unit='MiB'>{memory_mib}</memory>"
             f"<vcpu>{vcpus}</vcpu><os><type arch='x86_64'>hvm</type></os></domain>")
-
-
-def qemu_domain_xml(name: str, memory_mib: int = 64) -> str:
-    """A tiny real guest: no disk, so it sits in SeaBIOS (and ignores ACPI shutdown requests). No <cpu> element:
-    ``-cpu host`` aborts QEMU under this machine's nested virtualisation (machine-recipes.md)."""
-    return (f"<domain type='kvm'><name>{name}</name><memory unit='MiB'>{memory_mib}</memory><vcpu>1</vcpu>"
-            "<os><type arch='x86_64' machine='pc'>hvm</type></os><features><acpi/></features>"
-            "<devices><emulator>/usr/bin/qemu-system-x86_64</emulator><video><model type='none'/></video>"
-            "<memballoon model='none'/></devices></domain>")
-
-

@@ -36,6 +36,7 @@ class Settings:
     job_retention: float = defaults.JOB_RETENTION
     shutdown_timeout: float = defaults.SHUTDOWN_TIMEOUT
     migration_timeout: float = defaults.MIGRATION_TIMEOUT
+    migration_bandwidth: int = defaults.MIGRATION_BANDWIDTH
     #: Where QEMU sends live-migration data (e.g. ``tcp://10.0.0.1``); empty: libvirt uses the peer's hostname.
     migration_uri: str = ""
     ipmi_hostname: str = ""

@@ -54,8 +54,9 @@ class Hypervisor(Protocol):
     live_migration: bool
 
     def migrate_live(self, name: str, peer_uri: str, *, max_downtime_ms: int, timeout: float,
-                     progress: Callable[[float], None], cancelled: Callable[[], bool]) -> None:
-        """Live-migrate to ``peer_uri``; ``progress`` gets 0..1, ``cancelled`` is polled. Raises
+                     progress: Callable[[float], None], cancelled: Callable[[], bool]) -> dict[str, int]:
+        """Live-migrate to ``peer_uri``; ``progress`` gets 0..1, ``cancelled`` is polled; returns what the
+        hypervisor applied (``max_downtime_ms``). Raises
         ``MigrationAborted`` when cancelled or not converged within ``timeout`` s (the VM stays here)."""
 
     def define(self, xml: str) -> DomainFacts: ...

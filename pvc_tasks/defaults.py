@@ -30,6 +30,8 @@ JOB_RETENTION = 7 * 24 * 3600.0
 SHUTDOWN_TIMEOUT = 180.0
 #: Bound (s) of a live migration that has not converged: it is aborted and the VM keeps running on its source.
 MIGRATION_TIMEOUT = 300.0
+#: Live-migration bandwidth cap (MiB/s); 0 leaves it to QEMU. A cap keeps migrations from starving VM traffic.
+MIGRATION_BANDWIDTH = 0
 #: Live-migration max downtime (ms) when a VM's meta does not set one (PVC's default is 300 ms).
 MAX_DOWNTIME_MS = 300
 #: API listen address and port.

@@ -203,12 +203,15 @@ def _live(run: JobRun, target: str, record: dict) -> None:
         return run.ctx.jobs.get(run.job.id).cancel_requested
 
     try:
-        run.hv.migrate_live(run.vm, peer, max_downtime_ms=downtime, timeout=run.ctx.settings.migration_timeout,
-                            progress=run.percent_within, cancelled=cancelled)
+        applied = run.hv.migrate_live(run.vm, peer, max_downtime_ms=downtime,
+                                      timeout=run.ctx.settings.migration_timeout, progress=run.percent_within,
+                                      cancelled=cancelled)
     except MigrationAborted as exc:
         if cancelled():
             raise JobCancelled(str(exc)) from exc
         raise
+    if applied.get("max_downtime_ms"):
+        run.note_only(f"hypervisor applied max downtime {applied['max_downtime_ms']} ms")
 
 
 @step_task(PERFORM, on_error=_abort)

@@ -122,7 +122,8 @@ class Daemon:
             raise StartupError(f"this worker is too old for the cluster: {exc}") from exc
         _register(self.zk, schema, settings)
         try:
-            hypervisor = LibvirtHypervisor(settings.libvirt_uri, settings.migration_uri)
+            hypervisor = LibvirtHypervisor(settings.libvirt_uri, settings.migration_uri,
+                                           settings.migration_bandwidth)
         except HypervisorError as exc:
             raise StartupError(str(exc)) from exc
         ctx = NodeContext(settings.node, settings, self.zk, schema, hypervisor)

@@ -62,8 +62,9 @@ def _ensure_event_loop() -> None:
 class LibvirtHypervisor:
     """A node's hypervisor through one libvirt connection."""
 
-    def __init__(self, uri: str, migration_uri: str = "") -> None:
+    def __init__(self, uri: str, migration_uri: str = "", migration_bandwidth: int = 0) -> None:
         self.uri = uri
+        self.migration_bandwidth = migration_bandwidth
         #: Where QEMU sends migration data (``tcp://host``); empty lets libvirt use the peer's hostname.
         self.migration_uri = migration_uri
         # The test driver has no migration API; two embedded QEMU drivers cannot reach each other.
@@ -128,16 +129,17 @@ class LibvirtHypervisor:
         return facts
 
     def migrate_live(self, name: str, peer_uri: str, *, max_downtime_ms: int, timeout: float,
-                     progress: Callable[[float], None], cancelled: Callable[[], bool]) -> None:
+                     progress: Callable[[float], None], cancelled: Callable[[], bool]) -> dict[str, int]:
         """libvirt peer-to-peer live migration, watched from here: progress from the job's data figures, abort on
         cancel or when it has not converged within ``timeout`` s (the VM then keeps running on this node)."""
         dom = self._domain(name)
-        if max_downtime_ms:
-            self._call("set max downtime", dom.migrateSetMaxDowntime, int(max_downtime_ms))
         flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
                  | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
-        params = {libvirt.VIR_MIGRATE_PARAM_URI: self.migration_uri} if self.migration_uri else {}
+        params: dict = {libvirt.VIR_MIGRATE_PARAM_URI: self.migration_uri} if self.migration_uri else {}
+        if self.migration_bandwidth:
+            params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(self.migration_bandwidth)
         outcome: dict[str, BaseException | None] = {"error": None}
+        applied: dict[str, int] = {}
 
         def run() -> None:
             try:
@@ -163,6 +165,14 @@ class LibvirtHypervisor:
                 except libvirt.libvirtError:
                     pass  # finished or failed meanwhile; the thread's outcome says which
                 continue
+            if max_downtime_ms and not applied:
+                # The downtime limit is a parameter of the running migration job: set it once the job exists,
+                # and read it back so the caller can report what QEMU really uses.
+                try:
+                    dom.migrateSetMaxDowntime(int(max_downtime_ms))
+                    applied["max_downtime_ms"] = dom.migrateGetMaxDowntime()
+                except libvirt.libvirtError:
+                    pass
             try:
                 stats = dom.jobStats()
             except libvirt.libvirtError:
@@ -174,6 +184,7 @@ class LibvirtHypervisor:
             raise MigrationAborted(f"live migration of {name} aborted: {aborted}; it still runs here")
         if outcome["error"] is not None:
             raise HypervisorError(f"live migration of {name} failed: {outcome['error']}")
+        return applied
 
     def resources(self) -> NodeResources:
         _model, memory_mib, cpus, *_ = self._call("node info", self.conn.getInfo)

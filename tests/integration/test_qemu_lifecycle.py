@@ -2,7 +2,8 @@
 
 import pytest
 
-from pvc_dev.cluster import NodeSpec, qemu_domain_xml
+from pvc_dev.cluster import NodeSpec
+from pvc_dev.guests import qemu_domain_xml
 
 
 @pytest.fixture(scope="module")

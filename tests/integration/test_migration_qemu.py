@@ -1,0 +1,137 @@
+"""Live migration between two real QEMU nodes (each its own libvirtd), with real guests."""
+
+import os
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from pvc_dev.cluster import NodeSpec
+from pvc_dev.guests import busy_boot_image, qemu_domain_xml, running_boot_code
+from pvc_dev.services import wait_until
+
+QEMU_NODES = [NodeSpec("hq1", hypervisor="qemu"), NodeSpec("hq2", hypervisor="qemu")]
+
+
+def api(c, method, path, **kw):
+    return c.session().request(method, f"{c.api_url}/api/v1{path}", timeout=15, **kw)
+
+
+def qemu_pid(c, node: str, vm: str) -> int | None:
+    """The PID of the VM's QEMU on ``node`` if one runs there (libvirt's pid file in the node's private /run)."""
+    pidfile = c.libvirtds[node].log_path.parent / "fs" / "run_libvirt" / "qemu" / f"{vm}.pid"
+    try:
+        pid = int(pidfile.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if f"guest={vm}".encode() in cmdline else None
+
+
+def libvirt_state(c, node: str, vm: str) -> tuple[int, int] | None:
+    conn = libvirt.open(c.libvirtds[node].info["uri"])
+    try:
+        return tuple(conn.lookupByName(vm).state())
+    except libvirt.libvirtError:
+        return None
+    finally:
+        conn.close()
+
+
+def start_busy_guest(c, vm: str, node: str) -> None:
+    image = busy_boot_image(c.workdir / f"{vm}.img")
+    assert c.define_vm(vm, node=node, start=True, xml=qemu_domain_xml(vm, 64, image))["state"] == "succeeded"
+    wait_until(lambda: running_boot_code(c.libvirtds[node].info["uri"], vm), 60, f"{vm} to run its boot code")
+
+
+def follow(c, job_id: str) -> tuple[dict, list[int]]:
+    """Long-poll the job to its end, recording every percent seen."""
+    s, seen, job = c.session(), [], {"revision": -1, "state": "queued"}
+    while job["state"] not in ("succeeded", "failed", "cancelled"):
+        job = s.get(f"{c.api_url}/api/v1/jobs/{job_id}", params={"wait": 5, "after": job.get("revision", -1)},
+                    timeout=20).json()
+        seen.append(job["percent"])
+    return job, seen
+
+
+@pytest.fixture(scope="module")
+def qemu_pair(zookeeper, tmp_path_factory):
+    from tests.conftest import _cluster
+
+    c = _cluster(zookeeper, tmp_path_factory.mktemp("qemu-pair"), QEMU_NODES)
+    c.start()
+    yield c
+    c.stop()
+
+
+def test_live_migration_moves_the_running_guest(qemu_pair):
+    """Live migration: QEMU runs on T and not on S, libvirt says running/migrated, progress only grows, and the
+    VM's max_downtime reached the hypervisor."""
+    c = qemu_pair
+    start_busy_guest(c, "live1", "hq1")
+    assert api(c, "put", "/vms/live1/meta", json={"max_downtime": 250}).status_code == 200
+    source_pid = qemu_pid(c, "hq1", "live1")
+    assert source_pid and qemu_pid(c, "hq2", "live1") is None
+
+    job, seen = follow(c, api(c, "post", "/vms/live1/migrate", json={"target": "hq2"}).json()["id"])
+    assert job["state"] == "succeeded", job
+    assert job["result"]["how"] == "live"
+    assert seen == sorted(seen) and max(seen) == 100 and all(0 <= p <= 100 for p in seen)
+    texts = [m["text"] for m in job["messages"]]
+    assert "hypervisor applied max downtime 250 ms" in texts
+
+    assert qemu_pid(c, "hq2", "live1") and qemu_pid(c, "hq1", "live1") is None
+    assert not Path(f"/proc/{source_pid}").exists()
+    assert libvirt_state(c, "hq2", "live1") == (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_MIGRATED)
+    assert libvirt_state(c, "hq1", "live1") is None  # undefined on the source
+    vm = api(c, "get", "/vms/live1").json()
+    assert (vm["node"], vm["last_node"], vm["state"]) == ("hq2", "hq1", "running")
+
+    back = api(c, "post", "/vms/live1/unmigrate").json()
+    assert c.wait_job(back["id"])["state"] == "succeeded"
+    assert qemu_pid(c, "hq1", "live1") and qemu_pid(c, "hq2", "live1") is None
+    assert c.wait_job(api(c, "post", "/vms/live1/state", json={"state": "stop"}).json()["id"])["state"] == "succeeded"
+
+
+def test_shutdown_migration_of_a_guest_that_ignores_acpi_fails_and_stays(qemu_pair):
+    """method=shutdown on a guest that ignores ACPI: the bounded shutdown fails and the VM keeps running on S."""
+    c = qemu_pair
+    assert c.define_vm("deaf", node="hq1", start=True, xml=qemu_domain_xml("deaf"))["state"] == "succeeded"
+    job = c.wait_job(api(c, "post", "/vms/deaf/migrate",
+                         json={"target": "hq2", "method": "shutdown", "timeout": 2}).json()["id"])
+    assert job["state"] == "failed" and "did not shut down within 2 s" in job["reason"]
+    assert qemu_pid(c, "hq1", "deaf") and qemu_pid(c, "hq2", "deaf") is None
+    vm = api(c, "get", "/vms/deaf").json()
+    assert (vm["node"], vm["state"], vm["active_job"]) == ("hq1", "running", "")
+
+
+@pytest.fixture
+def capped_pair(make_cluster):
+    """QEMU nodes whose migrations are capped at 1 MiB/s: a busy guest never converges."""
+    return make_cluster(QEMU_NODES, worker_env={"PVC_MIGRATION_BANDWIDTH": "1", "PVC_MIGRATION_TIMEOUT": "4"})
+
+
+def test_convergence_timeout_aborts_and_cancel_aborts_a_running_migration(capped_pair):
+    """A migration that cannot converge is aborted after its timeout, and one cancelled while running is
+    aborted at once; both leave the VM running on S only."""
+    c = capped_pair
+    start_busy_guest(c, "slow", "hq1")
+    job = c.wait_job(api(c, "post", "/vms/slow/migrate", json={"target": "hq2", "method": "live"}).json()["id"])
+    assert job["state"] == "failed" and "did not converge within 4 s" in job["reason"], job
+    assert qemu_pid(c, "hq1", "slow") and qemu_pid(c, "hq2", "slow") is None
+    assert libvirt_state(c, "hq1", "slow")[0] == libvirt.VIR_DOMAIN_RUNNING
+    assert api(c, "get", "/vms/slow").json()["node"] == "hq1"
+
+    c.worker_env["PVC_MIGRATION_TIMEOUT"] = "600"  # now only a cancel can stop it
+    c.workers["hq1"].stop()
+    c.start_worker("hq1")
+    c.wait_worker("hq1")
+    running = api(c, "post", "/vms/slow/migrate", json={"target": "hq2", "method": "live"}).json()
+    wait_until(lambda: api(c, "get", f"/jobs/{running['id']}").json()["percent"] > 25, 30, "perform to run")
+    assert os.path.exists(f"/proc/{qemu_pid(c, 'hq2', 'slow')}")  # the incoming QEMU exists during migration
+    assert api(c, "post", f"/jobs/{running['id']}/cancel").json()["cancel_requested"] is True
+    ended = c.wait_job(running["id"], timeout=60)
+    assert ended["state"] == "cancelled" and "cancelled by request" in ended["reason"], ended
+    assert qemu_pid(c, "hq1", "slow") and qemu_pid(c, "hq2", "slow") is None
+    vm = api(c, "get", "/vms/slow").json()
+    assert (vm["node"], vm["state"], vm["active_job"]) == ("hq1", "running", "")
