@@ -10,7 +10,10 @@ long so that nothing else writes to ZooKeeper while it counts), starts one idle 
 * the baseline in the same run: a Celery chain of as many hops (4, alternating between two worker processes as
   the steps alternate between T and S) doing the same number of ZooKeeper writes, on the same Redis and ZooKeeper.
 
-    .venv/bin/python bench/migrate.py [--rounds 100]
+* the same migration job on real QEMU nodes (two libvirtds, an idle 64 MiB guest, libvirt's peer-to-peer live
+  migration), in a second cluster.
+
+    .venv/bin/python bench/migrate.py [--rounds 100] [--qemu-rounds 20]
 """
 
 from __future__ import annotations
@@ -92,9 +95,28 @@ def baseline(cluster: LocalCluster, rounds: int, writes: int, workdir: Path) -> 
             w.stop()
 
 
+def qemu_times(rounds: int) -> list[float]:
+    from pvc_dev.guests import qemu_domain_xml
+
+    workdir = Path(tempfile.mkdtemp(prefix="pvc-bench-qemu-"))
+    cluster = LocalCluster(workdir, [NodeSpec("hq1", hypervisor="qemu"), NodeSpec("hq2", hypervisor="qemu")],
+                           flower=False, worker_env={"PVC_KEEPALIVE_INTERVAL": "3600", "PVC_JANITOR_INTERVAL": "3600"})
+    print(f"starting a 2-node QEMU cluster in {workdir} ...", flush=True)
+    cluster.start()
+    try:
+        cluster.define_vm("guest", node="hq1", start=True, xml=qemu_domain_xml("guest"))
+        s, base, nodes = cluster.session(), f"{cluster.api_url}/api/v1", ["hq2", "hq1"]
+        migrate(s, base, "guest", "hq2")
+        migrate(s, base, "guest", "hq1")
+        return [migrate(s, base, "guest", nodes[i % 2]) for i in range(rounds)]
+    finally:
+        cluster.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--qemu-rounds", type=int, default=20)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="pvc-bench-"))
     quiet = {"PVC_KEEPALIVE_INTERVAL": "3600", "PVC_JANITOR_INTERVAL": "3600"}
@@ -118,6 +140,7 @@ def main() -> int:
         raw = baseline(cluster, args.rounds, writes, workdir)
     finally:
         cluster.stop()
+    real = qemu_times(args.qemu_rounds) if args.qemu_rounds else []
     jp50, jp99, rp50, rp99 = percentile(times, 50), percentile(times, 99), percentile(raw, 50), percentile(raw, 99)
     print(f"\nZooKeeper write transactions per migration (API request to terminal): median {writes} "
           f"(min {min(counts)}, max {max(counts)}, over {len(counts)} migrations)")
@@ -127,6 +150,10 @@ def main() -> int:
     print(f"  raw Celery chain, 4 hops over 2 workers, {writes} ZK writes {rp50 * 1e3:6.2f}  {rp99 * 1e3:7.2f}  "
           f"{statistics.mean(raw) * 1e3:7.2f}")
     print(f"  ratio pvc / raw                                      {jp50 / rp50:7.2f}x {jp99 / rp99:7.2f}x")
+    if real:
+        print(f"\nlive migration of an idle 64 MiB QEMU guest, {len(real)} rounds (ms)      p50      p99     mean")
+        print(f"  pvc migrate job through the API, 2 libvirtd nodes      {percentile(real, 50) * 1e3:7.1f}  "
+              f"{percentile(real, 99) * 1e3:7.1f}  {statistics.mean(real) * 1e3:7.1f}")
     return 0
 
 

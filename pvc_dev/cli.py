@@ -21,10 +21,13 @@ import time
 from pathlib import Path
 
 from pvc_dev.cluster import LocalCluster, NodeSpec
+from pvc_dev.guests import qemu_domain_xml
 
 __all__ = ["main"]
 
 DEV_NODES = [NodeSpec("hv1", 8192, 4), NodeSpec("hv2", 16384, 8), NodeSpec("hv3", 4096, 2)]
+#: --hypervisor qemu: the same three nodes, each with its own libvirtd + QEMU (real guests, live migration).
+QEMU_NODES = [NodeSpec(n.name, hypervisor="qemu") for n in DEV_NODES]
 #: (name, MiB, node, start): spread over the nodes so that `pvc node list` shows some variety.
 DEMO_VMS = [("web1", 1024, "hv1", True), ("web2", 1024, "hv2", True), ("db1", 2048, "hv2", True),
             ("batch1", 512, "hv3", False)]
@@ -77,7 +80,8 @@ def _secret(workdir: Path, name: str, length: int) -> str:
 def _banner(c: LocalCluster, workdir: Path) -> str:
     cli_config = workdir / "cli.toml"
     return f"""
-pvc dev cluster is up ({len(c.nodes)} nodes, libvirt test driver). Ctrl-C here, or `pvc-dev down`, stops it.
+pvc dev cluster is up ({len(c.nodes)} nodes, {c.nodes[0].hypervisor} hypervisor).
+Ctrl-C here, or `pvc-dev down`, stops it.
 
   API       {c.api_url}/api/v1        (token: {c.token})
   Swagger   {c.api_url}/api/v1/docs   (browser: any user name, the token as password)
@@ -93,7 +97,8 @@ Use the CLI (in another shell):
   pvc vm list
   pvc vm start batch1          # waits with a progress bar, exits 0
   pvc vm start batch1          # again: refused (409, already running), exits 3
-  pvc vm shutdown web1
+  pvc vm migrate web1 --target hv3   # a migration job: prepare on hv3, perform on hv1, finish, cleanup
+  pvc vm unmigrate web1
   pvc job list
 """
 
@@ -110,7 +115,8 @@ def up(args: argparse.Namespace) -> int:
     for sub in ("zookeeper", "redis", "api", "flower", "workers", "nodes"):
         # A fresh cluster each time: old ZooKeeper data would describe VMs the new test-driver nodes do not have.
         shutil.rmtree(workdir / sub, ignore_errors=True)
-    cluster = LocalCluster(workdir, DEV_NODES, token=_secret(workdir, "token", 24),
+    qemu = args.hypervisor == "qemu"
+    cluster = LocalCluster(workdir, QEMU_NODES if qemu else DEV_NODES, token=_secret(workdir, "token", 24),
                            flower_password=_secret(workdir, "flower-password", 12))
     print("starting ZooKeeper, Redis, 3 workers, the API and Flower ...", flush=True)
     cluster.start()
@@ -119,7 +125,9 @@ def up(args: argparse.Namespace) -> int:
         (workdir / "cli.toml").chmod(0o600)
         if not args.no_vms:
             for name, memory, node, start in DEMO_VMS:
-                job = cluster.define_vm(name, memory, node=node, start=start)
+                # Real guests are tiny (64 MiB, no disk: they idle in SeaBIOS) so that three nodes fit anywhere.
+                xml = qemu_domain_xml(name) if qemu else None
+                job = cluster.define_vm(name, memory, node=node, start=start, xml=xml)
                 print(f"  VM {name}: {job['kind']} {job['state']} on {job['node']}")
         banner = _banner(cluster, workdir)
         _state_file(workdir).write_text(json.dumps({
@@ -176,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="start the dev cluster in the foreground")
     p_up.add_argument("--no-vms", action="store_true", help="do not create the demo VMs")
+    p_up.add_argument("--hypervisor", choices=["test", "qemu"], default="test",
+                      help="test: libvirt's test driver (default); qemu: a libvirtd + real QEMU guests per node")
     sub.add_parser("down", help="stop a dev cluster started from this directory")
     sub.add_parser("status", help="is a dev cluster running, and where")
     args = parser.parse_args(argv)

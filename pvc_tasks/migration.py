@@ -168,11 +168,11 @@ def _abort(run: JobRun, outcome: JobState, reason: str) -> None:
     hop(run, ABORT_TARGET, target, params=abort, message=f"rolling back: {reason}")
 
 
-@step_task(PREPARE, claims=True, on_error=_abort)
+@step_task(PREPARE, claims=("prepare", lambda j: f"preparing {j.node} for {j.vm} ({j.params['method']})"),
+           on_error=_abort)
 def prepare(run: JobRun) -> None:
     """Runs on T: re-check the target and, for hand-over paths, define the VM here (not started)."""
     params, vm, node = run.job.params, run.vm, run.ctx.node
-    run.phase("prepare", 1, STEPS, f"preparing {node} for {vm} ({params['method']})")
     _check_target_unchanged(run)
     record = _check_still_ours(run, params["source"])
     try:
@@ -182,7 +182,8 @@ def prepare(run: JobRun) -> None:
     live = params["method"] in ("live", "default") and run.hv.live_migration
     if not live and run.hv.state(vm) == "missing":
         run.hv.define(record["xml"])
-    hop(run, PERFORM, params["source"], message=f"{node} is ready for {vm}")
+    hop(run, PERFORM, params["source"], phase=("perform", 2),
+        message=f"{node} is ready for {vm}; moving it off {params['source']}")
 
 
 def _shutdown_on_source(run: JobRun, timeout: float) -> None:
@@ -218,7 +219,6 @@ def _live(run: JobRun, target: str, record: dict) -> None:
 def perform(run: JobRun) -> None:
     """Runs on S: move the VM's execution off S by the job's method."""
     params, vm, source = run.job.params, run.vm, run.ctx.node
-    run.phase("perform", 2, STEPS, f"moving {vm} off {source}")
     target = _check_target_unchanged(run)
     record = _check_still_ours(run, source)
     was_running, method, how = run.hv.state(vm) == "running", params["method"], "cold"
@@ -234,15 +234,17 @@ def perform(run: JobRun) -> None:
             _shutdown_on_source(run, timeout)
             how = "shutdown"
     elif was_running and method in ("live", "default"):
-        run.note_only(f"{run.hv.uri} has no live migration: handing {vm}'s definition over (destroy here, "
-                      f"start on {target})")
+        # No live migration on this hypervisor (test driver, embedded QEMU): hand the definition over instead.
         run.hv.destroy(vm)
         how = "handover"
     elif was_running:
         _shutdown_on_source(run, timeout)
         how = "shutdown"
+    left = {"handover": f"{vm} left {source}: {run.hv.uri} has no live migration, so its definition is handed "
+                        f"over (destroyed here, started on {target})"}.get(how, f"{vm} left {source} ({how})")
+    doing = "recording" if not was_running else "verifying" if how == "live" else "starting"
     hop(run, FINISH, target, ops=node_figure_ops(run.ctx), params={"was_running": was_running, "how": how},
-        message=f"{vm} left {source} ({how})")
+        phase=("finish", 3), message=f"{left}; {doing} it on {target}")
 
 
 def _commit_ops(run: JobRun, observed: str) -> list:
@@ -258,7 +260,6 @@ def _commit_ops(run: JobRun, observed: str) -> list:
 def finish(run: JobRun) -> None:
     """Runs on T: start the VM here unless it arrived running, verify, and commit its new place."""
     params, vm, node = run.job.params, run.vm, run.ctx.node
-    run.phase("finish", 3, STEPS, f"starting {vm} on {node}" if params["was_running"] else f"recording {vm}")
     _check_target_unchanged(run)
     _check_still_ours(run, params["source"])
     if params["was_running"] and run.hv.state(vm) != "running":
@@ -266,14 +267,14 @@ def finish(run: JobRun) -> None:
     observed = run.hv.state(vm)
     if params["was_running"] and observed != "running":
         raise JobFailed(f"VM {vm} is {observed} on {node} after the migration, not running")
-    hop(run, CLEANUP, params["source"], ops=_commit_ops(run, observed), message=f"{vm} now runs on {node}")
+    hop(run, CLEANUP, params["source"], ops=_commit_ops(run, observed), phase=("cleanup", 4),
+        message=f"{vm} is now on {node}; removing its old definition from {params['source']}")
 
 
 @step_task(CLEANUP)
 def cleanup(run: JobRun) -> None:
     """Runs on S: remove S's copy of the definition and end the job."""
     vm, source, target = run.vm, run.ctx.node, run.job.params["reserved_on"]
-    run.phase("cleanup", 4, STEPS, f"removing {vm}'s old definition from {source}")
     note = ""
     try:
         state = run.hv.state(vm)
@@ -305,7 +306,7 @@ def abort_target(job_id: str, vm: str, node: str, abort_params: dict | None = No
     if run.hv.state(vm) == "running" and domain_record(ctx.zk, ctx.schema, vm)["node"] == source:
         # The VM already runs here (a live migration completed, or T started it before a crash): rolling back
         # would kill the only running copy. Commit the migration instead.
-        hop(run, CLEANUP, source, ops=_commit_ops(run, "running"),
+        hop(run, CLEANUP, source, ops=_commit_ops(run, "running"), phase=("cleanup", 4),
             message=f"{vm} already runs on {node}: the migration is committed instead of rolled back")
         return {"job": job_id, "state": "rolled forward"}
     if run.hv.state(vm) not in ("missing", "running"):

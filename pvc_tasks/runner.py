@@ -102,7 +102,8 @@ def _raise_percent(job: Job, target: int) -> bool:
     return True
 
 
-def _claim(ctx: NodeContext, job_id: str) -> Job | None:
+def _claim(ctx: NodeContext, job_id: str, phase: tuple[str, str] | None = None) -> Job | None:
+    """queued -> running (compare-and-set); ``phase`` (name, message) enters the first phase in the same write."""
     claimed = False
 
     def mutate(job: Job) -> bool:
@@ -110,6 +111,9 @@ def _claim(ctx: NodeContext, job_id: str) -> Job | None:
         if job.state != JobState.QUEUED:
             return False
         job.state, job.started, job.phase = JobState.RUNNING, time.time(), "starting"
+        if phase:
+            job.advance(phase[0], 1, job.steps)
+            job.note(phase[1])
         claimed = True
         return True
 
@@ -208,7 +212,7 @@ def fail_orphan(store, job_id: str, reason: str) -> Job:
 
 
 def hop(run: JobRun, task_name: str, node: str, ops: list[Op] | None = None, message: str | None = None,
-        params: dict | None = None) -> None:
+        params: dict | None = None, phase: tuple[str, int] | None = None) -> None:
     """Hand a multi-step job to its next task on ``node``'s queue.
 
     The job's ``stage`` (the task that may act next) and ``node`` (whose queue holds it) are written, with ``ops``
@@ -220,6 +224,8 @@ def hop(run: JobRun, task_name: str, node: str, ops: list[Op] | None = None, mes
             raise JobFailed(f"job ended meanwhile ({job.state})")
         job.stage, job.node = task_name, node
         job.params.update(params or {})
+        if phase:
+            job.advance(phase[0], phase[1], job.steps)
         if message:
             job.note(message)
         return True
@@ -228,12 +234,14 @@ def hop(run: JobRun, task_name: str, node: str, ops: list[Op] | None = None, mes
     app.send_task(task_name, kwargs={"job_id": run.job.id, "vm": run.vm, "node": node})
 
 
-def step_task(name: str, *, claims: bool = False,
+def step_task(name: str, *, claims: tuple[str, Callable[[Job], str]] | None = None,
               on_error: Callable[[JobRun, JobState, str], None] | None = None) -> Callable:
     """Declare one step of a multi-step job: a Celery task ``name`` whose body is ``fn(run)``.
 
     The step acts only if the job is not terminal and its ``stage`` names this task on this node (else the message
-    is stale: ignored). ``claims``: the first step, which also moves the job ``queued -> running``. An exception
+    is stale: ignored). ``claims`` (phase name, message from the job): the first step, which also moves the job
+    ``queued -> running`` and enters that phase in the same write; later steps' phases are entered by the ``hop``
+    that hands the job to them. An exception
     calls ``on_error(run, outcome, reason)`` (cancelled on ``JobCancelled``, failed otherwise), which starts the
     family's rollback."""
 
@@ -247,7 +255,7 @@ def step_task(name: str, *, claims: bool = False,
                 log.info("stale %s message for job %s (stage %s on %s); ignored", name, job_id, job.stage, job.node)
                 return {"job": job_id, "state": "skipped"}
             if claims:
-                job = _claim(ctx, job_id)
+                job = _claim(ctx, job_id, (claims[0], claims[1](job)))
                 if job is None:
                     return {"job": job_id, "state": "skipped"}
             run = JobRun(ctx, job)

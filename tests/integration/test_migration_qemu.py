@@ -41,7 +41,8 @@ def libvirt_state(c, node: str, vm: str) -> tuple[int, int] | None:
 def start_busy_guest(c, vm: str, node: str) -> None:
     image = busy_boot_image(c.workdir / f"{vm}.img")
     assert c.define_vm(vm, node=node, start=True, xml=qemu_domain_xml(vm, 64, image))["state"] == "succeeded"
-    wait_until(lambda: running_boot_code(c.libvirtds[node].info["uri"], vm), 60, f"{vm} to run its boot code")
+    # SeaBIOS needs a few seconds to reach the boot sector here; much longer when both cores are busy.
+    wait_until(lambda: running_boot_code(c.libvirtds[node].info["uri"], vm), 180, f"{vm} to run its boot code")
 
 
 def follow(c, job_id: str) -> tuple[dict, list[int]]:
@@ -103,6 +104,7 @@ def test_shutdown_migration_of_a_guest_that_ignores_acpi_fails_and_stays(qemu_pa
     assert qemu_pid(c, "hq1", "deaf") and qemu_pid(c, "hq2", "deaf") is None
     vm = api(c, "get", "/vms/deaf").json()
     assert (vm["node"], vm["state"], vm["active_job"]) == ("hq1", "running", "")
+    assert c.wait_job(api(c, "post", "/vms/deaf/state", json={"state": "stop"}).json()["id"])["state"] == "succeeded"
 
 
 @pytest.fixture
