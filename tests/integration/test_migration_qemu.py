@@ -113,9 +113,9 @@ def capped_pair(make_cluster):
     return make_cluster(QEMU_NODES, worker_env={"PVC_MIGRATION_BANDWIDTH": "1", "PVC_MIGRATION_TIMEOUT": "4"})
 
 
-def test_convergence_timeout_aborts_and_cancel_aborts_a_running_migration(capped_pair):
-    """A migration that cannot converge is aborted after its timeout, and one cancelled while running is
-    aborted at once; both leave the VM running on S only."""
+def test_convergence_timeout_fallback_and_cancel_of_a_running_migration(capped_pair):
+    """A live migration that cannot converge is aborted after its timeout (method default then falls back to a
+    shutdown migration), and one cancelled while running is aborted at once; each leaves the VM running on S only."""
     c = capped_pair
     start_busy_guest(c, "slow", "hq1")
     job = c.wait_job(api(c, "post", "/vms/slow/migrate", json={"target": "hq2", "method": "live"}).json()["id"])
@@ -123,6 +123,13 @@ def test_convergence_timeout_aborts_and_cancel_aborts_a_running_migration(capped
     assert qemu_pid(c, "hq1", "slow") and qemu_pid(c, "hq2", "slow") is None
     assert libvirt_state(c, "hq1", "slow")[0] == libvirt.VIR_DOMAIN_RUNNING
     assert api(c, "get", "/vms/slow").json()["node"] == "hq1"
+
+    # method default: live fails the same way, then it falls back to a shutdown migration, which this guest
+    # (no OS, ignores ACPI) refuses within its bound: failed, still running on S.
+    job = c.wait_job(api(c, "post", "/vms/slow/migrate", json={"target": "hq2", "timeout": 2}).json()["id"])
+    assert job["state"] == "failed" and "did not shut down within 2 s" in job["reason"], job
+    assert any("falling back to shutdown migration" in m["text"] for m in job["messages"])
+    assert qemu_pid(c, "hq1", "slow") and qemu_pid(c, "hq2", "slow") is None
 
     c.worker_env["PVC_MIGRATION_TIMEOUT"] = "600"  # now only a cancel can stop it
     c.workers["hq1"].stop()
