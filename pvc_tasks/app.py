@@ -35,7 +35,7 @@ app.conf.update(
     redis_socket_connect_timeout=3,
     redis_socket_timeout=10,
     worker_hijack_root_logger=False,
-    include=["pvc_tasks.lifecycle", "pvc_tasks.migration"],
+    include=["pvc_tasks.lifecycle", "pvc_tasks.migration", "pvc_tasks.flush"],
 )
 
 

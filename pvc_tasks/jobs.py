@@ -12,6 +12,7 @@ transaction that creates the job and cleared in the same transaction that ends i
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import uuid
@@ -134,6 +135,27 @@ def commit(zk: KazooClient, ops: Iterable[Op]) -> list:
     return results
 
 
+#: Job kind -> ops every END of such a job commits with its terminal write (a migration gives back its slot and
+#: reservation), whoever ends it: its own task, a rollback, the janitor, or a cancel.
+END_OPS: dict[str, Callable[[JobStore, Job], list[Op]]] = {}
+#: Called after a job with a parent ended (a flush learns that a child migration is done).
+CHILD_ENDED: list[Callable[[JobStore, Job], None]] = []
+
+
+def end_ops(store: JobStore, job: Job) -> list[Op]:
+    hook = END_OPS.get(job.kind)
+    return hook(store, job) if hook else []
+
+
+def notify_parent(store: JobStore, job: Job) -> None:
+    if job.parent and job.terminal:
+        for callback in CHILD_ENDED:
+            try:
+                callback(store, job)
+            except Exception:  # best effort: a parent also polls its children
+                logging.getLogger(__name__).exception("parent of job %s not notified", job.id)
+
+
 class JobStore:
     """Reads and transitions job records; ``schema`` may be a callable returning the current Schema."""
 
@@ -212,6 +234,8 @@ class JobStore:
 
     def release_ops(self, job: Job) -> list[Op]:
         """Ops clearing the VM's active-job marker if it still names this job (version-checked)."""
+        if not job.vm:
+            return []  # a node's job (flush, unflush) has no VM marker
         path = self.schema.path("domain.active_job", job.vm)
         try:
             data, stat = self.zk.get(path)
@@ -225,13 +249,20 @@ class JobStore:
                ops: Callable[[Job], list[Op]] | None = None, *, release: bool = True) -> Job:
         """End a job (if not already ended) and release its VM marker, with ``ops``, in one transaction."""
 
+        ended = False
+
         def mutate(job: Job) -> bool:
+            nonlocal ended
             if job.terminal:
                 return False
             job.end(state, reason, result)
+            ended = True
             return True
 
         def extra(job: Job) -> list[Op]:
-            return (ops(job) if ops else []) + (self.release_ops(job) if release else [])
+            return (ops(job) if ops else []) + (self.release_ops(job) if release else []) + end_ops(self, job)
 
-        return self.update(job_id, mutate, extra)
+        job = self.update(job_id, mutate, extra)
+        if ended:
+            notify_parent(self, job)
+        return job

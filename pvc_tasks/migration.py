@@ -45,11 +45,11 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError
 from kombu.exceptions import OperationalError
 
-from pvc_tasks import defaults, placement
+from pvc_tasks import defaults, placement, slots
 from pvc_tasks.app import app
 from pvc_tasks.context import HypervisorError, MigrationAborted
 from pvc_tasks.errors import Conflict, Invalid, NotFound, Unavailable
-from pvc_tasks.jobs import Job, JobState, JobStore, commit
+from pvc_tasks.jobs import END_OPS, Job, JobState, JobStore, commit
 from pvc_tasks.runner import ORPHAN_HANDLERS, JobCancelled, JobFailed, JobRun, hop, node_figure_ops, step_task
 from pvc_tasks.state import domain_record, node_alive
 from zk_schema import Schema
@@ -76,8 +76,9 @@ def _method(vm: dict, method: str | None, force_live: bool) -> str:
 
 def submit_migration(zk: KazooClient, schema: Schema, vm_name: str, kind: str, target: str | None = None,
                      method: str | None = None, force_live: bool = False, timeout: float | None = None,
-                     parent: str = "") -> Job:
-    """Validate, place, and create the job (one transaction with the VM marker and T's reservation); enqueue."""
+                     parent: str = "", priority: str = "user", target_states: tuple[str, ...] = ("ready",)) -> Job:
+    """Validate, place, and create the job (one transaction with the VM marker, T's reservation and a migration
+    slot, each version-checked); enqueue. ``priority`` "node" for flush/unflush/fence work (pvc_tasks.slots)."""
     if kind not in KINDS:
         raise Invalid(f"kind: {kind!r} is not one of {', '.join(KINDS)}")
     store = JobStore(zk, schema)
@@ -102,18 +103,20 @@ def submit_migration(zk: KazooClient, schema: Schema, vm_name: str, kind: str, t
         if not node_alive(zk, schema, source):
             raise Conflict(f"source {source}'s worker is not running, so VM {vm_name} cannot leave it",
                            code="node_unavailable", details={"node": source})
-        chosen = placement.choose_target(zk, schema, vm, target)
+        chosen = placement.choose_target(zk, schema, vm, target, target_states)
         reserved, version = placement.read_reserved(zk, schema, chosen)
         # ``reserved_on`` never changes: it is where the reservation (and any copy prepare made) must be undone,
         # even if someone re-plans ``target`` meanwhile.
         job = Job.new(kind, vm_name, chosen, {"source": source, "target": chosen, "reserved_on": chosen,
                                               "method": resolved,
                                               "requested": method or "", "force_live": force_live,
+                                              "target_states": list(target_states),
                                               **({"timeout": timeout} if timeout else {})}, parent=parent)
         job.stage, job.steps = PREPARE, STEPS
         ops = [store.create_op(job), ("set", marker_path, job.id.encode(), marker_stat.version),
                placement.reserve_op(schema, chosen, reserved, version, job.id, int(vm["memory"] or 0),
-                                    int(vm["vcpus"] or 0))]
+                                    int(vm["vcpus"] or 0)),
+               slots.admit_op(zk, schema, job.id, source, chosen, priority)]
         try:
             commit(zk, ops)
         except BadVersionError:
@@ -121,15 +124,14 @@ def submit_migration(zk: KazooClient, schema: Schema, vm_name: str, kind: str, t
                 # Another request took the VM between our read and our write: of racing requests exactly one
                 # wins, even if its job has already ended by now.
                 raise Conflict(f"VM {vm_name} got another job at the same moment", code="vm_busy") from None
-            continue  # another placement reserved on T first: choose again with its reservation counted
+            continue  # another placement reserved on T, or took a slot, first: decide again with it counted
         break
     else:
         raise Conflict(f"VM {vm_name}: placement kept racing with other requests; retry", code="busy")
     try:
         app.send_task(PREPARE, kwargs={"job_id": job.id, "vm": vm_name, "node": chosen})
     except (OperationalError, OSError) as exc:
-        store.finish(job.id, JobState.FAILED, f"could not enqueue: broker unreachable ({exc})",
-                     ops=lambda _j: placement.release_op(zk, schema, chosen, job.id))
+        store.finish(job.id, JobState.FAILED, f"could not enqueue: broker unreachable ({exc})")
         raise Unavailable("the task broker (Redis) is unreachable; nothing was changed",
                           code="broker_unavailable") from exc
     return job
@@ -176,7 +178,8 @@ def prepare(run: JobRun) -> None:
     _check_target_unchanged(run)
     record = _check_still_ours(run, params["source"])
     try:
-        placement.check_target(run.ctx.zk, run.ctx.schema, record, node, own_job=run.job.id)
+        placement.check_target(run.ctx.zk, run.ctx.schema, record, node, own_job=run.job.id,
+                               states=tuple(params.get("target_states") or ("ready",)))
     except Conflict as exc:
         raise JobFailed(f"target {node} can no longer take {vm}: {exc.message}") from exc
     live = params["method"] in ("live", "default") and run.hv.live_migration
@@ -353,7 +356,7 @@ def abort_source(job_id: str, vm: str, node: str) -> dict:
         if on_source and observed != "missing":
             values["state"] = observed
         out = [("set", ctx.schema.path(f"domain.{k}", vm), v.encode(), -1) for k, v in values.items()]
-        return out + placement.release_op(ctx.zk, ctx.schema, job.params["reserved_on"], job_id) + node_figure_ops(ctx)
+        return out + node_figure_ops(ctx)  # the reservation and the slot go with END_OPS
 
     ctx.jobs.finish(job_id, outcome, reason, ops=ops)
     return {"job": job_id, "state": str(outcome)}
@@ -395,9 +398,15 @@ def orphaned(store: JobStore, job: Job, reason: str) -> None:
         if moved:
             app.send_task(stage, kwargs={"job_id": job.id, "vm": job.vm, "node": node})
         return
-    store.finish(job.id, JobState.FAILED, f"{reason}; neither {source} nor {target} can roll it back now",
-                 ops=lambda _j: placement.release_op(zk, schema, target, job.id))
+    store.finish(job.id, JobState.FAILED, f"{reason}; neither {source} nor {target} can roll it back now")
+
+
+def _end_ops(store: JobStore, job: Job) -> list:
+    """Whoever ends a migration gives back its reservation (if the commit has not already) and its slot."""
+    return (placement.release_op(store.zk, store.schema, job.params["reserved_on"], job.id)
+            + slots.release_ops(store.zk, store.schema, job.id))
 
 
 for _kind in KINDS:
     ORPHAN_HANDLERS[_kind] = orphaned
+    END_OPS[_kind] = _end_ops

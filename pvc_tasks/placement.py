@@ -57,17 +57,19 @@ def _limit(vm: dict) -> list[str]:
     return [n for n in (vm.get("meta.node_limit") or "").split(",") if n]
 
 
-def check_target(zk: KazooClient, schema: Schema, vm: dict, target: str, *, own_job: str = "") -> dict:
+def check_target(zk: KazooClient, schema: Schema, vm: dict, target: str, *, own_job: str = "",
+                 states: tuple[str, ...] = ("ready",)) -> dict:
     """The target's record when it may take the VM now; ``Conflict`` naming the reason otherwise.
 
-    ``own_job``: a job whose reservation on the target is the VM's own (counted as free when re-checking)."""
+    ``own_job``: a job whose reservation on the target is the VM's own (counted as free when re-checking).
+    ``states``: the target's acceptable domain states (an unflush brings VMs back to its node while ``unflush``)."""
     record = node_record(zk, schema, target)
     memory, limit = int(vm.get("memory") or 0), _limit(vm)
     if target == vm.get("node"):
         raise Conflict(f"VM {vm['name']} is already on {target}", code="same_node", details={"node": target})
     if not record["alive"]:
         raise Conflict(f"target {target}'s worker is not running", code="node_unavailable", details={"node": target})
-    if record["domain_state"] != "ready":
+    if record["domain_state"] not in states:
         raise Conflict(f"target {target} is {record['domain_state']}, not ready", code="node_not_ready",
                        details={"node": target})
     if limit and target not in limit:
@@ -83,12 +85,13 @@ def check_target(zk: KazooClient, schema: Schema, vm: dict, target: str, *, own_
     return record
 
 
-def choose_target(zk: KazooClient, schema: Schema, vm: dict, explicit: str | None = None) -> str:
+def choose_target(zk: KazooClient, schema: Schema, vm: dict, explicit: str | None = None,
+                  states: tuple[str, ...] = ("ready",)) -> str:
     """An explicit target (checked) or the selector's choice among valid candidates; ``Conflict`` when none."""
     if explicit:
         if zk.exists(schema.path("node", explicit)) is None:
             raise Invalid(f"target: no node named {explicit!r}", details={"target": [f"unknown node {explicit!r}"]})
-        check_target(zk, schema, vm, explicit)
+        check_target(zk, schema, vm, explicit, states=states)
         return explicit
     method = vm.get("meta.node_selector") or zk.get(schema.path("base.config.migration_selector"))[0].decode()
     memory = int(vm.get("memory") or 0)

@@ -37,6 +37,7 @@ CLUSTER_QUEUE = Queue("cluster", _EXCHANGE, routing_key="cluster")
 FAMILIES: dict[str, tuple[str, str]] = {
     "pvc.vm.": ("node", "a VM lifecycle step acts on the libvirt domain, which lives on the VM's node"),
     "pvc.migrate.": ("node", "each migration step acts on the hypervisor of the node that owns its resource"),
+    "pvc.flush.": ("node", "the flush/unflush engine of a node runs on that node"),
 }
 
 

@@ -17,9 +17,9 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 from kombu.exceptions import OperationalError
 
-from pvc_tasks import placement, selector
+from pvc_tasks import selector
 from pvc_tasks.errors import Conflict, Invalid, NotFound, Unavailable
-from pvc_tasks.jobs import Job, JobState, JobStore, commit
+from pvc_tasks.jobs import Job, JobState, JobStore, commit, end_ops, notify_parent
 from pvc_tasks.lifecycle import TASKS
 from pvc_tasks.state import delete_tree_ops, node_alive, node_record, node_records
 from zk_schema import Schema, SchemaError
@@ -171,7 +171,8 @@ def submit_define(zk: KazooClient, schema: Schema, xml: str, node: str | None = 
     return _enqueue(store, job, remove_vm=True)
 
 
-def submit_vm_action(zk: KazooClient, schema: Schema, vm: str, action: str, params: dict | None = None) -> Job:
+def submit_vm_action(zk: KazooClient, schema: Schema, vm: str, action: str, params: dict | None = None,
+                     parent: str = "") -> Job:
     """Create a lifecycle job for an existing VM (one transaction with its marker) and enqueue it."""
     if action not in ACTIONS:
         raise Invalid(f"state: {action!r} is not one of {', '.join(ACTIONS)}", details={"state": [action]})
@@ -195,7 +196,7 @@ def submit_vm_action(zk: KazooClient, schema: Schema, vm: str, action: str, para
     if not node_alive(zk, schema, node):
         raise Conflict(f"node {node}'s worker is not running, so it cannot {action} {vm}; start pvc-worker "
                        f"--node {node}", code="node_unavailable", details={"node": node})
-    job = Job.new(action, vm, node, params or {})
+    job = Job.new(action, vm, node, params or {}, parent=parent)
     store = JobStore(zk, schema)
     try:
         commit(zk, [store.create_op(job), ("set", marker_path, job.id.encode(), stat.version)])
@@ -222,11 +223,11 @@ def cancel_job(zk: KazooClient, schema: Schema, job_id: str) -> Job:
         return True
 
     def extra(job: Job) -> list:
-        ops = store.release_ops(job) if job.state == JobState.CANCELLED else []
-        if job.state == JobState.CANCELLED and job.params.get("reserved_on"):  # a migration's reservation
-            ops += placement.release_op(zk, schema, job.params["reserved_on"], job.id)
+        ops = store.release_ops(job) + end_ops(store, job) if job.state == JobState.CANCELLED else []
         if job.kind == "define" and job.state == JobState.CANCELLED:
             ops = delete_tree_ops(zk, schema.path("domain", job.vm))
         return ops
 
-    return store.update(job_id, mutate, extra)
+    job = store.update(job_id, mutate, extra)
+    notify_parent(store, job)
+    return job

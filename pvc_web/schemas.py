@@ -28,12 +28,20 @@ class HealthSchema(Schema):
     schema_version = fields.Integer(allow_none=True)
 
 
+class LimitsSchema(Schema):
+    migrate_out_per_node = fields.Integer(validate=validate.Range(min=1, max=1000))
+    migrate_in_per_node = fields.Integer(validate=validate.Range(min=1, max=1000))
+    migrate_cluster = fields.Integer(validate=validate.Range(min=1, max=10000))
+
+
 class ClusterSchema(Schema):
     schema_version = fields.Integer()
     latest_schema_version = fields.Integer()
     maintenance = fields.Boolean()
     primary_node = fields.String()
     migration_selector = fields.String()
+    limits = fields.Nested(LimitsSchema)
+    migrations = fields.Integer(metadata={"description": "migrations holding a slot now"})
     nodes = fields.Dict(keys=fields.String(), values=fields.Integer(), metadata={"description": "count by state"})
     vms = fields.Dict(keys=fields.String(), values=fields.Integer(), metadata={"description": "count by state"})
     jobs = fields.Dict(keys=fields.String(), values=fields.Integer(), metadata={"description": "count by state"})
@@ -170,6 +178,7 @@ class JobWaitSchema(Schema):
 class JobQuerySchema(Schema):
     state = fields.String(validate=validate.OneOf([s.value for s in JobState]))
     kind = fields.String()
+    parent = fields.String(metadata={"description": "children of this job (e.g. a flush's migrations)"})
     node = fields.String()
     vm = fields.String()
     limit = fields.Integer(load_default=JOB_LIST_LIMIT, validate=validate.Range(min=1, max=10_000))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections import Counter
 
+from pvc_tasks import slots
 from pvc_tasks.errors import Invalid
-from pvc_tasks.jobs import JobStore
+from pvc_tasks.jobs import JobStore, commit
 from pvc_tasks.state import domain_records, node_records
 from pvc_web.blueprint import Blueprint, handle
-from pvc_web.schemas import ClusterInitSchema, ClusterSchema, SchemaChangeSchema
+from pvc_web.schemas import ClusterInitSchema, ClusterSchema, LimitsSchema, SchemaChangeSchema
 from zk_schema import SchemaError, available_versions, init_cluster, upgrade_to_latest
 
 PREFIX = "/cluster"
@@ -32,6 +33,8 @@ def status():
         "maintenance": value("base.config.maintenance") == "true",
         "primary_node": value("base.config.primary_node"),
         "migration_selector": value("base.config.migration_selector"),
+        "limits": slots.limit_fields(zk, schema),
+        "migrations": len(slots.read_slots(zk, schema)[0]),
         "nodes": dict(Counter("alive" if n["alive"] else "absent" for n in nodes)),
         "vms": dict(Counter(d["state"] or "unknown" for d in domain_records(zk, schema))),
         "jobs": dict(Counter(str(j.state) for j in JobStore(zk, schema).all())),
@@ -61,3 +64,16 @@ def upgrade():
     steps = upgrade_to_latest(h.zk)
     schema = h.refresh()
     return {"schema_version": schema.version, "created": [], "upgraded_through": steps}
+
+
+@blp.route("/limits", methods=["PUT"])
+@blp.arguments(LimitsSchema)
+@blp.response(200, LimitsSchema)
+def set_limits(args: dict):
+    """Change the migration concurrency limits (out of a node, into a node, whole cluster); one transaction."""
+    h = handle()
+    if not args:
+        raise Invalid("limits: nothing to change", details={"limits": ["give at least one limit"]})
+    keys = {key.rsplit(".", 1)[1]: key for key in slots.LIMIT_KEYS.values()}
+    commit(h.zk, [("set", h.schema.path(keys[name]), str(value).encode(), -1) for name, value in args.items()])
+    return slots.limit_fields(h.zk, h.schema)

@@ -22,7 +22,7 @@ blp = Blueprint("jobs", __name__, description="Jobs: state, phase, percent, mess
 def list_jobs(query: dict):
     """Jobs, newest first, filtered by state, kind, node and VM."""
     h = handle()
-    wanted = {k: query[k] for k in ("state", "kind", "node", "vm") if query.get(k)}
+    wanted = {k: query[k] for k in ("state", "kind", "node", "vm", "parent") if query.get(k)}
     jobs = [j for j in JobStore(h.zk, h.schema).all()
             if all(str(getattr(j, k)) == v for k, v in wanted.items())]
     jobs.sort(key=lambda j: j.created, reverse=True)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pvc_tasks.flush import submit_node_action
 from pvc_tasks.state import node_record, node_records
-from pvc_web.blueprint import Blueprint, handle
-from pvc_web.schemas import NodeSchema
-from pvc_web.views import node_view
+from pvc_web.blueprint import Blueprint, accepted, handle
+from pvc_web.schemas import JobSchema, NodeSchema
+from pvc_web.views import job_view, node_view
 
 PREFIX = "/nodes"
-blp = Blueprint("nodes", __name__, description="Nodes, their workers and resources")
+blp = Blueprint("nodes", __name__, description="Nodes, their workers and resources; flush and ready")
 
 
 @blp.route("")
@@ -25,3 +26,22 @@ def show_node(node: str):
     """One node (404 ``node_not_found`` when unknown)."""
     h = handle()
     return node_view(node_record(h.zk, h.schema, node))
+
+
+@blp.route("/<string:node>/flush", methods=["POST"])
+@blp.response(202, JobSchema)
+@blp.alt_response(409, description="the node's worker is absent, or it is being made ready")
+def flush(node: str):
+    """Flush (drain) a node: every VM leaves by a child migration job; the node ends ``flushed``. On a node that
+    is already flushed (or flushing) this answers that job."""
+    h = handle()
+    return accepted(job_view(submit_node_action(h.zk, h.schema, node, "flush")))
+
+
+@blp.route("/<string:node>/ready", methods=["POST"])
+@blp.response(202, JobSchema)
+def ready(node: str):
+    """Make a node ready: during a flush, cancel it; on a flushed node, unflush (start its autostart VMs, bring
+    back the VMs whose last node it is). On a ready node, a no-op job."""
+    h = handle()
+    return accepted(job_view(submit_node_action(h.zk, h.schema, node, "ready")))

@@ -69,3 +69,9 @@ def test_plan_1_to_2_adds_node_reservations():
     """Version 2 only adds the node's reservation key."""
     p = plan(Schema.load(1), Schema.load(2))
     assert (p.added, p.removed, p.moved) == (["node.reserved"], [], {})
+
+
+def test_plan_2_to_3_adds_migration_slots_and_node_jobs():
+    """Version 3 adds the cluster's migration slots and each node's active flush/unflush job."""
+    p = plan(Schema.load(2), Schema.load(3))
+    assert (sorted(p.added), p.removed, p.moved) == (["base.migrations", "node.active_job"], [], {})

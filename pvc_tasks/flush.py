@@ -1,0 +1,316 @@
+"""Flush (drain) and unflush (ready) of a node N, as one parent job whose children are migration and lifecycle jobs.
+
+States of N (``node.domain_state``): ready -> flush -> flushed, and flushed -> unflush -> ready. N's
+``node.active_job`` names the flush or unflush job; both are set in the transaction that creates it.
+
+Flush of N (``pvc node flush N``)
+    Every VM on N leaves by a child ``migrate`` job (so ``last_node`` = N and unflush brings it back), target chosen
+    when it leaves (so earlier moves count), with node priority for migration slots (``pvc_tasks.slots``). A
+    running VM with no valid target is shut down (bounded; a child ``shutdown`` job) and marked autostart, with the
+    reason recorded; a stopped VM with no target stays. N accepts no new VMs (placement requires ``ready``).
+Unflush of N (``pvc node ready N``)
+    Starts N's autostart VMs (child ``start`` jobs; autostart is then cleared) and brings back every VM whose
+    last_node is N (child ``unmigrate`` jobs), within the same limits.
+
+The engine: a tick (``pvc.flush.tick`` on N's queue) that never waits. Each tick recomputes what is left from
+ZooKeeper (VMs and their active jobs), cancels or submits children as slots allow, records progress, and either
+ends the job or schedules the next tick. A child's end triggers a tick at once (``CHILD_ENDED``); a tick every
+``TICK_INTERVAL`` s is the safety net. Ticks are serialised by a lease in the job record (a concurrent tick
+exits), so two ticks never submit for one VM.
+
+Cancel (``pvc node ready N`` during a flush, or ``pvc job cancel`` of the flush): queued children are cancelled,
+running ones asked to stop (they finish or roll back: each VM ends on exactly one node); when none is left running,
+ONE transaction ends the job ``cancelled``, sets N ready and clears its active job.
+Failure: a child that fails leaves its VM on N with the reason in ``result.stayed``; the flush goes on with the
+others and ends ``failed`` listing them. If N's worker dies, the janitor ends the flush with the reason; a later
+``ready`` (an unflush) or flush works, since the node's active job is then ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import BadVersionError
+
+from pvc_tasks.app import app
+from pvc_tasks.errors import Conflict, PvcError
+from pvc_tasks.jobs import CHILD_ENDED, END_OPS, Job, JobState, JobStore, Op, commit
+from pvc_tasks.state import domain_records, node_record
+from zk_schema import Schema
+
+__all__ = ["TICK", "submit_node_action"]
+
+log = logging.getLogger(__name__)
+
+TICK = "pvc.flush.tick"
+#: Seconds between safety ticks (children's ends tick at once) and the lifetime of a tick's lease.
+TICK_INTERVAL, LEASE = 1.0, 10.0
+
+
+# ---- API side ---------------------------------------------------------------------------------------------------
+def _noop(store: JobStore, kind: str, node: str, why: str) -> Job:
+    job = Job.new(kind, "", node, {})
+    job.end(JobState.SUCCEEDED, "", {"noop": why})
+    job.note(why)
+    commit(store.zk, [store.create_op(job)])
+    return job
+
+
+def submit_node_action(zk: KazooClient, schema: Schema, node: str, action: str) -> Job:
+    """``flush`` or ``ready`` node N: the job that does it (possibly an already-running or a no-op one)."""
+    from pvc_tasks.submit import cancel_job
+
+    record = node_record(zk, schema, node)
+    store = JobStore(zk, schema)
+    active = store.get(record["active_job"]) if record["active_job"] else None
+    if active is not None and active.terminal:
+        active = None
+    state = record["domain_state"]
+    if action == "flush":
+        if active is not None and active.kind == "flush":
+            return active
+        if active is not None:
+            raise Conflict(f"node {node} is being made ready by job {active.id}; wait for it or cancel it",
+                           code="node_busy", details={"job": active.id})
+        if state == "flushed":
+            return _noop(store, "flush", node, f"{node} is already flushed")
+    else:
+        if active is not None and active.kind == "flush":
+            return cancel_job(zk, schema, active.id)  # ready during a flush cancels it; N returns to ready
+        if active is not None:
+            return active
+        if state == "ready":
+            return _noop(store, "unflush", node, f"{node} is already ready")
+    if not record["alive"]:
+        raise Conflict(f"node {node}'s worker is not running", code="node_unavailable", details={"node": node})
+    kind, new_state = ("flush", "flush") if action == "flush" else ("unflush", "unflush")
+    job = Job.new(kind, "", node, {})
+    job.stage = TICK
+    state_stat = zk.exists(schema.path("node.domain_state", node))
+    active_stat = zk.exists(schema.path("node.active_job", node))
+    try:
+        commit(zk, [store.create_op(job),
+                    ("set", schema.path("node.domain_state", node), new_state.encode(), state_stat.version),
+                    ("set", schema.path("node.active_job", node), job.id.encode(), active_stat.version)])
+    except BadVersionError as exc:
+        raise Conflict(f"node {node} changed state at the same moment; retry", code="node_busy") from exc
+    app.send_task(TICK, kwargs={"job_id": job.id, "vm": "", "node": node})
+    return job
+
+
+# ---- the tick, on N's worker ------------------------------------------------------------------------------------
+def _take_lease(store: JobStore, job_id: str, token: str, periodic: bool) -> Job | None:
+    """The job, leased to this tick; None when it ended or another tick holds it (which is then told to pass
+    again at once, so a child's end is never missed)."""
+    taken = False
+
+    def mutate(job: Job) -> bool:
+        nonlocal taken
+        taken = False
+        lease = job.params.get("lease") or {}
+        if job.terminal:
+            return False
+        if periodic:
+            job.params["scheduled"] = False
+        if lease and lease.get("until", 0) > time.time():
+            job.params["dirty"] = True
+            return True
+        if job.state == JobState.QUEUED:
+            job.state, job.started = JobState.RUNNING, time.time()
+            job.advance(job.kind, 1, 1)
+        job.params["lease"] = {"token": token, "until": time.time() + LEASE}
+        taken = True
+        return True
+
+    job = store.update(job_id, mutate)
+    return job if taken else None
+
+
+def _end_node_ops(schema: Schema, node: str, state: str) -> list[Op]:
+    return [("set", schema.path("node.domain_state", node), state.encode(), -1)]  # active_job: END_OPS
+
+
+def _plan(zk: KazooClient, schema: Schema, job: Job, result: dict) -> tuple[list[dict], list[dict]]:
+    """(VMs still to act on, all VMs concerned) from ZooKeeper."""
+    node, vms = job.node, domain_records(zk, schema)
+    handled = set(result["done"]) | set(result["stayed"])
+    if job.kind == "flush":
+        concerned = [v for v in vms if v["node"] == node]
+    else:
+        concerned = [v for v in vms if (v["node"] == node and v.get("meta.autostart") == "true"
+                                        and v["state"] != "running") or (v["last_node"] == node and v["node"] != node)]
+    return [v for v in concerned if v["name"] not in handled], concerned
+
+
+def _submit_child(zk: KazooClient, schema: Schema, job: Job, vm: dict) -> tuple[str, str]:
+    """Submit the next child for ``vm``: ("child", id) | ("wait", why) | ("stayed", why) | ("done", why)."""
+    from pvc_tasks.migration import submit_migration
+    from pvc_tasks.submit import set_meta, submit_vm_action
+
+    name = vm["name"]
+    try:
+        if job.kind == "unflush" and vm["node"] == job.node:
+            set_meta(zk, schema, name, {"autostart": False})
+            return "child", submit_vm_action(zk, schema, name, "start", parent=job.id).id
+        if job.kind == "unflush":  # back to N, which is "unflush" until the job ends
+            return "child", submit_migration(zk, schema, name, "unmigrate", parent=job.id, priority="node",
+                                             target_states=("ready", "unflush")).id
+        return "child", submit_migration(zk, schema, name, "migrate", parent=job.id, priority="node").id
+    except Conflict as exc:
+        if exc.code in ("migration_limit", "vm_busy", "busy"):
+            return "wait", exc.message
+        if exc.code == "no_target" and job.kind == "flush":
+            if vm["state"] != "running":
+                return "done", f"{name} is {vm['state']} and has no target: it stays on {job.node}"
+            set_meta(zk, schema, name, {"autostart": True})
+            child = submit_vm_action(zk, schema, name, "shutdown", parent=job.id)
+            return "child", child.id
+        return "stayed", exc.message
+    except PvcError as exc:
+        return "stayed", exc.message
+
+
+@app.task(name=TICK)
+def tick(job_id: str, vm: str, node: str, periodic: bool = False) -> dict:
+    """Runs on N: one pass of the flush/unflush engine (see the module docstring)."""
+    from pvc_tasks.context import current
+
+    ctx = current()
+    store = ctx.jobs
+    token = uuid.uuid4().hex
+    job = _take_lease(store, job_id, token, periodic)
+    if job is None:
+        return {"job": job_id, "state": "skipped"}
+    try:
+        return _pass(ctx, job, token)
+    except Exception as exc:  # a pass that broke must not stall the job: note it, free the lease, pass again
+        log.exception("flush tick of job %s failed", job_id)
+        return _continue(store, job_id, token, dict(job.result), [f"pass failed: {exc}"], "")
+
+
+def _pass(ctx, job: Job, token: str) -> dict:
+    from pvc_tasks.submit import cancel_job
+
+    store, zk, schema, job_id, node = ctx.jobs, ctx.zk, ctx.schema, job.id, job.node
+    children = job.result.get("children", {})
+    running = {v: c for v, c in children.items() if not store.get(c).terminal}
+    notes: list[str] = []
+    result = dict(job.result, children=children)
+    result.setdefault("done", [])
+    result.setdefault("stayed", {})
+    # Children that ended since the last pass.
+    for name, child_id in list(children.items()):
+        if name in running or name in result["done"] or name in result["stayed"]:
+            continue
+        child = store.get(child_id)
+        if child.state == JobState.SUCCEEDED:
+            result["done"].append(name)
+            notes.append(f"{name}: {child.kind} done" + (f" (now on {child.result['node']})"
+                                                          if child.result.get("node") else ""))
+        else:
+            result["stayed"][name] = f"{child.kind} {child.state}: {child.reason}"
+            notes.append(f"{name} stays: {child.reason}")
+    if job.cancel_requested:
+        for child_id in running.values():
+            try:
+                cancel_job(zk, schema, child_id)
+            except Conflict:
+                pass  # ended meanwhile
+        still = [v for v, c in running.items() if not store.get(c).terminal]
+        if not still:
+            store.finish(job_id, JobState.CANCELLED, "cancelled by request; VMs already moved stay where they "
+                                                     "are", result, release=False)
+            return {"job": job_id, "state": "cancelled"}
+        return _continue(store, job_id, token, result, notes, f"cancelling: waiting for {len(still)} child job(s)")
+    todo, concerned = _plan(zk, schema, job, result)
+    waiting = ""
+    for record in todo:
+        if record["name"] in running:
+            continue
+        if record.get("active_job") and record["active_job"] not in children.values():
+            waiting = f"{record['name']} has another job"
+            continue
+        outcome, detail = _submit_child(zk, schema, job, record)
+        if outcome == "child":
+            children[record["name"]] = detail
+            running[record["name"]] = detail
+        elif outcome == "done":
+            result["done"].append(record["name"])
+            notes.append(detail)
+        elif outcome == "stayed":
+            result["stayed"][record["name"]] = detail
+            notes.append(f"{record['name']} stays: {detail}")
+        else:
+            waiting = detail
+            if "limit" in detail or "migrations" in detail:
+                break
+    total = len({v["name"] for v in concerned} | set(children) | set(result["stayed"]))
+    result["total"], result["running"] = total, sorted(running)
+    left = [v for v in todo if v["name"] not in children or v["name"] in running]
+    if not running and not left:
+        final = "flushed" if job.kind == "flush" else "ready"
+        stayed = result["stayed"]
+        outcome = JobState.FAILED if stayed else JobState.SUCCEEDED
+        reason = ("VMs stayed on " + node + ": " + "; ".join(f"{k}: {v}" for k, v in sorted(stayed.items()))
+                  if stayed else "")
+        store.finish(job_id, outcome, reason, result, ops=lambda _j: _end_node_ops(schema, node, final),
+                     release=False)
+        return {"job": job_id, "state": str(outcome)}
+    return _continue(store, job_id, token, result, notes, waiting)
+
+
+def _continue(store: JobStore, job_id: str, token: str, result: dict, notes: list[str], waiting: str) -> dict:
+    """Record progress, give the lease back, and schedule the next pass."""
+
+    def mutate(job: Job) -> bool:
+        if job.terminal:
+            return False
+        job.result = result
+        done = len(result["done"]) + len(result["stayed"])
+        job.percent = max(job.percent, min(99, int(100 * done / max(result.get("total", 0), 1))))
+        job.phase = f"{job.kind} {done}/{result.get('total', 0)}"
+        for note in notes:
+            job.note(note)
+        if job.params.get("lease", {}).get("token") == token:
+            job.params["lease"] = {}
+        flags["again"], job.params["dirty"] = bool(job.params.get("dirty")), False
+        flags["schedule"] = not job.params.get("scheduled")
+        job.params["scheduled"] = True
+        return True
+
+    flags: dict[str, bool] = {}
+    job = store.update(job_id, mutate)
+    if not job.terminal:
+        kwargs = {"job_id": job_id, "vm": "", "node": job.node}
+        if flags.get("again"):  # a child ended while this pass ran
+            app.send_task(TICK, kwargs=kwargs)
+        if flags.get("schedule"):  # the one periodic safety tick
+            app.send_task(TICK, kwargs=dict(kwargs, periodic=True), countdown=TICK_INTERVAL)
+    return {"job": job_id, "state": "running", "waiting": waiting}
+
+
+def _child_ended(store: JobStore, child: Job) -> None:
+    """A child's end ticks its parent at once (on the parent's node queue)."""
+    parent = store.get(child.parent)
+    if parent.kind in ("flush", "unflush") and not parent.terminal:
+        app.send_task(TICK, kwargs={"job_id": parent.id, "vm": "", "node": parent.node})
+
+
+def _end_ops(store: JobStore, job: Job) -> list[Op]:
+    """Whoever ends a flush or unflush (its tick, a cancel, the janitor) clears the node's active job; a cancelled
+    one also returns the node to ready (a failed one leaves its state: a later ready or flush takes over)."""
+    path = store.schema.path("node.active_job", job.node)
+    data, stat = store.zk.get(path)
+    if data.decode() != job.id:
+        return []
+    ops: list[Op] = [("set", path, b"", stat.version)]
+    if job.state == JobState.CANCELLED:
+        ops.append(("set", store.schema.path("node.domain_state", job.node), b"ready", -1))
+    return ops
+
+
+CHILD_ENDED.append(_child_ended)
+END_OPS["flush"] = END_OPS["unflush"] = _end_ops
