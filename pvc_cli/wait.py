@@ -67,7 +67,7 @@ def watch(client: Client, job: dict, timeout: float, quiet: bool) -> tuple[dict,
     """Poll until the job ends or ``timeout`` s pass; returns (job, ended)."""
     deadline = time.monotonic() + timeout
     seen = 0
-    progress = Progress(f"{job['kind']} {job['vm']}".strip(), quiet)
+    progress = Progress(f"{job['kind']} {job['vm'] or job['node']}".strip(), quiet)
     try:
         while True:
             messages = job.get("messages") or []
@@ -89,6 +89,16 @@ def watch(client: Client, job: dict, timeout: float, quiet: bool) -> tuple[dict,
 
 def _outcome(job: dict) -> str:
     result = job.get("result") or {}
+    if job["kind"] in ("flush", "unflush"):
+        head = f"job {job['id']} {job['kind']} {job['node']}: {job['state']}"
+        if result.get("noop"):
+            return f"{head} (nothing to do: {result['noop']})"
+        done, stayed = len(result.get("done", [])), result.get("stayed", {})
+        lines = [f"{head}: {done} VM(s) done" + (f", {len(stayed)} stayed" if stayed else "")]
+        lines += [f"  {vm} stayed: {why}" for vm, why in sorted(stayed.items())]
+        if job["state"] != "succeeded" and job["reason"] and not stayed:
+            lines.append(f"  {job['reason']}")
+        return "\n".join(lines)
     where = f" on {result['node']}" if result.get("node") else ""
     if result.get("from"):
         where = f": now on {result['node']} (from {result['from']}, {result.get('how') or 'moved'})"

@@ -222,7 +222,7 @@ def _pass(ctx, job: Job, token: str) -> dict:
         still = [v for v, c in running.items() if not store.get(c).terminal]
         if not still:
             store.finish(job_id, JobState.CANCELLED, "cancelled by request; VMs already moved stay where they "
-                                                     "are", result, release=False)
+                                                     "are", result, release=False, notes=notes)
             return {"job": job_id, "state": "cancelled"}
         return _continue(store, job_id, token, result, notes, f"cancelling: waiting for {len(still)} child job(s)")
     todo, concerned = _plan(zk, schema, job, result)
@@ -257,7 +257,7 @@ def _pass(ctx, job: Job, token: str) -> dict:
         reason = ("VMs stayed on " + node + ": " + "; ".join(f"{k}: {v}" for k, v in sorted(stayed.items()))
                   if stayed else "")
         store.finish(job_id, outcome, reason, result, ops=lambda _j: _end_node_ops(schema, node, final),
-                     release=False)
+                     release=False, notes=notes)
         return {"job": job_id, "state": str(outcome)}
     return _continue(store, job_id, token, result, notes, waiting)
 

@@ -246,7 +246,8 @@ class JobStore:
         return [("set", path, b"", stat.version)]
 
     def finish(self, job_id: str, state: JobState, reason: str = "", result: dict | None = None,
-               ops: Callable[[Job], list[Op]] | None = None, *, release: bool = True) -> Job:
+               ops: Callable[[Job], list[Op]] | None = None, *, release: bool = True,
+               notes: list[str] | None = None) -> Job:
         """End a job (if not already ended) and release its VM marker, with ``ops``, in one transaction."""
 
         ended = False
@@ -255,6 +256,8 @@ class JobStore:
             nonlocal ended
             if job.terminal:
                 return False
+            for note in notes or []:
+                job.note(note)
             job.end(state, reason, result)
             ended = True
             return True

@@ -26,6 +26,8 @@ def status(client, output) -> None:
         f"   maintenance: {'on' if c['maintenance'] else 'off'}",
         f"  primary node: {c['primary_node'] or '-'}",
         f"      selector: {c['migration_selector']}",
+        f"        limits: {c['limits']['migrate_out_per_node']} out / {c['limits']['migrate_in_per_node']} in per "
+        f"node, {c['limits']['migrate_cluster']} in the cluster ({c['migrations']} running)",
         f"         nodes: {_counts(c['nodes'])}",
         f"           VMs: {_counts(c['vms'])}",
         f"          jobs: {_counts(c['jobs'])}"]))
@@ -50,3 +52,17 @@ def upgrade(client, output) -> None:
     emit(output, client().post("/cluster/upgrade"),
          lambda r: f"cluster at schema version {r['schema_version']}"
                    + (f" (upgraded through {r['upgraded_through']})" if r["upgraded_through"] else " (no change)"))
+
+
+@group.command("limits")
+@click.option("--out", "migrate_out_per_node", type=click.IntRange(min=1), help="migrations out of one node")
+@click.option("--in", "migrate_in_per_node", type=click.IntRange(min=1), help="migrations into one node")
+@click.option("--cluster", "migrate_cluster", type=click.IntRange(min=1), help="migrations in the whole cluster")
+@output_option
+@click.pass_obj
+def limits(client, output, **values) -> None:
+    """Show or change the migration concurrency limits."""
+    body = {k: v for k, v in values.items() if v is not None}
+    c = client()
+    result = c.request("PUT", "/cluster/limits", json=body) if body else c.get("/cluster")["limits"]
+    emit(output, result, lambda r: "\n".join(f"{k}: {v}" for k, v in sorted(r.items())))

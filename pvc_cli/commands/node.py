@@ -5,11 +5,12 @@ from __future__ import annotations
 import click
 
 from pvc_cli.output import emit, output_option, table
+from pvc_cli.wait import finish, wait_options
 
 
 @click.group("node")
 def group() -> None:
-    """Nodes: workers, states and resources."""
+    """Nodes: workers, states and resources; flush (drain) and ready."""
 
 
 def _keepalive(n: dict) -> str:
@@ -51,3 +52,27 @@ def list_nodes(client, output) -> None:
 def info(client, node, output) -> None:
     """One node in detail (never shows the IPMI password)."""
     emit(output, client().get(f"/nodes/{node}"), render_node)
+
+
+@group.command("flush")
+@click.argument("node")
+@wait_options
+@output_option
+@click.pass_obj
+def flush(client, node, wait, timeout, output) -> None:
+    """Drain a node: every VM leaves by a migration (or, with nowhere to go, is shut down and marked autostart).
+    The node then takes no VMs until `pvc node ready`. Ctrl-C stops waiting, not the flush."""
+    c = client()
+    finish(c, c.post(f"/nodes/{node}/flush"), wait, timeout, output)
+
+
+@group.command("ready")
+@click.argument("node")
+@wait_options
+@output_option
+@click.pass_obj
+def ready(client, node, wait, timeout, output) -> None:
+    """Make a node ready: cancels a running flush, or brings a flushed node's VMs back (and starts its autostart
+    VMs)."""
+    c = client()
+    finish(c, c.post(f"/nodes/{node}/ready"), wait, timeout, output)

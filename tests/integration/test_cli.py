@@ -120,3 +120,19 @@ def test_connection_errors_are_one_line(pvc, tmp_path):
     assert missing.returncode == 3 and "does not exist" in missing.stderr
     config.write_text("api_url = 'http://127.0.0.1:9'\n")
     assert pvc("vm", "list", env={"PVC_CLI_CONFIG": str(config), "PVC_API_URL": ""}).returncode == 5
+
+
+def test_node_flush_and_ready_wait_with_per_vm_lines(cluster, pvc, vm_name):
+    """`pvc node flush` waits, shows a line per VM, ends with the count; `pvc node ready` brings them back."""
+    cluster.define_vm(vm_name, 128, node="hv3", start=True)
+    flushed = pvc("node", "flush", "hv3")
+    assert flushed.returncode == 0, flushed.stderr
+    assert f"{vm_name}: migrate done" in flushed.stderr and "VM(s) done" in flushed.stdout
+    assert "flushed" in pvc("node", "info", "hv3").stdout
+    noop = pvc("node", "flush", "hv3", "-o", "json")
+    assert noop.returncode == 0 and json.loads(noop.stdout)["result"]["noop"]
+    ready = pvc("node", "ready", "hv3")
+    assert ready.returncode == 0 and "unflush hv3: succeeded" in ready.stdout, ready.stdout
+    limits = pvc("cluster", "limits", "--out", "3", "-o", "json")
+    assert limits.returncode == 0 and json.loads(limits.stdout)["migrate_out_per_node"] == 3
+    assert pvc("cluster", "limits", "--out", "0").returncode == 2
