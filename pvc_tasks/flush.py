@@ -36,9 +36,9 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError
 
 from pvc_tasks.app import app
-from pvc_tasks.errors import Conflict, PvcError
+from pvc_tasks.errors import Conflict, NotFound, PvcError
 from pvc_tasks.jobs import CHILD_ENDED, END_OPS, Job, JobState, JobStore, Op, commit
-from pvc_tasks.state import domain_records, node_record
+from pvc_tasks.state import domain_record, domain_records, node_record
 from zk_schema import Schema
 
 __all__ = ["TICK", "submit_node_action"]
@@ -133,16 +133,21 @@ def _end_node_ops(schema: Schema, node: str, state: str) -> list[Op]:
     return [("set", schema.path("node.domain_state", node), state.encode(), -1)]  # active_job: END_OPS
 
 
-def _plan(zk: KazooClient, schema: Schema, job: Job, result: dict) -> tuple[list[dict], list[dict]]:
-    """(VMs still to act on, all VMs concerned) from ZooKeeper."""
-    node, vms = job.node, domain_records(zk, schema)
-    handled = set(result["done"]) | set(result["stayed"])
+def _plan(zk: KazooClient, schema: Schema, job: Job) -> list[str]:
+    """The VMs the job is about, fixed at its first pass (later passes then cost O(slots), not O(VMs))."""
+    node = job.node
     if job.kind == "flush":
-        concerned = [v for v in vms if v["node"] == node]
-    else:
-        concerned = [v for v in vms if (v["node"] == node and v.get("meta.autostart") == "true"
-                                        and v["state"] != "running") or (v["last_node"] == node and v["node"] != node)]
-    return [v for v in concerned if v["name"] not in handled], concerned
+        return [v["name"] for v in domain_records(zk, schema) if v["node"] == node]
+    return [v["name"] for v in domain_records(zk, schema)
+            if (v["node"] == node and v.get("meta.autostart") == "true" and v["state"] != "running")
+            or (v["last_node"] == node and v["node"] != node)]
+
+
+def _still_concerned(job: Job, vm: dict) -> bool:
+    if job.kind == "flush":
+        return vm["node"] == job.node
+    return (vm["node"] == job.node and vm.get("meta.autostart") == "true" and vm["state"] != "running") or \
+        (vm["last_node"] == job.node and vm["node"] != job.node)
 
 
 def _submit_child(zk: KazooClient, schema: Schema, job: Job, vm: dict) -> tuple[str, str]:
@@ -195,17 +200,16 @@ def _pass(ctx, job: Job, token: str) -> dict:
     from pvc_tasks.submit import cancel_job
 
     store, zk, schema, job_id, node = ctx.jobs, ctx.zk, ctx.schema, job.id, job.node
-    children = job.result.get("children", {})
-    running = {v: c for v, c in children.items() if not store.get(c).terminal}
+    result = dict(job.result)
+    if "plan" not in result:
+        result.update(plan=_plan(zk, schema, job), done=[], stayed={}, running={})
+    running: dict[str, str] = result["running"]
     notes: list[str] = []
-    result = dict(job.result, children=children)
-    result.setdefault("done", [])
-    result.setdefault("stayed", {})
-    # Children that ended since the last pass.
-    for name, child_id in list(children.items()):
-        if name in running or name in result["done"] or name in result["stayed"]:
-            continue
+    for name, child_id in list(running.items()):  # children that ended since the last pass
         child = store.get(child_id)
+        if not child.terminal:
+            continue
+        del running[name]
         if child.state == JobState.SUCCEEDED:
             result["done"].append(name)
             notes.append(f"{name}: {child.kind} done" + (f" (now on {child.result['node']})"
@@ -219,38 +223,42 @@ def _pass(ctx, job: Job, token: str) -> dict:
                 cancel_job(zk, schema, child_id)
             except Conflict:
                 pass  # ended meanwhile
-        still = [v for v, c in running.items() if not store.get(c).terminal]
-        if not still:
+        if not running:
             store.finish(job_id, JobState.CANCELLED, "cancelled by request; VMs already moved stay where they "
                                                      "are", result, release=False, notes=notes)
             return {"job": job_id, "state": "cancelled"}
-        return _continue(store, job_id, token, result, notes, f"cancelling: waiting for {len(still)} child job(s)")
-    todo, concerned = _plan(zk, schema, job, result)
+        return _continue(store, job_id, token, result, notes, f"cancelling: waiting for {len(running)} child job(s)")
+    handled = set(result["done"]) | set(result["stayed"]) | set(running)
     waiting = ""
-    for record in todo:
-        if record["name"] in running:
+    for name in [n for n in result["plan"] if n not in handled]:
+        try:
+            record = domain_record(zk, schema, name)
+        except NotFound:
+            result["done"].append(name)
+            notes.append(f"{name} was removed meanwhile")
             continue
-        if record.get("active_job") and record["active_job"] not in children.values():
-            waiting = f"{record['name']} has another job"
+        if not _still_concerned(job, record):
+            result["done"].append(name)
+            continue
+        if record["active_job"]:
+            waiting = f"{name} has another job ({record['active_job']})"
             continue
         outcome, detail = _submit_child(zk, schema, job, record)
         if outcome == "child":
-            children[record["name"]] = detail
-            running[record["name"]] = detail
+            running[name] = detail
         elif outcome == "done":
-            result["done"].append(record["name"])
+            result["done"].append(name)
             notes.append(detail)
         elif outcome == "stayed":
-            result["stayed"][record["name"]] = detail
-            notes.append(f"{record['name']} stays: {detail}")
+            result["stayed"][name] = detail
+            notes.append(f"{name} stays: {detail}")
         else:
             waiting = detail
-            if "limit" in detail or "migrations" in detail:
-                break
-    total = len({v["name"] for v in concerned} | set(children) | set(result["stayed"]))
-    result["total"], result["running"] = total, sorted(running)
-    left = [v for v in todo if v["name"] not in children or v["name"] in running]
-    if not running and not left:
+            if "limit" in detail or "migrations" in detail or "flushed" in detail:
+                break  # no slot now: the next child's end frees one
+    result["total"] = len(result["plan"])
+    left = len(result["plan"]) - len(result["done"]) - len(result["stayed"])
+    if not running and left <= 0:
         final = "flushed" if job.kind == "flush" else "ready"
         stayed = result["stayed"]
         outcome = JobState.FAILED if stayed else JobState.SUCCEEDED

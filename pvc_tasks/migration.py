@@ -246,7 +246,7 @@ def perform(run: JobRun) -> None:
     left = {"handover": f"{vm} left {source}: {run.hv.uri} has no live migration, so its definition is handed "
                         f"over (destroyed here, started on {target})"}.get(how, f"{vm} left {source} ({how})")
     doing = "recording" if not was_running else "verifying" if how == "live" else "starting"
-    hop(run, FINISH, target, ops=node_figure_ops(run.ctx), params={"was_running": was_running, "how": how},
+    hop(run, FINISH, target, ops=lambda: node_figure_ops(run.ctx), params={"was_running": was_running, "how": how},
         phase=("finish", 3), message=f"{left}; {doing} it on {target}")
 
 
@@ -270,7 +270,7 @@ def finish(run: JobRun) -> None:
     observed = run.hv.state(vm)
     if params["was_running"] and observed != "running":
         raise JobFailed(f"VM {vm} is {observed} on {node} after the migration, not running")
-    hop(run, CLEANUP, params["source"], ops=_commit_ops(run, observed), phase=("cleanup", 4),
+    hop(run, CLEANUP, params["source"], ops=lambda: _commit_ops(run, observed), phase=("cleanup", 4),
         message=f"{vm} is now on {node}; removing its old definition from {params['source']}")
 
 
@@ -309,7 +309,7 @@ def abort_target(job_id: str, vm: str, node: str, abort_params: dict | None = No
     if run.hv.state(vm) == "running" and domain_record(ctx.zk, ctx.schema, vm)["node"] == source:
         # The VM already runs here (a live migration completed, or T started it before a crash): rolling back
         # would kill the only running copy. Commit the migration instead.
-        hop(run, CLEANUP, source, ops=_commit_ops(run, "running"), phase=("cleanup", 4),
+        hop(run, CLEANUP, source, ops=lambda: _commit_ops(run, "running"), phase=("cleanup", 4),
             message=f"{vm} already runs on {node}: the migration is committed instead of rolled back")
         return {"job": job_id, "state": "rolled forward"}
     if run.hv.state(vm) not in ("missing", "running"):
@@ -317,7 +317,7 @@ def abort_target(job_id: str, vm: str, node: str, abort_params: dict | None = No
             run.hv.undefine(vm)
         except HypervisorError as exc:
             log.warning("abort of job %s: could not undefine %s on %s: %s", job_id, vm, node, exc)
-    hop(run, ABORT_SOURCE, source, ops=placement.release_op(ctx.zk, ctx.schema, node, job_id),
+    hop(run, ABORT_SOURCE, source, ops=lambda: placement.release_op(ctx.zk, ctx.schema, node, job_id),
         params=abort_params, message=f"{node}'s side rolled back")
     return {"job": job_id, "state": "aborting"}
 

@@ -211,11 +211,12 @@ def fail_orphan(store, job_id: str, reason: str) -> Job:
     return store.finish(job_id, JobState.FAILED, reason)
 
 
-def hop(run: JobRun, task_name: str, node: str, ops: list[Op] | None = None, message: str | None = None,
-        params: dict | None = None, phase: tuple[str, int] | None = None) -> None:
+def hop(run: JobRun, task_name: str, node: str, ops: Callable[[], list[Op]] | None = None,
+        message: str | None = None, params: dict | None = None, phase: tuple[str, int] | None = None) -> None:
     """Hand a multi-step job to its next task on ``node``'s queue.
 
-    The job's ``stage`` (the task that may act next) and ``node`` (whose queue holds it) are written, with ``ops``
+    The job's ``stage`` (the task that may act next) and ``node`` (whose queue holds it) are written, with ``ops()``
+    (a function: version-checked ops are rebuilt from fresh reads when a concurrent write forces a retry)
     (and ``params`` merged into the job's), in one transaction BEFORE the message is sent, so a stale or duplicated
     message finds a stage that is not its own and does nothing. No task ever waits for another: each hands over."""
 
@@ -230,7 +231,7 @@ def hop(run: JobRun, task_name: str, node: str, ops: list[Op] | None = None, mes
             job.note(message)
         return True
 
-    run.job = run.ctx.jobs.update(run.job.id, mutate, (lambda _j: list(ops)) if ops else None)
+    run.job = run.ctx.jobs.update(run.job.id, mutate, (lambda _j: ops()) if ops else None)
     app.send_task(task_name, kwargs={"job_id": run.job.id, "vm": run.vm, "node": node})
 
 
