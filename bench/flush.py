@@ -6,7 +6,7 @@ waits for the job; then makes hv1 ready again (the unflush brings every VM back)
 For each flush it prints the wall time, VMs/s, and the peak number of migrations holding a slot, per source node,
 per target node and in the cluster (sampled by a ZooKeeper watch on the slots), against the limits.
 
-    .venv/bin/python bench/flush.py [--sizes 50,200,500]
+    .venv/bin/python bench/flush.py [--sizes 50,200,500] [--limits 6,3,9]
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def run_job(cluster: LocalCluster, path: str) -> tuple[dict, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="50,200,500")
+    parser.add_argument("--limits", default="", help="out,in,cluster (default: the cluster's defaults)")
     args = parser.parse_args()
     sizes = sorted(int(n) for n in args.sizes.split(","))
     workdir = Path(tempfile.mkdtemp(prefix="pvc-bench-flush-"))
@@ -68,6 +69,10 @@ def main() -> int:
     try:
         cluster.zk.DataWatch(cluster.schema.path("base.migrations"), lambda d, s: (lock.acquire(), peaks(d, s),
                                                                                  lock.release()))
+        if args.limits:
+            out, into, total = (int(v) for v in args.limits.split(","))
+            cluster.session().put(f"{cluster.api_url}/api/v1/cluster/limits", timeout=10, json={
+                "migrate_out_per_node": out, "migrate_in_per_node": into, "migrate_cluster": total})
         limits = cluster.session().get(f"{cluster.api_url}/api/v1/cluster", timeout=10).json()["limits"]
         for size in sizes:
             with ThreadPoolExecutor(8) as pool:
