@@ -279,9 +279,12 @@ def _continue(store: JobStore, job_id: str, token: str, result: dict, notes: lis
         job.result = result
         done = len(result["done"]) + len(result["stayed"])
         job.percent = max(job.percent, min(99, int(100 * done / max(result.get("total", 0), 1))))
-        job.phase = f"{job.kind} {done}/{result.get('total', 0)}"
+        job.phase = f"{job.kind} {done}/{result.get('total', 0)}" + (f", waiting: {waiting}" if waiting else "")
         for note in notes:
             job.note(note)
+        if waiting and waiting != job.params.get("waiting"):  # say once why the job waits, not at every pass
+            job.note(f"waiting: {waiting}")
+        job.params["waiting"] = waiting
         if job.params.get("lease", {}).get("token") == token:
             job.params["lease"] = {}
         flags["again"], job.params["dirty"] = bool(job.params.get("dirty")), False
