@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from pathlib import Path
 import requests
 from kazoo.client import KazooClient
 
+from pvc_dev.bmc import BMC_PASSWORD, BMC_USER, PowerSwitch, start_bmc
 from pvc_dev.libvirtd import start_libvirtd
 from pvc_dev.services import Service, start_api, start_flower, start_redis, start_worker, start_zookeeper, wait_until
 from zk_schema import Schema, init_cluster
@@ -69,6 +71,8 @@ class LocalCluster:
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     flower_password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
     worker_env: dict[str, str] = field(default_factory=dict)
+    #: One ipmi_sim per node whose chassis power kills / starts that node's worker (``pvc_dev.bmc``).
+    bmcs: bool = True
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
@@ -82,6 +86,10 @@ class LocalCluster:
         self._zk: KazooClient | None = None
         self._qemu_roots: dict[str, Path] = {}
         self.libvirtds: dict[str, Service] = {}
+        self.bmc: dict[str, Service] = {}
+        self.worker_extra_env: dict[str, dict[str, str]] = {}
+        self.power: PowerSwitch | None = None
+        self._workers_lock = threading.RLock()
 
     # ---- addresses ------------------------------------------------------------------------------------------
     @property
@@ -147,6 +155,11 @@ class LocalCluster:
             init_cluster(self.zk, schema_version)
             if seed:
                 seed(self.zk)
+            if self.bmcs:
+                self.power = PowerSwitch(self._short_dir("pvcp-") / "power.sock", self.power_on, self.power_off)
+                for spec in self.nodes:
+                    self.bmc[spec.name] = start_bmc(spec.name, self.power, self.workdir / "bmc" / spec.name)
+                    self.services.append(self.bmc[spec.name])
             for spec in self.nodes:
                 self.start_worker(spec.name)
             for spec in self.nodes:
@@ -200,15 +213,32 @@ class LocalCluster:
 
     def start_worker(self, node: str, extra_env: dict[str, str] | None = None) -> Service:
         env = {**self.env(), "PVC_LIBVIRT_URI": self.libvirt_uri(node), **self.worker_env, **(extra_env or {})}
+        if node in self.bmc:
+            env.update(PVC_IPMI_HOSTNAME=str(self.bmc[node].info["hostname"]), PVC_IPMI_USERNAME=BMC_USER,
+                       PVC_IPMI_PASSWORD=BMC_PASSWORD)
         if self.spec(node).hypervisor == "qemu":
             env.setdefault("PVC_MIGRATION_URI", "tcp://127.0.0.1")  # migration data over loopback
-        worker = start_worker(node, env, self.workdir / "workers")
-        old = self.workers.get(node)
-        if old in self.services:
-            self.services.remove(old)
-        self.workers[node] = worker
-        self.services.append(worker)
+        with self._workers_lock:
+            self.worker_extra_env[node] = dict(extra_env or {})
+            worker = start_worker(node, env, self.workdir / "workers")
+            old = self.workers.get(node)
+            if old in self.services:
+                self.services.remove(old)
+            self.workers[node] = worker
+            self.services.append(worker)
         return worker
+
+    def power_off(self, node: str) -> None:
+        """What the node's BMC does on ``chassis power off``: the node's worker dies at once (SIGKILL), and with
+        it the node's hypervisor state (the test driver's world lives in the worker process)."""
+        with self._workers_lock:
+            self.workers[node].kill()
+
+    def power_on(self, node: str) -> None:
+        """``chassis power on``: the node boots, i.e. a new worker starts with the same settings."""
+        with self._workers_lock:
+            if not self.workers[node].alive():
+                self.start_worker(node, self.worker_extra_env.get(node))
 
     def wait_worker(self, node: str, timeout: float = 60) -> None:
         """Until THIS worker process consumes its queue: presence holds its PID (not a dead predecessor's, whose
@@ -232,6 +262,9 @@ class LocalCluster:
             except Exception:  # noqa: BLE001 - teardown must reach every process below
                 pass
             self._zk = None
+        if self.power is not None:
+            self.power.close()
+            self.power = None
         for service in reversed(self.services):
             service.stop()
         self.services.clear()

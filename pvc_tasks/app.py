@@ -35,7 +35,8 @@ app.conf.update(
     redis_socket_connect_timeout=3,
     redis_socket_timeout=10,
     worker_hijack_root_logger=False,
-    include=["pvc_tasks.lifecycle", "pvc_tasks.migration", "pvc_tasks.flush"],
+    include=["pvc_tasks.lifecycle", "pvc_tasks.migration", "pvc_tasks.flush", "pvc_tasks.recovery",
+             "pvc_tasks.fencing"],
 )
 
 

@@ -39,6 +39,18 @@ class Settings:
     migration_bandwidth: int = defaults.MIGRATION_BANDWIDTH
     #: Where QEMU sends live-migration data (e.g. ``tcp://10.0.0.1``); empty: libvirt uses the peer's hostname.
     migration_uri: str = ""
+    #: A coordinator contends for primary (which consumes the cluster queue and fences); others never do.
+    coordinator: bool = True
+    suspect_after_intervals: int = defaults.SUSPECT_AFTER_INTERVALS
+    saving_throws: int = defaults.SAVING_THROWS
+    ipmi_timeout: float = defaults.IPMI_TIMEOUT
+    ipmi_cipher_suite: int = defaults.IPMI_CIPHER_SUITE
+    successful_fence: str = defaults.SUCCESSFUL_FENCE
+    failed_fence: str = defaults.FAILED_FENCE
+    fence_storm_fraction: float = defaults.FENCE_STORM_FRACTION
+    self_fence_after: float = defaults.SELF_FENCE_AFTER
+    #: ``module:function`` called before a VM is recovered on another node (e.g. to break Ceph RBD locks).
+    storage_lock_hook: str = ""
     ipmi_hostname: str = ""
     ipmi_username: str = ""
     ipmi_password: str = field(default="", repr=False)
@@ -59,6 +71,12 @@ def _coerce(kind: Any, value: Any) -> Any:
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         return [str(v) for v in value]
+    if kind in (bool, "bool"):
+        if isinstance(value, str):
+            if value.strip().lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(f"not a boolean: {value!r}")
+            return value.strip().lower() in ("1", "true", "yes", "on")
+        return bool(value)
     if kind in (float, "float"):
         return float(value)
     if kind in (int, "int"):
@@ -89,6 +107,10 @@ def load_settings(path: str | os.PathLike | None = None, env: dict[str, str] | N
             values[name] = env[f"PVC_{name.upper()}"]
     values.update({k: v for k, v in explicit.items() if v is not None})
     try:
-        return Settings(**{k: _coerce(known[k].type, v) for k, v in values.items()})
+        settings = Settings(**{k: _coerce(known[k].type, v) for k, v in values.items()})
     except (TypeError, ValueError) as exc:
         raise ValueError(f"invalid setting: {exc}") from exc
+    for name in ("successful_fence", "failed_fence"):
+        if getattr(settings, name) not in ("migrate", "none"):
+            raise ValueError(f"invalid setting: {name} must be 'migrate' or 'none', not {getattr(settings, name)!r}")
+    return settings

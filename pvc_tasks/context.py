@@ -90,6 +90,9 @@ class NodeContext:
     #: Refreshes and returns this node's resource figures (node key name -> value), written with every job's
     #: terminal transaction so placement never reads figures that lag behind a change the job made.
     inventory: Callable[[], dict[str, str]] | None = None
+    #: Fences a node through its BMC: ``fence(hostname, username, password)`` -> {"ok", "reason", "steps",
+    #: "seconds"} (the worker's IPMI adapter, ``pvc_workers.ipmi``; tasks never import the worker).
+    fence: Callable[[str, str, str], dict] | None = None
 
     @property
     def jobs(self) -> JobStore:

@@ -14,6 +14,27 @@ ZK_SESSION_TIMEOUT = 10.0
 LIBVIRT_URI = "test:///default"
 #: Seconds between keepalive writes (timestamp + resources). PVC uses 5 s.
 KEEPALIVE_INTERVAL = 5.0
+#: Fencing. A node is SUSPECT after this many keepalive intervals without a keepalive (15 s at the defaults)...
+SUSPECT_AFTER_INTERVALS = 3
+#: ... then gets this many saving throws of one interval each before it is declared DEAD and fenced (so a node is
+#: fenced 30 s after its last keepalive). The keepalive thread only touches ZooKeeper, so a slow task or a slow
+#: libvirt never delays it; 30 s is three ZooKeeper session timeouts, long past any GC or I/O stall we have seen,
+#: and half of PVC's ~60 s. Tests use 1 s intervals (fenced ~4 s after death).
+SAVING_THROWS = 3
+#: Hard timeout (s) of one ipmitool command; a BMC that does not answer costs one timeout, not three.
+IPMI_TIMEOUT = 5.0
+#: IPMI v2 cipher suite (``ipmitool -C``); 3 (HMAC-SHA1, AES-128) is what every BMC and ipmi_sim accept.
+IPMI_CIPHER_SUITE = 3
+#: After a confirmed fence: ``migrate`` (recover the node's running VMs on other nodes) or ``none``.
+SUCCESSFUL_FENCE = "migrate"
+#: After a failed fence: ``none`` (VMs marked failed with the reason; never run twice) or ``migrate`` (recover,
+#: but only when the dead node self-fences and its self-fence interval has passed; see docs/fencing.md).
+FAILED_FENCE = "none"
+#: Storm guard: when at least this fraction of the nodes look dead at once, nothing is fenced (the primary may be
+#: the one cut off) and a cluster fault is raised. 0.5: fence only while a strict majority is healthy.
+FENCE_STORM_FRACTION = 0.5
+#: Self-fence: a worker cut off from ZooKeeper longer than this (s) stops its VMs. 0 = off (PVC's default too).
+SELF_FENCE_AFTER = 0.0
 #: Celery worker threads per node. Threads, not processes: the test driver's state is per process, and a node
 #: must hold one libvirt connection for its life.
 WORKER_CONCURRENCY = 4

@@ -12,11 +12,9 @@ Unflush of N (``pvc node ready N``)
     Starts N's autostart VMs (child ``start`` jobs; autostart is then cleared) and brings back every VM whose
     last_node is N (child ``unmigrate`` jobs), within the same limits.
 
-The engine: a tick (``pvc.flush.tick`` on N's queue) that never waits. Each tick recomputes what is left from
-ZooKeeper (VMs and their active jobs), cancels or submits children as slots allow, records progress, and either
-ends the job or schedules the next tick. A child's end triggers a tick at once (``CHILD_ENDED``); a tick every
-``TICK_INTERVAL`` s is the safety net. Ticks are serialised by a lease in the job record (a concurrent tick
-exits), so two ticks never submit for one VM.
+The engine (``pvc_tasks.engine``): a pass (``pvc.flush.tick`` on N's queue) that never waits. Each pass
+recomputes what is left from ZooKeeper (VMs and their active jobs), cancels or submits children as slots allow,
+records progress, and either ends the job or schedules the next pass; passes are serialised by a lease.
 
 Cancel (``pvc node ready N`` during a flush, or ``pvc job cancel`` of the flush): queued children are cancelled,
 running ones asked to stop (they finish or roll back: each VM ends on exactly one node); when none is left running,
@@ -29,15 +27,15 @@ others and ends ``failed`` listing them. If N's worker dies, the janitor ends th
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError
 
 from pvc_tasks.app import app
+from pvc_tasks.engine import ENGINE_TASKS, continue_job, take_lease
 from pvc_tasks.errors import Conflict, NotFound, PvcError
-from pvc_tasks.jobs import CHILD_ENDED, END_OPS, Job, JobState, JobStore, Op, commit
+from pvc_tasks.jobs import END_OPS, Job, JobState, JobStore, Op, commit
 from pvc_tasks.state import domain_record, domain_records, node_record
 from zk_schema import Schema
 
@@ -46,8 +44,6 @@ __all__ = ["TICK", "submit_node_action"]
 log = logging.getLogger(__name__)
 
 TICK = "pvc.flush.tick"
-#: Seconds between safety ticks (children's ends tick at once) and the lifetime of a tick's lease.
-TICK_INTERVAL, LEASE = 1.0, 10.0
 
 
 # ---- API side ---------------------------------------------------------------------------------------------------
@@ -102,33 +98,6 @@ def submit_node_action(zk: KazooClient, schema: Schema, node: str, action: str) 
 
 
 # ---- the tick, on N's worker ------------------------------------------------------------------------------------
-def _take_lease(store: JobStore, job_id: str, token: str, periodic: bool) -> Job | None:
-    """The job, leased to this tick; None when it ended or another tick holds it (which is then told to pass
-    again at once, so a child's end is never missed)."""
-    taken = False
-
-    def mutate(job: Job) -> bool:
-        nonlocal taken
-        taken = False
-        lease = job.params.get("lease") or {}
-        if job.terminal:
-            return False
-        if periodic:
-            job.params["scheduled"] = False
-        if lease and lease.get("until", 0) > time.time():
-            job.params["dirty"] = True
-            return True
-        if job.state == JobState.QUEUED:
-            job.state, job.started = JobState.RUNNING, time.time()
-            job.advance(job.kind, 1, 1)
-        job.params["lease"] = {"token": token, "until": time.time() + LEASE}
-        taken = True
-        return True
-
-    job = store.update(job_id, mutate)
-    return job if taken else None
-
-
 def _end_node_ops(schema: Schema, node: str, state: str) -> list[Op]:
     return [("set", schema.path("node.domain_state", node), state.encode(), -1)]  # active_job: END_OPS
 
@@ -186,14 +155,14 @@ def tick(job_id: str, vm: str, node: str, periodic: bool = False) -> dict:
     ctx = current()
     store = ctx.jobs
     token = uuid.uuid4().hex
-    job = _take_lease(store, job_id, token, periodic)
+    job = take_lease(store, job_id, token, periodic)
     if job is None:
         return {"job": job_id, "state": "skipped"}
     try:
         return _pass(ctx, job, token)
     except Exception as exc:  # a pass that broke must not stall the job: note it, free the lease, pass again
         log.exception("flush tick of job %s failed", job_id)
-        return _continue(store, job_id, token, dict(job.result), [f"pass failed: {exc}"], "")
+        return continue_job(store, job_id, token, dict(job.result), [f"pass failed: {exc}"], "")
 
 
 def _pass(ctx, job: Job, token: str) -> dict:
@@ -227,7 +196,7 @@ def _pass(ctx, job: Job, token: str) -> dict:
             store.finish(job_id, JobState.CANCELLED, "cancelled by request; VMs already moved stay where they "
                                                      "are", result, release=False, notes=notes)
             return {"job": job_id, "state": "cancelled"}
-        return _continue(store, job_id, token, result, notes, f"cancelling: waiting for {len(running)} child job(s)")
+        return continue_job(store, job_id, token, result, notes, f"cancelling: waiting for {len(running)} child job(s)")
     handled = set(result["done"]) | set(result["stayed"]) | set(running)
     waiting = ""
     for name in [n for n in result["plan"] if n not in handled]:
@@ -267,47 +236,7 @@ def _pass(ctx, job: Job, token: str) -> dict:
         store.finish(job_id, outcome, reason, result, ops=lambda _j: _end_node_ops(schema, node, final),
                      release=False, notes=notes)
         return {"job": job_id, "state": str(outcome)}
-    return _continue(store, job_id, token, result, notes, waiting)
-
-
-def _continue(store: JobStore, job_id: str, token: str, result: dict, notes: list[str], waiting: str) -> dict:
-    """Record progress, give the lease back, and schedule the next pass."""
-
-    def mutate(job: Job) -> bool:
-        if job.terminal:
-            return False
-        job.result = result
-        done = len(result["done"]) + len(result["stayed"])
-        job.percent = max(job.percent, min(99, int(100 * done / max(result.get("total", 0), 1))))
-        job.phase = f"{job.kind} {done}/{result.get('total', 0)}" + (f", waiting: {waiting}" if waiting else "")
-        for note in notes:
-            job.note(note)
-        if waiting and waiting != job.params.get("waiting"):  # say once why the job waits, not at every pass
-            job.note(f"waiting: {waiting}")
-        job.params["waiting"] = waiting
-        if job.params.get("lease", {}).get("token") == token:
-            job.params["lease"] = {}
-        flags["again"], job.params["dirty"] = bool(job.params.get("dirty")), False
-        flags["schedule"] = not job.params.get("scheduled")
-        job.params["scheduled"] = True
-        return True
-
-    flags: dict[str, bool] = {}
-    job = store.update(job_id, mutate)
-    if not job.terminal:
-        kwargs = {"job_id": job_id, "vm": "", "node": job.node}
-        if flags.get("again"):  # a child ended while this pass ran
-            app.send_task(TICK, kwargs=kwargs)
-        if flags.get("schedule"):  # the one periodic safety tick
-            app.send_task(TICK, kwargs=dict(kwargs, periodic=True), countdown=TICK_INTERVAL)
-    return {"job": job_id, "state": "running", "waiting": waiting}
-
-
-def _child_ended(store: JobStore, child: Job) -> None:
-    """A child's end ticks its parent at once (on the parent's node queue)."""
-    parent = store.get(child.parent)
-    if parent.kind in ("flush", "unflush") and not parent.terminal:
-        app.send_task(TICK, kwargs={"job_id": parent.id, "vm": "", "node": parent.node})
+    return continue_job(store, job_id, token, result, notes, waiting)
 
 
 def _end_ops(store: JobStore, job: Job) -> list[Op]:
@@ -323,5 +252,5 @@ def _end_ops(store: JobStore, job: Job) -> list[Op]:
     return ops
 
 
-CHILD_ENDED.append(_child_ended)
+ENGINE_TASKS["flush"] = ENGINE_TASKS["unflush"] = TICK
 END_OPS["flush"] = END_OPS["unflush"] = _end_ops

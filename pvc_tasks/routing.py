@@ -3,7 +3,9 @@
 Queues
     ``node.<name>``  consumed only by the worker of node <name> (``pvc-worker --node <name>``, Celery hostname
                      ``pvc@<name>``). Work that touches a node's libvirt, NICs or local state goes here.
-    ``cluster``      consumed by the primary coordinator only (from issue 5 on).
+    ``cluster``      consumed by the primary coordinator only (``pvc_workers.election`` adds and cancels the
+                     consumer on takeover and relinquish), so cluster work queued during a failover waits in
+                     Redis and runs on the new primary.
 
 Families (task name prefix -> queue, and why)
     ``pvc.vm.*``     ``node.<node>`` where ``node`` is the task's ``node`` keyword argument, the node that holds
@@ -11,6 +13,10 @@ Families (task name prefix -> queue, and why)
     ``pvc.migrate.*`` ``node.<node>``, the node that owns what the step touches: ``prepare``, ``finish`` and
                      ``abort_target`` on the TARGET (its libvirt, its reservation), ``perform``, ``cleanup`` and
                      ``abort_source`` on the SOURCE (see pvc_tasks.migration). The sender names the node.
+    ``pvc.flush.*``  ``node.<node>``, the node being flushed or made ready: its engine runs beside its hypervisor.
+    ``pvc.recover.*`` ``node.<node>``, the TARGET of a fenced node's VM (never the dead node): the VM is defined
+                     and started there.
+    ``pvc.cluster.*`` ``cluster``: work for the cluster as a whole (fencing a node), run by the primary.
 
 Callers never pass a queue: they call a task with its keyword arguments and the router below picks the queue
 from the task's family. A task name outside every family is an error, never a silent default queue.
@@ -33,11 +39,13 @@ _EXCHANGE = Exchange("pvc", type="direct", durable=True)
 
 CLUSTER_QUEUE = Queue("cluster", _EXCHANGE, routing_key="cluster")
 
-#: Task name prefix -> (keyword argument naming the node, why the task runs there).
-FAMILIES: dict[str, tuple[str, str]] = {
+#: Task name prefix -> (keyword argument naming the node, or None for the cluster queue; why the task runs there).
+FAMILIES: dict[str, tuple[str | None, str]] = {
     "pvc.vm.": ("node", "a VM lifecycle step acts on the libvirt domain, which lives on the VM's node"),
     "pvc.migrate.": ("node", "each migration step acts on the hypervisor of the node that owns its resource"),
     "pvc.flush.": ("node", "the flush/unflush engine of a node runs on that node"),
+    "pvc.recover.": ("node", "a fenced node's VM is recovered by its target node, which defines and starts it"),
+    "pvc.cluster.": (None, "cluster-wide work (fencing) runs on the primary coordinator, whoever that is now"),
 }
 
 
@@ -62,6 +70,8 @@ def route_task(name: str, args: Any, kwargs: dict, options: dict, task: Any = No
     """Celery router: the destination of task ``name`` from its family and keyword arguments."""
     for prefix, (argument, _why) in FAMILIES.items():
         if name.startswith(prefix):
+            if argument is None:
+                return {"queue": CLUSTER_QUEUE}
             node = (kwargs or {}).get(argument)
             if not node:
                 raise RoutingError(f"task {name} needs the keyword argument {argument!r} to be routed")

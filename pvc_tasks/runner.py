@@ -48,6 +48,8 @@ class JobRun:
         self.hv = ctx.hypervisor
         #: VM keys written with the terminal transition, by outcome (key name -> data).
         self.on_success: dict[str, str] = {}
+        #: VM keys written when the job fails (e.g. a recovery marks its VM ``failed``).
+        self.on_failure: dict[str, str] = {}
         #: Outcomes after which the VM's record is deleted instead of updated (define rollback, undefine).
         self.remove_vm_when: set[JobState] = set()
 
@@ -135,9 +137,10 @@ def _outcome_ops(run: JobRun, outcome: JobState, reason: str) -> list[Op]:
         return node_figure_ops(ctx)
     if outcome in run.remove_vm_when:
         return delete_tree_ops(ctx.zk, root) + node_figure_ops(ctx)
-    values = dict(run.on_success) if outcome == JobState.SUCCEEDED else {}
+    values = dict(run.on_success if outcome == JobState.SUCCEEDED else
+                  run.on_failure if outcome == JobState.FAILED else {})
     observed = run.hv.state(vm)
-    if observed != "missing":
+    if observed != "missing" and not (outcome == JobState.FAILED and "state" in values):
         values["state"] = observed
     values["failed_reason"] = reason if outcome == JobState.FAILED else ""
     return ([("set", schema.path(f"domain.{key}", vm), value.encode(), -1) for key, value in values.items()]

@@ -34,11 +34,22 @@ class LimitsSchema(Schema):
     migrate_cluster = fields.Integer(validate=validate.Range(min=1, max=10000))
 
 
+class FaultSchema(Schema):
+    id = fields.String(metadata={"description": "ipmi | keepalive_missed | fence_storm | ..."})
+    message = fields.String()
+    since = fields.Float(allow_none=True)
+
+
 class ClusterSchema(Schema):
     schema_version = fields.Integer()
     latest_schema_version = fields.Integer()
     maintenance = fields.Boolean()
-    primary_node = fields.String()
+    fencing = fields.String(metadata={"description": "enabled | disabled (maintenance mode)"})
+    primary = fields.String(metadata={"description": "the primary coordinator ('' during a failover)"})
+    primary_node = fields.String(metadata={"description": "same as primary (PVC's key name)"})
+    node_states = fields.Dict(keys=fields.String(), values=fields.Dict(),
+                              metadata={"description": "per node: daemon_state, router_state, domain_state, alive"})
+    faults = fields.List(fields.Nested(FaultSchema), metadata={"description": "cluster-wide faults"})
     migration_selector = fields.String()
     limits = fields.Nested(LimitsSchema)
     migrations = fields.Integer(metadata={"description": "migrations holding a slot now"})
@@ -49,6 +60,10 @@ class ClusterSchema(Schema):
 
 class ClusterInitSchema(Schema):
     version = fields.Integer(validate=validate.Range(min=0), metadata={"description": "default: the newest"})
+
+
+class MaintenanceSchema(Schema):
+    maintenance = fields.Boolean(required=True, metadata={"description": "true: fencing is disabled"})
 
 
 class SchemaChangeSchema(Schema):
@@ -78,6 +93,15 @@ class _VmCounts(Schema):
 class _Ipmi(Schema):
     hostname = fields.String()
     username = fields.String()
+    health = fields.String(metadata={"description": "ok, or why fencing this node would fail"})
+
+
+class _Fence(Schema):
+    job = fields.String()
+    state = fields.String(metadata={"description": "fencing | fenced | fence-failed"})
+    since = fields.Float()
+    reason = fields.String()
+    why = fields.String()
 
 
 class NodeSchema(Schema):
@@ -94,7 +118,9 @@ class NodeSchema(Schema):
     load = fields.Float()
     vms = fields.Nested(_VmCounts)
     ipmi = fields.Nested(_Ipmi, metadata={"description": "the IPMI password is never shown"})
-    faults = fields.List(fields.String())
+    faults = fields.List(fields.Nested(FaultSchema))
+    fence = fields.Nested(_Fence, metadata={"description": "the node's last fence ({} if never fenced)"})
+    self_fence_after = fields.Float(metadata={"description": "s without ZooKeeper before it stops its VMs; 0 off"})
 
 
 class MetaSchema(Schema):

@@ -8,7 +8,7 @@ from dataclasses import asdict
 
 from pvc_tasks.jobs import Job
 
-__all__ = ["job_view", "node_view", "vm_view"]
+__all__ = ["faults_view", "job_view", "node_view", "vm_view"]
 
 
 def _int(value: str | None) -> int:
@@ -25,17 +25,38 @@ def _float(value: str | None) -> float:
         return 0.0
 
 
-def _faults(raw: str | None) -> list[str]:
-    """``node.faults`` holds a JSON list of strings."""
+def faults_view(raw: str | None) -> list[dict]:
+    """``node.faults`` / ``base.faults`` hold a JSON list of {"id", "message", "since"}."""
     try:
         faults = json.loads(raw or "[]")
     except ValueError:
-        return [raw] if raw else []
-    return [str(f) for f in faults] if isinstance(faults, list) else [str(faults)]
+        return [{"id": "unreadable", "message": raw, "since": None}] if raw else []
+    if not isinstance(faults, list):
+        return []
+    return [{"id": str(f.get("id", "")), "message": str(f.get("message", "")), "since": f.get("since")}
+            if isinstance(f, dict) else {"id": "fault", "message": str(f), "since": None} for f in faults]
+
+
+def _json(raw: str | None) -> dict:
+    try:
+        value = json.loads(raw or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _ipmi_health(record: dict, faults: list[dict]) -> str:
+    if not record.get("ipmi.hostname"):
+        return "not configured: this node cannot be fenced"
+    fault = next((f for f in faults if f["id"] == "ipmi"), None)
+    return fault["message"] if fault else "ok"
 
 
 def node_view(record: dict) -> dict:
     keepalive = _float(record.get("keepalive"))
+    faults = faults_view(record.get("faults"))
+    fence = _json(record.get("fence"))
+    fence.pop("steps", None)
     return {
         "name": record["name"],
         "alive": record["alive"],
@@ -50,8 +71,11 @@ def node_view(record: dict) -> dict:
         "vcpu": {k: _int(record.get(f"vcpu.{k}")) for k in ("total", "allocated")},
         "load": _float(record.get("load")),
         "vms": {k: _int(record.get(f"vms.{k}")) for k in ("total", "running")},
-        "ipmi": {"hostname": record.get("ipmi.hostname") or "", "username": record.get("ipmi.username") or ""},
-        "faults": _faults(record.get("faults")),
+        "ipmi": {"hostname": record.get("ipmi.hostname") or "", "username": record.get("ipmi.username") or "",
+                 "health": _ipmi_health(record, faults)},
+        "faults": faults,
+        "fence": fence,
+        "self_fence_after": _float(record.get("self_fence_after")),
     }
 
 

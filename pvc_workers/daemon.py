@@ -6,8 +6,12 @@ Start-up, in order
     3. Register: create the node's keys if missing, take the ephemeral ``presence`` znode (refusing to start
        while another live worker holds it: two workers for one node would both act on one hypervisor).
     4. Open ONE libvirt connection for the process's life; reconcile VMs and jobs (``pvc_workers.reconcile``).
-    5. Start the keepalive, inventory and janitor threads and a watch on the cluster's schema version.
-    6. Consume ``node.<NAME>`` with a thread pool (the test driver's state is per process; threads share it).
+    5. Start the keepalive, inventory, janitor and session-watch (presence after a session loss, self-fence)
+       threads, a check of this node's own BMC (a fault when fencing it would fail), and a watch on the cluster's
+       schema version.
+    6. Consume ``node.<NAME>`` with a thread pool (the test driver's state is per process; threads share it);
+       once Celery is ready, a coordinator contends for primary (``pvc_workers.election``), which adds the
+       ``cluster`` queue while it is primary.
 
 A schema-version change stops the Celery worker warmly (running tasks finish) and re-executes the process with
 the same arguments: watches set on old paths cannot be moved in place. Shutdown (SIGTERM, Ctrl-C) drains the
@@ -31,11 +35,15 @@ from pvc_tasks.app import configure
 from pvc_tasks.config import Settings, load_settings
 from pvc_tasks.context import HypervisorError, NodeContext, install
 from pvc_tasks.jobs import commit
-from pvc_tasks.routing import worker_hostname, worker_queues
+from pvc_tasks.routing import CLUSTER_QUEUE, worker_hostname, worker_queues
+from pvc_workers.election import Election
+from pvc_workers.health import check_own_bmc
 from pvc_workers.hypervisor import LibvirtHypervisor
+from pvc_workers.ipmi import fencer
 from pvc_workers.janitor import Janitor
 from pvc_workers.keepalive import Inventory, Keepalive
 from pvc_workers.reconcile import reconcile_jobs, reconcile_vms
+from pvc_workers.session import SessionWatch
 from zk_schema import Schema, SchemaError, cluster_version
 
 __all__ = ["main"]
@@ -60,7 +68,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _register(zk: KazooClient, schema: Schema, settings: Settings) -> None:
+def _register(zk: KazooClient, schema: Schema, settings: Settings) -> bool:
+    """Create or complete the node's keys and take its presence; True when the node returns from being declared
+    dead (its fence decides about its VMs, so start-up must start none)."""
     node = settings.node
     if zk.exists(schema.path("node", node)) is None:
         try:
@@ -72,7 +82,10 @@ def _register(zk: KazooClient, schema: Schema, settings: Settings) -> None:
         if zk.exists(path) is None:
             zk.create(path, key.default.encode(), makepath=True)
     presence = schema.path("node.presence", node)
-    values = {"daemon_state": "init", "schema_version": str(schema.version), "hypervisor": settings.libvirt_uri,
+    returning = zk.get(schema.path("node.daemon_state", node))[0].decode() == "dead"
+    values = {"daemon_state": "init", "self_fence_after": f"{settings.self_fence_after:g}",
+              "router_state": "secondary" if settings.coordinator else "client",
+              "schema_version": str(schema.version), "hypervisor": settings.libvirt_uri,
               "ipmi.hostname": settings.ipmi_hostname, "ipmi.username": settings.ipmi_username,
               "ipmi.password": settings.ipmi_password}
     # Presence and the reset state in one transaction: a reader never sees this process's presence beside the
@@ -84,7 +97,7 @@ def _register(zk: KazooClient, schema: Schema, settings: Settings) -> None:
     while True:
         try:
             commit(zk, ops)
-            return
+            return returning
         except NodeExistsError:
             if time.monotonic() > deadline:
                 raise StartupError(f"another worker for node {node} is running (presence {presence} is held); "
@@ -103,6 +116,7 @@ class Daemon:
         self.settings = settings
         self.stop = threading.Event()
         self.reexec = False
+        self.election: Election | None = None
         self.zk = KazooClient(hosts=settings.zookeeper, timeout=settings.zk_session_timeout)
 
     def prepare(self) -> NodeContext:
@@ -120,16 +134,19 @@ class Daemon:
             schema = Schema.load(version)
         except SchemaError as exc:
             raise StartupError(f"this worker is too old for the cluster: {exc}") from exc
-        _register(self.zk, schema, settings)
+        returning = _register(self.zk, schema, settings)
+        if returning:
+            log.warning("node %s returns after it was declared dead: no VM is started at start-up", settings.node)
         try:
             hypervisor = LibvirtHypervisor(settings.libvirt_uri, settings.migration_uri,
                                            settings.migration_bandwidth)
         except HypervisorError as exc:
             raise StartupError(str(exc)) from exc
-        ctx = NodeContext(settings.node, settings, self.zk, schema, hypervisor)
+        ctx = NodeContext(settings.node, settings, self.zk, schema, hypervisor,
+                          fence=fencer(settings.ipmi_timeout, settings.ipmi_cipher_suite))
         install(ctx)
         configure(settings)
-        reconcile_vms(ctx)
+        reconcile_vms(ctx, returning)
         reconcile_jobs(ctx)
         self.zk.DataWatch(schema.path("base.schema.version"), self._on_schema_version(schema.version))
         return ctx
@@ -150,18 +167,30 @@ class Daemon:
         ctx = self.prepare()
         inventory = Inventory(ctx, self.stop)
         ctx.inventory = inventory.refresh
-        threads = [inventory, Keepalive(ctx, inventory, self.stop), Janitor(ctx, self.stop)]
+        threads = [inventory, Keepalive(ctx, inventory, self.stop), Janitor(ctx, self.stop),
+                   SessionWatch(ctx, self.stop), threading.Thread(target=check_own_bmc, args=(ctx,), daemon=True)]
         for thread in threads:
             thread.start()
         app = configure(self.settings)
-        app.conf.task_queues = worker_queues(ctx.node)
+        app.conf.task_queues = [*worker_queues(ctx.node), CLUSTER_QUEUE]  # cluster: consumed only as primary
         worker = app.Worker(hostname=worker_hostname(ctx.node), queues=[q.name for q in worker_queues(ctx.node)],
                             pool_cls="threads", concurrency=self.settings.worker_concurrency,
                             loglevel=self.settings.log_level, send_events=True, without_gossip=True,
                             without_mingle=True, optimization="fair")
-        from celery.signals import worker_ready
+        from celery.signals import worker_ready, worker_shutting_down
 
-        worker_ready.connect(lambda **_: _set_state(ctx, "run"), weak=False)
+        def ready(sender, **_) -> None:
+            _set_state(ctx, "run")
+            if self.settings.coordinator:
+                self.election = Election(ctx, sender)
+                self.election.start()
+
+        def shutting_down(**_) -> None:  # hand primary over before the worker stops, not at session expiry
+            if self.election is not None:
+                self.election.leave(self.settings.zk_session_timeout)
+
+        worker_ready.connect(ready, weak=False)
+        worker_shutting_down.connect(shutting_down, weak=False)
         try:
             worker.start()
         finally:

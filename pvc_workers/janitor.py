@@ -54,7 +54,7 @@ class Janitor(threading.Thread):
                     except NoNodeError:
                         pass
                 continue
-            if job.node != self.ctx.node:
+            if job.node and job.node != self.ctx.node:  # node "": a cluster job, resumed by each new primary
                 if job.node not in absent:
                     absent[job.node] = self._absent(job.node)
                 age = absent[job.node]

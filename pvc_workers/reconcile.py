@@ -6,7 +6,13 @@ VMs (``reconcile_vms``)
       XML in ZooKeeper, and started when ZooKeeper last recorded it running;
     * known to both: ZooKeeper's state is set to what libvirt reports;
     * known only to libvirt: left alone and logged as foreign (pvc does not adopt domains it did not define);
-    * recorded in state ``defining`` or with an active job: left to the job reconciler below.
+    * known to libvirt but recorded on ANOTHER node (this node was fenced and its VMs recovered elsewhere): this
+      stale copy is destroyed if it runs (ZooKeeper is the truth; a VM never runs twice) and undefined;
+    * recorded in state ``defining`` or with an active job: left to the job reconciler below;
+    * recorded ``failed`` (e.g. a failed fence marked it so): defined, never started.
+
+A node returning after it was declared dead (``returning``) starts NOTHING: the fence job decides what happens
+to each of its VMs (recovered elsewhere, or marked failed), and a VM must never run twice.
 
 Jobs (``reconcile_jobs``)
     * ``running`` on this node: the previous worker died during it, so it ends ``failed`` with that reason
@@ -31,12 +37,25 @@ __all__ = ["reconcile_jobs", "reconcile_vms"]
 log = logging.getLogger(__name__)
 
 
-def reconcile_vms(ctx: NodeContext) -> dict[str, int]:
+def reconcile_vms(ctx: NodeContext, returning: bool = False) -> dict[str, int]:
     """Bring libvirt and ZooKeeper into agreement for this node's VMs; returns counts of what was done."""
     hv, schema, zk = ctx.hypervisor, ctx.schema, ctx.zk
     live = hv.domains()
-    counts = {"redefined": 0, "restarted": 0, "updated": 0, "foreign": 0}
-    mine = [r for r in domain_records(zk, schema) if r["node"] == ctx.node]
+    counts = {"redefined": 0, "restarted": 0, "updated": 0, "foreign": 0, "stale_removed": 0}
+    records = domain_records(zk, schema)
+    mine = [r for r in records if r["node"] == ctx.node]
+    # A VM with an active job may be mid-migration to or from here: that job's rollback decides, not us.
+    elsewhere = {r["name"]: r["node"] for r in records if r["node"] != ctx.node and not r["active_job"]}
+    for vm in set(live) & set(elsewhere):
+        if live[vm].state == "running":
+            log.error("VM %s runs here but ZooKeeper places it on %s: destroying this copy", vm, elsewhere[vm])
+        try:
+            if live[vm].state != "stopped":
+                hv.destroy(vm)
+            hv.undefine(vm)
+            counts["stale_removed"] += 1
+        except HypervisorError as exc:
+            log.error("could not remove the stale copy of %s on %s: %s", vm, ctx.node, exc)
     for record in mine:
         vm = record["name"]
         if record["state"] == "defining" or record["active_job"]:
@@ -45,17 +64,17 @@ def reconcile_vms(ctx: NodeContext) -> dict[str, int]:
             try:
                 hv.define(record["xml"])
                 counts["redefined"] += 1
-                if record["state"] == "running":
+                if record["state"] == "running" and not returning:
                     hv.start(vm)
                     counts["restarted"] += 1
             except HypervisorError as exc:
                 log.error("could not restore VM %s on %s: %s", vm, ctx.node, exc)
                 zk.set(schema.path("domain.failed_reason", vm), f"restore on worker start failed: {exc}".encode())
         observed = hv.state(vm)
-        if observed not in ("missing", record["state"]):
+        if observed not in ("missing", record["state"]) and not (record["state"] == "failed" and observed == "stopped"):
             zk.set(schema.path("domain.state", vm), observed.encode())
             counts["updated"] += 1
-    counts["foreign"] = len(set(live) - {r["name"] for r in mine})
+    counts["foreign"] = len(set(live) - {r["name"] for r in mine} - set(elsewhere))
     if counts["foreign"]:
         log.warning("%d libvirt domain(s) on %s are not managed by pvc", counts["foreign"], ctx.node)
     log.info("reconciled VMs of %s: %s", ctx.node, counts)

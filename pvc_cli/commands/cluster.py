@@ -1,4 +1,4 @@
-"""``pvc cluster status|init|upgrade``."""
+"""``pvc cluster status|init|upgrade|limits|maintenance``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pvc_cli.output import emit, output_option
 
 @click.group("cluster")
 def group() -> None:
-    """The cluster as a whole: status, creation, schema upgrades."""
+    """The cluster as a whole: status, creation, schema upgrades, limits, maintenance mode."""
 
 
 def _counts(counts: dict) -> str:
@@ -20,17 +20,22 @@ def _counts(counts: dict) -> str:
 @output_option
 @click.pass_obj
 def status(client, output) -> None:
-    """Schema version, maintenance, and counts of nodes, VMs and jobs by state."""
+    """Schema version, primary, maintenance and fencing, node daemon states, faults, and counts by state."""
     emit(output, client().get("/cluster"), lambda c: "\n".join([
         f"schema version: {c['schema_version']} (newest known: {c['latest_schema_version']})",
-        f"   maintenance: {'on' if c['maintenance'] else 'off'}",
-        f"  primary node: {c['primary_node'] or '-'}",
+        f"   maintenance: {'on' if c['maintenance'] else 'off'} (fencing {c['fencing']})",
+        f"  primary node: {c['primary'] or '- (election in progress)'}",
+        *[f"{'node states' if i == 0 else '':>14}: {name}: daemon {s['daemon_state']}, router {s['router_state']}, "
+          f"domain {s['domain_state']}{'' if s['alive'] else ', ABSENT'}"
+          for i, (name, s) in enumerate(sorted(c["node_states"].items()))],
         f"      selector: {c['migration_selector']}",
         f"        limits: {c['limits']['migrate_out_per_node']} out / {c['limits']['migrate_in_per_node']} in per "
         f"node, {c['limits']['migrate_cluster']} in the cluster ({c['migrations']} running)",
         f"         nodes: {_counts(c['nodes'])}",
         f"           VMs: {_counts(c['vms'])}",
-        f"          jobs: {_counts(c['jobs'])}"]))
+        f"          jobs: {_counts(c['jobs'])}",
+        *[f"{'faults' if i == 0 else '':>14}: {f['message']}" for i, f in enumerate(c["faults"])],
+        *([] if c["faults"] else ["        faults: none"])]))
 
 
 @group.command("init")
@@ -66,3 +71,14 @@ def limits(client, output, **values) -> None:
     c = client()
     result = c.request("PUT", "/cluster/limits", json=body) if body else c.get("/cluster")["limits"]
     emit(output, result, lambda r: "\n".join(f"{k}: {v}" for k, v in sorted(r.items())))
+
+
+@group.command("maintenance")
+@click.argument("state", type=click.Choice(["on", "off"]))
+@output_option
+@click.pass_obj
+def maintenance(client, state, output) -> None:
+    """Maintenance mode on or off. While on, no node is fenced: dead nodes are only reported as faults."""
+    result = client().request("PUT", "/cluster/maintenance", json={"maintenance": state == "on"})
+    emit(output, result, lambda r: "maintenance mode on: fencing is DISABLED" if r["maintenance"]
+         else "maintenance mode off: fencing is enabled")

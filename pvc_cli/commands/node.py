@@ -20,14 +20,20 @@ def _keepalive(n: dict) -> str:
 def render_node(n: dict) -> str:
     m = n["memory"]
     rows = [("name", n["name"]), ("worker", "alive" if n["alive"] else "ABSENT"),
-            ("daemon state", n["daemon_state"]), ("domain state", n["domain_state"]),
+            ("daemon state", n["daemon_state"]), ("router state", n["router_state"]),
+            ("domain state", n["domain_state"]),
             ("keepalive age", _keepalive(n)), ("hypervisor", n["hypervisor"]),
             ("memory MiB", f"total {m['total']}, allocated {m['allocated']}, free {m['free']}, "
                            f"provisioned {m['provisioned']}"),
             ("vCPUs", f"total {n['vcpu']['total']}, allocated {n['vcpu']['allocated']}"), ("load", n["load"]),
             ("VMs", f"{n['vms']['total']} ({n['vms']['running']} running)"),
-            ("IPMI", f"{n['ipmi']['username']}@{n['ipmi']['hostname']}" if n["ipmi"]["hostname"] else "-"),
-            ("faults", "; ".join(n["faults"]) or "none")]
+            ("IPMI", (f"{n['ipmi']['username']}@{n['ipmi']['hostname']}: " if n["ipmi"]["hostname"] else "")
+             + n["ipmi"]["health"]),
+            ("self-fence", f"after {n['self_fence_after']:g} s without ZooKeeper" if n["self_fence_after"] else "off"),
+            ("last fence", f"{n['fence']['state']} (job {n['fence']['job']})" + (f": {n['fence']['reason']}"
+                                                                               if n["fence"].get("reason") else "")
+             if n["fence"] else "never"),
+            ("faults", "; ".join(f"{f['id']}: {f['message']}" for f in n["faults"]) or "none")]
     return "\n".join(f"{k:>13}: {v}" for k, v in rows)
 
 
@@ -38,11 +44,12 @@ def list_nodes(client, output) -> None:
     """Every node."""
     emit(output, client().get("/nodes"), lambda rows: table(rows, [
         ("NODE", lambda n: n["name"]), ("WORKER", lambda n: "alive" if n["alive"] else "ABSENT"),
-        ("DAEMON", lambda n: n["daemon_state"]), ("DOMAIN", lambda n: n["domain_state"]),
+        ("DAEMON", lambda n: n["daemon_state"]), ("ROUTER", lambda n: n["router_state"]),
+        ("DOMAIN", lambda n: n["domain_state"]),
         ("VMS", lambda n: f"{n['vms']['running']}/{n['vms']['total']}"),
         ("MEM FREE/TOTAL", lambda n: f"{n['memory']['free']}/{n['memory']['total']}"),
         ("VCPU", lambda n: f"{n['vcpu']['allocated']}/{n['vcpu']['total']}"), ("LOAD", lambda n: n["load"]),
-        ("KEEPALIVE", _keepalive)]))
+        ("KEEPALIVE", _keepalive), ("FAULTS", lambda n: len(n["faults"]))]))
 
 
 @group.command("info")

@@ -1,4 +1,4 @@
-"""``/cluster``: status, creation (``init``) and schema upgrade."""
+"""``/cluster``: status, creation (``init``), schema upgrade, migration limits and maintenance mode."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from pvc_tasks.errors import Invalid
 from pvc_tasks.jobs import JobStore, commit
 from pvc_tasks.state import domain_records, node_records
 from pvc_web.blueprint import Blueprint, handle
-from pvc_web.schemas import ClusterInitSchema, ClusterSchema, LimitsSchema, SchemaChangeSchema
+from pvc_web.schemas import ClusterInitSchema, ClusterSchema, LimitsSchema, MaintenanceSchema, SchemaChangeSchema
+from pvc_web.views import faults_view
 from zk_schema import SchemaError, available_versions, init_cluster, upgrade_to_latest
 
 PREFIX = "/cluster"
-blp = Blueprint("cluster", __name__, description="Cluster status, creation and schema upgrades")
+blp = Blueprint("cluster", __name__, description="Cluster status, creation, schema upgrades, limits, maintenance")
 
 
 @blp.route("")
@@ -27,11 +28,19 @@ def status():
         return zk.get(schema.path(key))[0].decode()
 
     nodes = node_records(zk, schema)
+    maintenance = value("base.config.maintenance") == "true"
     return {
         "schema_version": schema.version,
         "latest_schema_version": available_versions()[-1],
-        "maintenance": value("base.config.maintenance") == "true",
+        "maintenance": maintenance,
+        "fencing": "disabled (maintenance mode)" if maintenance else "enabled",
+        "primary": value("base.config.primary_node"),
         "primary_node": value("base.config.primary_node"),
+        "node_states": {n["name"]: {"daemon_state": n["daemon_state"], "router_state": n["router_state"],
+                                    "domain_state": n["domain_state"], "alive": n["alive"]} for n in nodes},
+        "faults": faults_view(value("base.faults")) + [
+            {"id": f"node:{n['name']}:{f['id']}", "message": f"{n['name']}: {f['message']}", "since": f["since"]}
+            for n in nodes for f in faults_view(n.get("faults"))],
         "migration_selector": value("base.config.migration_selector"),
         "limits": slots.limit_fields(zk, schema),
         "migrations": len(slots.read_slots(zk, schema)[0]),
@@ -77,3 +86,13 @@ def set_limits(args: dict):
     keys = {key.rsplit(".", 1)[1]: key for key in slots.LIMIT_KEYS.values()}
     commit(h.zk, [("set", h.schema.path(keys[name]), str(value).encode(), -1) for name, value in args.items()])
     return slots.limit_fields(h.zk, h.schema)
+
+
+@blp.route("/maintenance", methods=["PUT"])
+@blp.arguments(MaintenanceSchema)
+@blp.response(200, MaintenanceSchema)
+def set_maintenance(args: dict):
+    """Maintenance mode on or off. While on, the primary fences no node (dead nodes are reported as faults)."""
+    h = handle()
+    h.zk.set(h.schema.path("base.config.maintenance"), b"true" if args["maintenance"] else b"false")
+    return {"maintenance": args["maintenance"]}

@@ -1,0 +1,251 @@
+"""Fencing a dead node X and recovering its VMs: one ``fence`` job on the cluster queue (run by the primary).
+
+Protocol
+    0. declare   the primary's monitor (``pvc_workers.monitor``) decided X is dead (keepalives missed, saving throws
+                 spent, not in maintenance, no storm). ONE transaction: X's ``daemon_state`` run -> dead
+                 (version-checked: X is declared dead, and fenced, once) + the fence job + X's ``fence`` record.
+    1. fence     IPMI power off -> verify off -> power on (``pvc_workers.ipmi``, each command bounded). The
+                 outcome is recorded in the job (``result.fence``) and in X's ``fence`` key before anything else,
+                 so a new primary resuming the job never fences twice.
+    2. jobs      every job still queued or running on X ends (a migration rolls back through its other node, see
+                 pvc_tasks.migration), with the reason "node X was fenced"; stale messages left in X's queue find
+                 their jobs ended and do nothing when X returns.
+    3. recover   the policy (``successful_fence`` / ``failed_fence``) decides for each VM that ran on X:
+                 ``migrate``: a child ``recover`` job on its target (``pvc_tasks.recovery``); with no valid target
+                 the VM stays on X stopped, with autostart set (``pvc node ready X`` starts it);
+                 ``none``: the VM is marked ``failed`` with the reason and never started elsewhere.
+                 After a FAILED fence, ``migrate`` applies only when X self-fences (its worker stops its VMs when cut
+                 off from ZooKeeper) and X's self-fence interval has passed since its last keepalive: otherwise X
+                 may still run them, and a VM must never run twice.
+    4. end       when every child has ended: X's domain state becomes ``flushed`` (its VMs' ``last_node`` is X, so
+                 ``pvc node ready X`` brings them back); the job succeeds, or fails listing the VMs that stayed.
+
+The passes run through ``pvc_tasks.engine`` (a lease in the job, children's ends trigger a pass). A primary that
+dies mid-way loses nothing: the next primary re-sends every unfinished cluster job at takeover (``resume``), and
+each step is idempotent (the fence outcome is recorded; VM markers are compare-and-set).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import BadVersionError
+
+from pvc_tasks.app import app
+from pvc_tasks.engine import ENGINE_TASKS, continue_job, take_lease
+from pvc_tasks.errors import Conflict, NotFound
+from pvc_tasks.jobs import Job, JobState, JobStore, commit
+from pvc_tasks.recovery import submit_recovery
+from pvc_tasks.runner import handle_orphan
+from pvc_tasks.state import domain_record, domain_records, keepalive_age
+from zk_schema import Schema
+
+__all__ = ["FENCE", "declare_dead", "resume"]
+
+log = logging.getLogger(__name__)
+
+FENCE = "pvc.cluster.fence"
+
+
+def declare_dead(zk: KazooClient, schema: Schema, node: str, why: str) -> Job | None:
+    """Step 0: X run -> dead with its fence job, in one version-checked transaction; None if X is not ``run``
+    any more (it came back, or another primary declared it first)."""
+    path = schema.path("node.daemon_state", node)
+    data, stat = zk.get(path)
+    if data.decode() != "run":
+        return None
+    job = Job.new("fence", "", "", {"target": node, "why": why})
+    job.steps = 3
+    record = {"job": job.id, "state": "fencing", "since": time.time(), "why": why}
+    try:
+        commit(zk, [JobStore(zk, schema).create_op(job), ("set", path, b"dead", stat.version),
+                    ("set", schema.path("node.fence", node), json.dumps(record).encode(), -1)])
+    except BadVersionError:
+        return None
+    app.send_task(FENCE, kwargs={"job_id": job.id, "vm": "", "node": ""})
+    return job
+
+
+def resume(store: JobStore) -> int:
+    """At takeover: send every unfinished cluster job's pass again, freeing leases of the previous primary."""
+    count = 0
+    for job in store.all():
+        if job.terminal or job.node or job.kind not in ENGINE_TASKS:
+            continue
+        store.update(job.id, lambda j: (j.params.update(lease={}, scheduled=False), not j.terminal)[1])
+        app.send_task(ENGINE_TASKS[job.kind], kwargs={"job_id": job.id, "vm": "", "node": ""})
+        count += 1
+    return count
+
+
+def _fence_step(ctx, job: Job) -> dict:
+    """Step 1: IPMI power off, verify off, power on (through the worker's adapter, ``ctx.fence``)."""
+    zk, schema, target = ctx.zk, ctx.schema, job.params["target"]
+    outcome = ctx.fence(*(zk.get(schema.path(f"node.ipmi.{k}", target))[0].decode()
+                          for k in ("hostname", "username", "password")))
+    log.warning("fence of %s: %s%s (%.1f s)", target, "confirmed" if outcome["ok"] else "FAILED",
+                f": {outcome['reason']}" if outcome["reason"] else "", outcome["seconds"])
+    record = {"job": job.id, "state": "fenced" if outcome["ok"] else "fence-failed", "since": time.time(),
+              "reason": outcome["reason"], "steps": outcome["steps"]}
+    zk.set(schema.path("node.fence", target), json.dumps(record).encode())
+    return outcome
+
+
+def _policy(ctx, target: str, fenced: dict) -> tuple[str, str]:
+    """("migrate" | "none", why) for the VMs of ``target`` after its fence."""
+    settings = ctx.settings
+    if fenced["ok"]:
+        return settings.successful_fence, f"{target} was fenced (powered off)"
+    why = f"fence of {target} failed ({fenced['reason']})"
+    if settings.failed_fence == "none":
+        return "none", why + "; policy failed_fence=none"
+    self_fence = float(ctx.zk.get(ctx.schema.path("node.self_fence_after", target))[0].decode() or 0)
+    age = keepalive_age(ctx.zk, ctx.schema, target) or 0.0
+    if self_fence <= 0:
+        return "none", why + f"; {target} does not self-fence, so it may still run its VMs"
+    if age < self_fence + settings.keepalive_interval:
+        return "wait", why + f"; waiting until {target}'s self-fence ({self_fence:g} s) has surely stopped its VMs"
+    return "migrate", why + f"; {target} self-fenced {self_fence:g} s after losing ZooKeeper"
+
+
+def _mark(zk: KazooClient, schema: Schema, vm: str, values: dict[str, str]) -> bool:
+    """Write VM keys only while the VM has no active job (version-checked marker)."""
+    marker = schema.path("domain.active_job", vm)
+    data, stat = zk.get(marker)
+    if data:
+        return False
+    try:
+        commit(zk, [("check", marker, stat.version)]
+               + [("set", schema.path(f"domain.{k}", vm), v.encode(), -1) for k, v in values.items()])
+    except BadVersionError:
+        return False
+    return True
+
+
+def _end_jobs_of(store: JobStore, target: str) -> int:
+    """Step 2: end (or hand to their rollback) the jobs still queued or running on the fenced node."""
+    count = 0
+    for other in store.all():
+        if not other.terminal and other.node == target:
+            handle_orphan(store, other, f"node {target} was fenced; the job cannot proceed there")
+            count += 1
+    return count
+
+
+def _recover_vm(ctx, job: Job, name: str, policy: str, why: str) -> tuple[str, str]:
+    """Step 3 for one VM: ("child", id) | ("done", note) | ("stayed", reason) | ("wait", why)."""
+    zk, schema, target = ctx.zk, ctx.schema, job.params["target"]
+    if policy == "wait":
+        return "wait", why
+    if policy == "none":
+        reason = f"{why}: {name} was not recovered, so that it never runs twice; start it when {target} is back"
+        return ("stayed", reason) if _mark(zk, schema, name, {"state": "failed", "failed_reason": reason}) else \
+            ("wait", f"{name} has an active job")
+    try:
+        return "child", submit_recovery(zk, schema, name, target, job.id).id
+    except Conflict as exc:
+        if exc.code == "moved":
+            return "done", f"{name} already left {target}"
+        if exc.code in ("vm_busy", "busy"):
+            return "wait", exc.message
+        reason = f"no target for {name} ({exc.message}); it stays stopped on {target} with autostart set"
+        if _mark(zk, schema, name, {"state": "stopped", "meta.autostart": "true", "failed_reason": reason}):
+            return "done", reason
+        return "wait", f"{name} has an active job"
+
+
+@app.task(name=FENCE)
+def tick(job_id: str, vm: str, node: str, periodic: bool = False) -> dict:
+    """Runs on the primary: one pass of a fence job (see the module docstring)."""
+    from pvc_tasks.context import current
+
+    ctx = current()
+    token = uuid.uuid4().hex
+    job = take_lease(ctx.jobs, job_id, token, periodic)
+    if job is None:
+        return {"job": job_id, "state": "skipped"}
+    try:
+        return _pass(ctx, job, token)
+    except Exception as exc:  # a pass that broke must not stall the job: note it, free the lease, pass again
+        log.exception("fence pass of job %s failed", job_id)
+        return continue_job(ctx.jobs, job_id, token, dict(job.result), [f"pass failed: {exc}"], "")
+
+
+def _pass(ctx, job: Job, token: str) -> dict:
+    store, zk, schema, target = ctx.jobs, ctx.zk, ctx.schema, job.params["target"]
+    result, notes = dict(job.result), []
+    if "plan" not in result:  # before the power cycle: X's returning worker must not be what we read
+        result.update(plan=[v["name"] for v in domain_records(zk, schema)
+                            if v["node"] == target and v["state"] in ("running", "paused")],
+                      done=[], stayed={}, running={}, total=0)
+    if "fence" not in result:
+        if zk.get(schema.path("base.config.maintenance"))[0].decode() == "true":
+            store.finish(job.id, JobState.CANCELLED, f"maintenance mode is on: {target} was not fenced")
+            return {"job": job.id, "state": "cancelled"}
+        result["fence"] = _fence_step(ctx, job)
+        notes.append(f"fence of {target}: " + ("confirmed off" if result["fence"]["ok"]
+                                                  else f"FAILED: {result['fence']['reason']}"))
+    policy, why = _policy(ctx, target, result["fence"])
+    if result.get("policy") != policy:
+        notes.append(f"{len(result['plan'])} VM(s) ran on {target}: {why}; policy {policy}")
+        result["policy"] = policy
+    ended = _end_jobs_of(store, target)
+    if ended:
+        notes.append(f"{ended} job(s) of {target} ended")
+    running, waiting = result["running"], ""
+    for name, child_id in list(running.items()):
+        child = store.get(child_id)
+        if child.terminal:
+            del running[name]
+            if child.state == JobState.SUCCEEDED:
+                result["done"].append(name)
+                notes.append(f"{name} recovered on {child.node}")
+            else:
+                result["stayed"][name] = child.reason
+                notes.append(f"{name} not recovered: {child.reason}")
+    for name in [n for n in result["plan"] if n not in set(result["done"]) | set(result["stayed"]) | set(running)]:
+        try:
+            if domain_record(zk, schema, name)["node"] != target:
+                result["done"].append(name)
+                continue
+        except NotFound:
+            result["done"].append(name)
+            continue
+        outcome, detail = _recover_vm(ctx, job, name, policy, why)
+        if outcome == "child":
+            running[name] = detail
+        elif outcome == "done":
+            result["done"].append(name)
+            notes.append(detail)
+        elif outcome == "stayed":
+            result["stayed"][name] = detail
+        else:
+            waiting = detail
+    result["total"] = len(result["plan"])
+    if running or waiting or len(result["done"]) + len(result["stayed"]) < result["total"]:
+        return continue_job(store, job.id, token, result, notes, waiting)
+    return _end(ctx, job, result, notes, policy, why)
+
+
+def _end(ctx, job: Job, result: dict, notes: list[str], policy: str, why: str) -> dict:
+    schema, target = ctx.schema, job.params["target"]
+    stayed, fenced = result["stayed"], result["fence"]["ok"]
+    ops = []
+    if policy == "migrate":  # its VMs left with last_node = X: `pvc node ready X` brings them back
+        ops.append(("set", schema.path("node.domain_state", target), b"flushed", -1))
+    if fenced and not stayed:
+        outcome, reason = JobState.SUCCEEDED, ""
+    else:
+        outcome = JobState.FAILED
+        reason = why if not fenced else f"{len(stayed)} VM(s) of {target} not recovered"
+        if stayed:
+            reason += ": " + "; ".join(f"{k}: {v}" for k, v in sorted(stayed.items()))
+    ctx.jobs.finish(job.id, outcome, reason, result, ops=lambda _j: ops, release=False, notes=notes)
+    return {"job": job.id, "state": str(outcome)}
+
+
+ENGINE_TASKS["fence"] = FENCE

@@ -1,0 +1,116 @@
+"""The fencing monitor: runs on the primary only, decides which nodes are dead and declares them.
+
+Every ``keepalive_interval`` it reads each node's keepalive znode. Liveness is judged by whether that znode's
+VERSION changed, timed on this process's monotonic clock, never by comparing the timestamp a node wrote with our
+clock: a node with a skewed clock is not fenced for it. At takeover every node starts with a clean slate, so a
+new primary never fences on what it did not see itself.
+
+    alive     its keepalive changed within ``suspect_after_intervals`` intervals;
+    suspect   it did not (fault ``keepalive_missed`` on the node, so ``pvc cluster status`` shows it);
+              each further interval is a saving throw: a keepalive now makes it alive again;
+    dead      ``saving_throws`` throws failed: ``pvc_tasks.fencing.declare_dead`` (one transaction, once).
+
+Only nodes whose ``daemon_state`` is ``run`` are judged: a node that stopped cleanly (``stop``), is starting
+(``init``) or is already ``dead`` is never fenced again. Two guards stop fencing and say so:
+
+    maintenance  ``pvc cluster maintenance on``: dead nodes are reported (node fault), not fenced;
+    storm        when suspect-or-dead nodes are at least ``fence_storm_fraction`` of all nodes, the likelier
+                 truth is that THIS node is cut off: nothing is fenced; cluster fault ``fence_storm``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from kazoo.exceptions import KazooException
+
+from pvc_tasks.context import NodeContext
+from pvc_tasks.fencing import declare_dead
+from pvc_tasks.state import names
+from pvc_workers.health import set_fault
+
+__all__ = ["Monitor"]
+
+log = logging.getLogger(__name__)
+
+
+class Monitor(threading.Thread):
+    """Started at takeover, stopped at relinquish (``halt``)."""
+
+    def __init__(self, ctx: NodeContext, still_primary) -> None:
+        super().__init__(name="fence-monitor", daemon=True)
+        self.ctx, self.still_primary = ctx, still_primary
+        self.halted = threading.Event()
+        #: node -> (keepalive znode version, monotonic time it was first seen)
+        self.seen: dict[str, tuple[int, float]] = {}
+        self.declared: set[str] = set()
+
+    def halt(self) -> None:
+        self.halted.set()
+
+    def run(self) -> None:
+        interval = self.ctx.settings.keepalive_interval
+        while not self.halted.wait(interval):
+            try:
+                self.check()
+            except KazooException as exc:
+                log.warning("fence monitor pass skipped: %s", exc)
+            except Exception:
+                log.exception("fence monitor pass failed")
+
+    def _missed(self, node: str, now: float) -> float:
+        """Intervals since this node's keepalive last changed (as seen by this monitor)."""
+        version = self.ctx.zk.exists(self.ctx.schema.path("node.keepalive", node)).version
+        last = self.seen.get(node)
+        if last is None or last[0] != version:
+            self.seen[node] = (version, now)
+            return 0.0
+        return (now - last[1]) / self.ctx.settings.keepalive_interval
+
+    def check(self) -> None:
+        ctx, settings, now = self.ctx, self.ctx.settings, time.monotonic()
+        zk, schema = ctx.zk, ctx.schema
+        nodes = [n for n in names(zk, schema, "base.node") if n != ctx.node]
+        states = {n: zk.get(schema.path("node.daemon_state", n))[0].decode() for n in nodes}
+        suspect_after, throws = settings.suspect_after_intervals, settings.saving_throws
+        looking_dead, dead = [], []
+        for node in nodes:
+            missed = self._missed(node, now)
+            if states[node] == "dead":
+                looking_dead.append(node)
+                continue
+            if states[node] != "run" or missed < suspect_after:
+                if node in self.declared or missed < suspect_after:
+                    set_fault(ctx, "node.faults", "keepalive_missed", None, node)
+                self.declared.discard(node)
+                continue
+            looking_dead.append(node)
+            spent = int(missed - suspect_after)
+            if spent < throws:
+                set_fault(ctx, "node.faults", "keepalive_missed", f"no keepalive for {missed:.0f} intervals; "
+                          f"saving throw {spent + 1} of {throws}", node)
+                log.warning("node %s missed %.1f keepalive intervals: saving throw %d/%d", node, missed,
+                            spent + 1, throws)
+            else:
+                dead.append(node)
+        total = len(nodes) + 1
+        storm = len(looking_dead) / total >= settings.fence_storm_fraction
+        set_fault(ctx, "base.faults", "fence_storm",
+                  f"{len(looking_dead)} of {total} nodes look dead at once ({', '.join(looking_dead)}): nothing "
+                  f"is fenced, since this primary ({ctx.node}) may be the one cut off" if storm else None)
+        maintenance = zk.get(schema.path("base.config.maintenance"))[0].decode() == "true"
+        for node in dead:
+            why = f"no keepalive for {suspect_after + throws} intervals of {settings.keepalive_interval:g} s"
+            if storm or maintenance:
+                guard = "maintenance mode is on" if maintenance else "fence storm guard"
+                set_fault(ctx, "node.faults", "keepalive_missed", f"{why}; NOT fenced: {guard}", node)
+                continue
+            if not self.still_primary():
+                return
+            job = declare_dead(zk, schema, node, why)
+            self.declared.add(node)
+            if job is not None:
+                log.error("node %s is dead (%s): fence job %s", node, why, job.id)
+                set_fault(ctx, "node.faults", "keepalive_missed", f"{why}; fenced by job {job.id}", node)

@@ -1,0 +1,219 @@
+"""High availability: node death -> IPMI fence -> recovery of each VM exactly once, and the guards around it.
+
+Every node has a real ``ipmi_sim`` BMC whose chassis power kills or starts that node's worker; nodes die here by
+``ipmitool chassis power off`` (or a crash), and the primary fences them through the same BMCs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections import Counter
+
+from pvc_dev.bmc import BMC_PASSWORD, BMC_USER
+from pvc_dev.cluster import NodeSpec
+from pvc_dev.services import wait_until
+from pvc_workers.ipmi import Bmc, chassis_power
+
+#: Fast detection: 1 s keepalives, suspect after 2 missed, 1 saving throw (a dead node is fenced ~3-4 s after).
+HA_ENV = {"PVC_SUSPECT_AFTER_INTERVALS": "2", "PVC_SAVING_THROWS": "1", "PVC_IPMI_TIMEOUT": "3"}
+
+
+def nodes(n: int) -> list[NodeSpec]:
+    return [NodeSpec(f"hv{i}", 8192) for i in range(1, n + 1)]
+
+
+def api(c, method, path, **kw):
+    return c.session().request(method, f"{c.api_url}/api/v1{path}", timeout=15, **kw)
+
+
+def vms(c) -> dict[str, dict]:
+    return {v["name"]: v for v in api(c, "get", "/vms").json()}
+
+
+def jobs(c, kind: str) -> list[dict]:
+    return [j for j in api(c, "get", "/jobs").json() if j["kind"] == kind]
+
+
+def primary(c) -> str:
+    return wait_until(lambda: api(c, "get", "/cluster").json()["primary"], 30, "a primary")
+
+
+def bmc(c, node: str) -> Bmc:
+    return Bmc(str(c.bmc[node].info["hostname"]), BMC_USER, BMC_PASSWORD, timeout=5)
+
+
+def fence_of(c, node: str, timeout: float = 60) -> dict:
+    found = wait_until(lambda: [j for j in jobs(c, "fence") if j["params"]["target"] == node], timeout,
+                       f"a fence job for {node}")
+    return c.wait_job(found[0]["id"], timeout=90)
+
+
+def running_per_node(c) -> dict[str, int]:
+    """What each node's own hypervisor reports running (its keepalive figures), not what ZooKeeper records."""
+    return {n["name"]: n["vms"]["running"] for n in api(c, "get", "/nodes").json()}
+
+
+def test_dead_node_is_fenced_and_each_vm_recovered_exactly_once(make_cluster):
+    """Power off a node holding VMs: the primary fences it through IPMI and each running VM is recovered exactly
+    once on a valid node (node_limit honoured); a stopped VM stays; the node comes back flushed, discards a job
+    that was queued for it, starts nothing, and `ready` brings its VMs home."""
+    c = make_cluster(nodes(4), worker_env=HA_ENV)
+    boss = primary(c)
+    victim = next(n for n in ("hv2", "hv3", "hv4") if n != boss)
+    limited = next(n for n in ("hv1", "hv2", "hv3", "hv4") if n not in (boss, victim))
+    for i in range(5):
+        assert c.define_vm(f"r{i}", 512, node=victim, start=True)["state"] == "succeeded"
+    assert api(c, "put", "/vms/r0/meta", json={"node_limit": [victim, limited]}).status_code == 200
+    assert c.define_vm("idle", 256, node=victim)["state"] == "succeeded"
+    os.kill(c.workers[victim].pid, signal.SIGSTOP)  # the next job waits in the victim's queue
+    queued = api(c, "post", "/vms/idle/state", json={"state": "start"}).json()
+    chassis_power(bmc(c, victim), "off")
+
+    fence = fence_of(c, victim)
+    assert fence["state"] == "succeeded", fence
+    assert fence["result"]["fence"]["ok"] and fence["result"]["fence"]["steps"][:2] == ["power off sent",
+                                                                                         "verified off"]
+    assert sorted(fence["result"]["done"]) == [f"r{i}" for i in range(5)]
+    stale = c.wait_job(queued["id"])
+    # Ended by the fence, or before it by a janitor that saw the node absent: either way, with the reason.
+    assert stale["state"] == "failed" and f"node {victim}" in stale["reason"], stale
+    recovered = [j for j in jobs(c, "recover") if j["parent"] == fence["id"]]
+    assert Counter(j["vm"] for j in recovered) == {f"r{i}": 1 for i in range(5)}
+    assert all(j["state"] == "succeeded" for j in recovered)
+    placed = vms(c)
+    assert all(placed[f"r{i}"]["node"] not in ("", victim) and placed[f"r{i}"]["state"] == "running"
+               and placed[f"r{i}"]["last_node"] == victim for i in range(5))
+    assert placed["r0"]["node"] == limited
+    assert placed["idle"]["node"] == victim and placed["idle"]["state"] == "stopped"
+
+    c.wait_worker(victim)  # powered on again by the fence: a new worker
+    info = api(c, "get", f"/nodes/{victim}").json()
+    assert info["domain_state"] == "flushed" and info["fence"]["state"] == "fenced"
+    time.sleep(2)  # its stale message has been consumed by now, and its keepalive reports its hypervisor
+    counts = running_per_node(c)
+    assert counts[victim] == 0 and sum(counts.values()) == 5, counts
+    assert vms(c)["idle"]["state"] == "stopped"
+
+    back = c.wait_job(api(c, "post", f"/nodes/{victim}/ready").json()["id"], timeout=120)
+    assert back["state"] == "succeeded", back
+    assert all(v["node"] == victim for v in vms(c).values())
+
+
+def test_failed_fence_with_policy_none_leaves_vms_failed(make_cluster):
+    """A node whose BMC does not answer is not confirmed off: with failed_fence=none its VMs are marked failed
+    with the reason and never started elsewhere; the dead BMC costs one timeout (the sequence stops there)."""
+    c = make_cluster(nodes(3), worker_env=HA_ENV)
+    boss = primary(c)
+    victim = next(n for n in ("hv2", "hv3") if n != boss)
+    for i in range(2):
+        assert c.define_vm(f"f{i}", 256, node=victim, start=True)["state"] == "succeeded"
+    c.bmc[victim].stop()  # the BMC is gone; then the node crashes
+    c.workers[victim].kill()
+
+    fence = fence_of(c, victim)
+    assert fence["state"] == "failed" and "fence of " + victim + " failed" in fence["reason"], fence
+    assert fence["result"]["fence"]["steps"] == [] and "power off failed" in fence["result"]["fence"]["reason"]
+    placed = vms(c)
+    for i in range(2):
+        assert placed[f"f{i}"]["node"] == victim and placed[f"f{i}"]["state"] == "failed"
+        assert "never runs twice" in placed[f"f{i}"]["failed_reason"]
+    assert jobs(c, "recover") == []
+    assert api(c, "get", f"/nodes/{victim}").json()["fence"]["state"] == "fence-failed"
+
+
+def test_maintenance_mode_disables_fencing_and_says_so(make_cluster):
+    """In maintenance mode a dead node is reported (a node fault naming maintenance) but not fenced; when
+    maintenance ends, it is fenced."""
+    c = make_cluster(nodes(3), worker_env=HA_ENV)
+    boss = primary(c)
+    victim = next(n for n in ("hv2", "hv3") if n != boss)
+    assert api(c, "put", "/cluster/maintenance", json={"maintenance": True}).json()["maintenance"] is True
+    status = api(c, "get", "/cluster").json()
+    assert status["maintenance"] and "maintenance" in status["fencing"]
+    c.workers[victim].kill()
+    wait_until(lambda: any("NOT fenced: maintenance" in f["message"]
+                           for f in api(c, "get", f"/nodes/{victim}").json()["faults"]), 30,
+               "the maintenance fault")
+    time.sleep(3)
+    assert jobs(c, "fence") == []
+    assert api(c, "put", "/cluster/maintenance", json={"maintenance": False}).status_code == 200
+    assert fence_of(c, victim)["state"] == "succeeded"
+
+
+def test_storm_guard_fences_nothing_when_half_the_cluster_looks_dead(make_cluster):
+    """When half of the nodes stop at once, the primary suspects itself of being cut off: no fence, a cluster
+    fault instead."""
+    c = make_cluster(nodes(4), worker_env=HA_ENV)
+    boss = primary(c)
+    victims = [n for n in ("hv1", "hv2", "hv3", "hv4") if n != boss][:2]
+    for node in victims:
+        c.workers[node].kill()
+    wait_until(lambda: [f for f in api(c, "get", "/cluster").json()["faults"] if f["id"] == "fence_storm"],
+               30, "the fence storm fault")
+    time.sleep(4)  # well past the detection time of a single dead node
+    assert jobs(c, "fence") == []
+    for node in victims:
+        assert api(c, "get", f"/nodes/{node}").json()["daemon_state"] == "run"  # never declared dead
+
+
+def test_primary_failover_runs_queued_cluster_work(make_cluster):
+    """Cluster work queued while the primary is frozen runs on the next primary after the old one dies: a fence
+    job queued for a dead node completes there, and the dead primary is fenced too (each once); a clean
+    shutdown of a primary hands over at once."""
+    from pvc_tasks.app import app
+    from pvc_tasks.fencing import declare_dead
+
+    c = make_cluster(nodes(5), worker_env=HA_ENV)
+    boss = primary(c)
+    dead = next(n for n in ("hv2", "hv3", "hv4") if n != boss)
+    for i in range(2):
+        assert c.define_vm(f"p{i}", 256, node=dead, start=True)["state"] == "succeeded"
+    os.kill(c.workers[boss].pid, signal.SIGSTOP)
+    c.workers[dead].kill()
+    app.conf.broker_url = c.redis_url
+    queued = declare_dead(c.zk, c.schema, dead, "declared by the test while the primary is frozen")
+    assert queued is not None and declare_dead(c.zk, c.schema, dead, "twice") is None
+    c.workers[boss].kill()
+
+    done = c.wait_job(queued.id, timeout=90)
+    assert done["state"] == "succeeded", done
+    successor = primary(c)
+    assert successor != boss
+    assert all(v["node"] not in (dead, boss) and v["state"] == "running" for v in vms(c).values())
+    assert fence_of(c, boss)["state"] == "succeeded"
+    assert Counter(j["params"]["target"] for j in jobs(c, "fence")) == {dead: 1, boss: 1}
+
+    c.workers[successor].stop()  # SIGTERM: relinquish before stopping
+    wait_until(lambda: primary(c) not in (successor, boss), 15, "a clean handover")
+    assert api(c, "get", f"/nodes/{successor}").json()["router_state"] == "secondary"
+
+
+def test_self_fence_stops_vms_of_a_worker_cut_off_from_zookeeper(make_cluster):
+    """A worker cut off from ZooKeeper longer than self_fence_after destroys its VMs; when the link returns it
+    takes its presence again and records them stopped with the reason."""
+    from pvc_dev.netcut import Link
+
+    c = make_cluster(nodes(3), worker_env=HA_ENV)
+    boss = primary(c)
+    victim = next(n for n in ("hv2", "hv3") if n != boss)
+    assert api(c, "put", "/cluster/maintenance", json={"maintenance": True}).status_code == 200
+    link = Link(int(c.zookeeper.info["port"]))
+    try:
+        c.workers[victim].stop()
+        c.start_worker(victim, {"PVC_ZOOKEEPER": f"127.0.0.1:{link.port}{c.chroot}", "PVC_SELF_FENCE_AFTER": "2"})
+        c.wait_worker(victim)
+        for i in range(2):
+            assert c.define_vm(f"s{i}", 256, node=victim, start=True)["state"] == "succeeded"
+        link.cut()
+        wait_until(lambda: "SELF-FENCE" in c.workers[victim].log_tail(200), 30, "the self-fence")
+        link.restore()
+        wait_until(lambda: all(vms(c)[f"s{i}"]["state"] == "stopped" for i in range(2)), 30, "stopped VMs")
+        assert all("self-fenced" in vms(c)[f"s{i}"]["failed_reason"] for i in range(2))
+        wait_until(lambda: api(c, "get", f"/nodes/{victim}").json()["alive"], 30, "presence again")
+        wait_until(lambda: running_per_node(c)[victim] == 0, 10, "no VM running on the node")
+        assert json.loads(c.zk.get(c.schema.path("node.fence", victim))[0]) == {}  # nobody fenced it
+    finally:
+        link.close()
