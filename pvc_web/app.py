@@ -38,7 +38,8 @@ def create_app(settings: Settings, handle: ClusterHandle | None = None) -> Flask
             "security": [{"ApiKey": []}],
         },
     )
-    configure(settings)
+    # Every task module, so that ending a job from here (cancel) runs its family's end-of-job ops too.
+    configure(settings).loader.import_default_modules()
     if handle is None:
         handle = ClusterHandle(settings)
         handle.start()

@@ -145,7 +145,9 @@ class Daemon:
         ctx = NodeContext(settings.node, settings, self.zk, schema, hypervisor,
                           fence=fencer(settings.ipmi_timeout, settings.ipmi_cipher_suite))
         install(ctx)
-        configure(settings)
+        # Import every task module NOW: their orphan handlers and end-of-job ops (slot and reservation release)
+        # must be registered before the reconciler and the janitor end any job, not when Celery starts later.
+        configure(settings).loader.import_default_modules()
         reconcile_vms(ctx, returning)
         reconcile_jobs(ctx)
         self.zk.DataWatch(schema.path("base.schema.version"), self._on_schema_version(schema.version))
