@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from pvc_dev.bmc import BMC_PASSWORD, BMC_USER
 from pvc_dev.cluster import LocalCluster, NodeSpec
 from pvc_dev.guests import qemu_domain_xml
 
@@ -88,6 +89,9 @@ Ctrl-C here, or `pvc-dev down`, stops it.
   Flower    {c.flower_url}            (user {c.flower_user}, password {c.flower_password})
   ZooKeeper {c.zk_hosts}
   Redis     {c.redis_url}
+  BMCs      {", ".join(f"{n} {b.info['hostname']}" for n, b in c.bmc.items()) or "none"}
+            (ipmi_sim; `ipmitool -I lanplus -C 3 -H 127.0.0.1 -p <port> -U {BMC_USER} -P {BMC_PASSWORD}
+             chassis power off` cuts a node's power: the primary fences it ~30 s later and recovers its VMs)
   Logs      {workdir}
 
 Use the CLI (in another shell):

@@ -212,10 +212,9 @@ class LocalCluster:
         return self._qemu_roots[prefix]
 
     def start_worker(self, node: str, extra_env: dict[str, str] | None = None) -> Service:
-        env = {**self.env(), "PVC_LIBVIRT_URI": self.libvirt_uri(node), **self.worker_env, **(extra_env or {})}
-        if node in self.bmc:
-            env.update(PVC_IPMI_HOSTNAME=str(self.bmc[node].info["hostname"]), PVC_IPMI_USERNAME=BMC_USER,
-                       PVC_IPMI_PASSWORD=BMC_PASSWORD)
+        bmc = {"PVC_IPMI_HOSTNAME": str(self.bmc[node].info["hostname"]), "PVC_IPMI_USERNAME": BMC_USER,
+               "PVC_IPMI_PASSWORD": BMC_PASSWORD} if node in self.bmc else {}
+        env = {**self.env(), "PVC_LIBVIRT_URI": self.libvirt_uri(node), **bmc, **self.worker_env, **(extra_env or {})}
         if self.spec(node).hypervisor == "qemu":
             env.setdefault("PVC_MIGRATION_URI", "tcp://127.0.0.1")  # migration data over loopback
         with self._workers_lock:

@@ -85,6 +85,7 @@ def resume(store: JobStore) -> int:
 def _fence_step(ctx, job: Job) -> dict:
     """Step 1: IPMI power off, verify off, power on (through the worker's adapter, ``ctx.fence``)."""
     zk, schema, target = ctx.zk, ctx.schema, job.params["target"]
+    started = time.time()
     outcome = ctx.fence(*(zk.get(schema.path(f"node.ipmi.{k}", target))[0].decode()
                           for k in ("hostname", "username", "password")))
     log.warning("fence of %s: %s%s (%.1f s)", target, "confirmed" if outcome["ok"] else "FAILED",
@@ -92,7 +93,7 @@ def _fence_step(ctx, job: Job) -> dict:
     record = {"job": job.id, "state": "fenced" if outcome["ok"] else "fence-failed", "since": time.time(),
               "reason": outcome["reason"], "steps": outcome["steps"]}
     zk.set(schema.path("node.fence", target), json.dumps(record).encode())
-    return outcome
+    return dict(outcome, started_at=round(started, 3), finished_at=round(time.time(), 3))
 
 
 def _policy(ctx, target: str, fenced: dict) -> tuple[str, str]:

@@ -91,7 +91,8 @@ def _register(zk: KazooClient, schema: Schema, settings: Settings) -> bool:
     # Presence and the reset state in one transaction: a reader never sees this process's presence beside the
     # "run" state of a predecessor.
     ops = [("create", presence, str(os.getpid()).encode(), "ephemeral")]
-    ops += [("set", schema.path(f"node.{k}", node), v.encode(), -1) for k, v in values.items()]
+    known = {key.name for key in schema.section_keys("node")}  # an older cluster layout lacks newer keys
+    ops += [("set", schema.path(f"node.{k}", node), v.encode(), -1) for k, v in values.items() if k in known]
     # A previous worker killed without closing its session holds presence until the session expires.
     deadline = time.monotonic() + settings.zk_session_timeout * 1.5
     while True:

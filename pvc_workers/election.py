@@ -22,7 +22,7 @@ import logging
 import threading
 
 from kazoo.client import KazooState
-from kazoo.exceptions import KazooException, LockTimeout
+from kazoo.exceptions import CancelledError, KazooException
 
 from pvc_tasks.context import NodeContext
 from pvc_tasks.fencing import resume
@@ -43,6 +43,7 @@ class Election(threading.Thread):
         self.session_ok = threading.Event()
         self.session_ok.set()
         self.monitor: Monitor | None = None
+        self.lock = None
         ctx.zk.add_listener(self._on_state)
 
     def _on_state(self, state: str) -> None:
@@ -55,21 +56,21 @@ class Election(threading.Thread):
         self.ctx.zk.set(self.ctx.schema.path("node.router_state", self.ctx.node), state.encode())
 
     def run(self) -> None:
-        interval = self.ctx.settings.keepalive_interval
         try:
             while not self.stop.is_set():
-                if not self.session_ok.wait(interval):
+                if not self.session_ok.wait(self.ctx.settings.keepalive_interval):
                     continue
-                lock = self.ctx.zk.Lock(self.ctx.schema.path("base.lock.primary"), identifier=self.ctx.node)
+                # One contender znode, waiting without a timeout (no churn in ZooKeeper); ``leave`` cancels it.
+                self.lock = self.ctx.zk.Lock(self.ctx.schema.path("base.lock.primary"), identifier=self.ctx.node)
                 try:
-                    if not lock.acquire(timeout=interval):
+                    if not self.lock.acquire():
                         continue
-                except (LockTimeout, KazooException):
+                except (CancelledError, KazooException):
                     continue
                 try:
-                    self._lead(lock)
+                    self._lead(self.lock)
                 finally:
-                    self._relinquish(lock)
+                    self._relinquish(self.lock)
         finally:
             self.released.set()
 
@@ -117,4 +118,6 @@ class Election(threading.Thread):
     def leave(self, timeout: float) -> None:
         """Clean handover at shutdown: relinquish now and wait (bounded) until the lock is released."""
         self.stop.set()
+        if self.lock is not None:
+            self.lock.cancel()  # a contender still waiting stops waiting (and removes its znode)
         self.released.wait(timeout)

@@ -18,7 +18,8 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-__all__ = ["Bmc", "FenceResult", "IpmiError", "chassis_power", "fence", "fencer", "ipmitool_argv", "parse_power", "power_status"]
+__all__ = ["Bmc", "FenceResult", "IpmiError", "chassis_power", "fence", "fencer", "ipmitool_argv", "parse_power",
+           "power_status"]
 
 log = logging.getLogger(__name__)
 

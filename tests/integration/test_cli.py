@@ -136,3 +136,19 @@ def test_node_flush_and_ready_wait_with_per_vm_lines(cluster, pvc, vm_name):
     limits = pvc("cluster", "limits", "--out", "3", "-o", "json")
     assert limits.returncode == 0 and json.loads(limits.stdout)["migrate_out_per_node"] == 3
     assert pvc("cluster", "limits", "--out", "0").returncode == 2
+
+
+def test_cluster_status_maintenance_and_node_info_show_ha_state(pvc):
+    """Status names the primary and node daemon states; maintenance on/off shows fencing disabled/enabled; node
+    info shows keepalive age and IPMI health, never the IPMI password."""
+    from pvc_dev.bmc import BMC_PASSWORD
+
+    status = pvc("cluster", "status")
+    assert status.returncode == 0 and "primary node: hv" in status.stdout and "daemon run" in status.stdout
+    on = pvc("cluster", "maintenance", "on")
+    assert on.returncode == 0 and "DISABLED" in on.stdout
+    assert "fencing disabled (maintenance mode)" in pvc("cluster", "status").stdout
+    assert json.loads(pvc("cluster", "maintenance", "off", "-o", "json").stdout) == {"maintenance": False}
+    info = pvc("node", "info", "hv1")
+    assert "keepalive age" in info.stdout and "IPMI" in info.stdout and ": ok" in info.stdout, info.stdout
+    assert BMC_PASSWORD not in info.stdout + pvc("node", "info", "hv1", "-o", "json").stdout

@@ -32,7 +32,9 @@ def test_up_status_second_up_and_down(tmp_path):
         banner = (tmp_path / "up.log").read_text()
         assert "API" in banner and "Flower" in banner and "token:" in banner and "pvc vm start" in banner
         names = {p["name"] for p in state["processes"]}
-        assert {"zookeeper", "redis", "worker-hv1", "worker-hv2", "worker-hv3", "api", "flower"} == names
+        assert {"zookeeper", "redis", "worker-hv1", "worker-hv2", "worker-hv3", "api", "flower", "bmc-hv1", "bmc-hv2",
+                "bmc-hv3"} == names
+        assert "BMCs      hv1 127.0.0.1:" in banner
 
         config = dict(line.split(" = ") for line in (workdir / "cli.toml").read_text().splitlines())
         url, token = config["api_url"].strip('"'), config["token"].strip('"')

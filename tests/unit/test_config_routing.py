@@ -45,3 +45,16 @@ def test_node_names_that_would_break_a_queue_are_refused():
     """A dot or slash in a node name would alias another queue."""
     with pytest.raises(RoutingError):
         node_queue("a.b")
+
+
+def test_recovery_runs_on_the_target_and_fencing_on_the_cluster_queue():
+    """pvc.recover.* follows its node argument (the target); pvc.cluster.* goes to the primary's queue."""
+    assert route_task("pvc.recover.start", (), {"node": "hv3"}, {})["queue"].name == "node.hv3"
+    assert route_task("pvc.cluster.fence", (), {"node": ""}, {})["queue"].name == "cluster"
+
+
+def test_fence_policies_are_validated():
+    """A policy other than migrate or none is refused at start, not at the first fence."""
+    with pytest.raises(ValueError, match="failed_fence"):
+        load_settings(env={"PVC_FAILED_FENCE": "reboot"})
+    assert load_settings(env={"PVC_COORDINATOR": "no"}).coordinator is False
