@@ -17,7 +17,7 @@ import time
 from pvc_tasks.app import app
 from pvc_tasks.jobs import CHILD_ENDED, Job, JobState, JobStore
 
-__all__ = ["ENGINE_TASKS", "LEASE", "TICK_INTERVAL", "continue_job", "take_lease"]
+__all__ = ["ENGINE_TASKS", "LEASE", "TICK_INTERVAL", "collect_ended", "continue_job", "record_outcome", "take_lease"]
 
 #: Seconds between safety passes (children's ends trigger one at once) and the lifetime of a pass's lease.
 TICK_INTERVAL, LEASE = 1.0, 10.0
@@ -85,6 +85,39 @@ def continue_job(store: JobStore, job_id: str, token: str, result: dict, notes: 
         if flags.get("schedule"):  # the one periodic safety pass
             app.send_task(task, kwargs=dict(kwargs, periodic=True), countdown=TICK_INTERVAL)
     return {"job": job_id, "state": "running", "waiting": waiting}
+
+
+def collect_ended(store: JobStore, result: dict, notes: list[str]) -> None:
+    """Move children that ended since the last pass from ``result["running"]`` to ``done`` or ``stayed``."""
+    running = result["running"]
+    for name, child_id in list(running.items()):
+        child = store.get(child_id)
+        if not child.terminal:
+            continue
+        del running[name]
+        if child.state == JobState.SUCCEEDED:
+            result["done"].append(name)
+            notes.append(f"{name}: {child.kind} done" + (f" (now on {child.result['node']})"
+                                                          if child.result.get("node") else ""))
+        else:
+            result["stayed"][name] = f"{child.kind} {child.state}: {child.reason}"
+            notes.append(f"{name} stays: {child.reason}")
+
+
+def record_outcome(result: dict, notes: list[str], name: str, outcome: str, detail: str) -> str:
+    """Record what a pass decided for one VM: ``child`` (a job id), ``done`` / ``stayed`` (a note) or ``wait``
+    (returned: why nothing could start now; "" otherwise)."""
+    if outcome == "child":
+        result["running"][name] = detail
+    elif outcome == "done":
+        result["done"].append(name)
+        notes.append(detail)
+    elif outcome == "stayed":
+        result["stayed"][name] = detail
+        notes.append(f"{name} stays: {detail}")
+    else:
+        return detail
+    return ""
 
 
 def _child_ended(store: JobStore, child: Job) -> None:

@@ -36,7 +36,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError
 
 from pvc_tasks.app import app
-from pvc_tasks.engine import ENGINE_TASKS, continue_job, take_lease
+from pvc_tasks.engine import ENGINE_TASKS, collect_ended, continue_job, record_outcome, take_lease
 from pvc_tasks.errors import Conflict, NotFound
 from pvc_tasks.jobs import Job, JobState, JobStore, commit
 from pvc_tasks.recovery import submit_recovery
@@ -127,14 +127,20 @@ def _mark(zk: KazooClient, schema: Schema, vm: str, values: dict[str, str]) -> b
     return True
 
 
-def _end_jobs_of(store: JobStore, target: str) -> int:
-    """Step 2: end (or hand to their rollback) the jobs still queued or running on the fenced node."""
-    count = 0
+def _end_jobs_of(store: JobStore, target: str, before: float) -> int:
+    """Step 2: end (or hand to their rollback) the jobs that were queued or running on the fenced node when it was
+    declared dead; jobs created later (the node came back) are left alone. Returns how many such jobs are still
+    open, counting migrations rolling back through their other node (they return to ``target`` to end)."""
+    still_open = 0
     for other in store.all():
-        if not other.terminal and other.node == target:
+        if other.terminal or other.created >= before:
+            continue
+        if other.node == target:
             handle_orphan(store, other, f"node {target} was fenced; the job cannot proceed there")
-            count += 1
-    return count
+            still_open += 1
+        elif target in (other.params.get("source"), other.params.get("reserved_on")):
+            still_open += 1
+    return still_open
 
 
 def _recover_vm(ctx, job: Job, name: str, policy: str, why: str) -> tuple[str, str]:
@@ -194,20 +200,13 @@ def _pass(ctx, job: Job, token: str) -> dict:
     if result.get("policy") != policy:
         notes.append(f"{len(result['plan'])} VM(s) ran on {target}: {why}; policy {policy}")
         result["policy"] = policy
-    ended = _end_jobs_of(store, target)
-    if ended:
-        notes.append(f"{ended} job(s) of {target} ended")
+    if not result.get("jobs_ended"):  # scanned until none is left, not at every pass
+        still_open = _end_jobs_of(store, target, job.created)
+        result["jobs_ended"] = still_open == 0
+        if still_open:
+            notes.append(f"{still_open} job(s) of {target} being ended")
+    collect_ended(store, result, notes)
     running, waiting = result["running"], ""
-    for name, child_id in list(running.items()):
-        child = store.get(child_id)
-        if child.terminal:
-            del running[name]
-            if child.state == JobState.SUCCEEDED:
-                result["done"].append(name)
-                notes.append(f"{name} recovered on {child.node}")
-            else:
-                result["stayed"][name] = child.reason
-                notes.append(f"{name} not recovered: {child.reason}")
     for name in [n for n in result["plan"] if n not in set(result["done"]) | set(result["stayed"]) | set(running)]:
         try:
             if domain_record(zk, schema, name)["node"] != target:
@@ -216,16 +215,7 @@ def _pass(ctx, job: Job, token: str) -> dict:
         except NotFound:
             result["done"].append(name)
             continue
-        outcome, detail = _recover_vm(ctx, job, name, policy, why)
-        if outcome == "child":
-            running[name] = detail
-        elif outcome == "done":
-            result["done"].append(name)
-            notes.append(detail)
-        elif outcome == "stayed":
-            result["stayed"][name] = detail
-        else:
-            waiting = detail
+        waiting = record_outcome(result, notes, name, *_recover_vm(ctx, job, name, policy, why)) or waiting
     result["total"] = len(result["plan"])
     if running or waiting or len(result["done"]) + len(result["stayed"]) < result["total"]:
         return continue_job(store, job.id, token, result, notes, waiting)

@@ -33,7 +33,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError
 
 from pvc_tasks.app import app
-from pvc_tasks.engine import ENGINE_TASKS, continue_job, take_lease
+from pvc_tasks.engine import ENGINE_TASKS, collect_ended, continue_job, record_outcome, take_lease
 from pvc_tasks.errors import Conflict, NotFound, PvcError
 from pvc_tasks.jobs import END_OPS, Job, JobState, JobStore, Op, commit
 from pvc_tasks.state import domain_record, domain_records, node_record
@@ -174,18 +174,7 @@ def _pass(ctx, job: Job, token: str) -> dict:
         result.update(plan=_plan(zk, schema, job), done=[], stayed={}, running={})
     running: dict[str, str] = result["running"]
     notes: list[str] = []
-    for name, child_id in list(running.items()):  # children that ended since the last pass
-        child = store.get(child_id)
-        if not child.terminal:
-            continue
-        del running[name]
-        if child.state == JobState.SUCCEEDED:
-            result["done"].append(name)
-            notes.append(f"{name}: {child.kind} done" + (f" (now on {child.result['node']})"
-                                                          if child.result.get("node") else ""))
-        else:
-            result["stayed"][name] = f"{child.kind} {child.state}: {child.reason}"
-            notes.append(f"{name} stays: {child.reason}")
+    collect_ended(store, result, notes)
     if job.cancel_requested:
         for child_id in running.values():
             try:
@@ -212,18 +201,10 @@ def _pass(ctx, job: Job, token: str) -> dict:
         if record["active_job"]:
             waiting = f"{name} has another job ({record['active_job']})"
             continue
-        outcome, detail = _submit_child(zk, schema, job, record)
-        if outcome == "child":
-            running[name] = detail
-        elif outcome == "done":
-            result["done"].append(name)
-            notes.append(detail)
-        elif outcome == "stayed":
-            result["stayed"][name] = detail
-            notes.append(f"{name} stays: {detail}")
-        else:
-            waiting = detail
-            if "limit" in detail or "migrations" in detail or "flushed" in detail:
+        blocked = record_outcome(result, notes, name, *_submit_child(zk, schema, job, record))
+        if blocked:
+            waiting = blocked
+            if "limit" in blocked or "migrations" in blocked or "flushed" in blocked:
                 break  # no slot now: the next child's end frees one
     result["total"] = len(result["plan"])
     left = len(result["plan"]) - len(result["done"]) - len(result["stayed"])

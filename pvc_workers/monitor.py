@@ -45,7 +45,6 @@ class Monitor(threading.Thread):
         self.halted = threading.Event()
         #: node -> (keepalive znode version, monotonic time it was first seen)
         self.seen: dict[str, tuple[int, float]] = {}
-        self.declared: set[str] = set()
 
     def halt(self) -> None:
         self.halted.set()
@@ -81,10 +80,8 @@ class Monitor(threading.Thread):
             if states[node] == "dead":
                 looking_dead.append(node)
                 continue
-            if states[node] != "run" or missed < suspect_after:
-                if node in self.declared or missed < suspect_after:
-                    set_fault(ctx, "node.faults", "keepalive_missed", None, node)
-                self.declared.discard(node)
+            if states[node] != "run" or missed < suspect_after:  # back, starting, or stopped cleanly
+                set_fault(ctx, "node.faults", "keepalive_missed", None, node)
                 continue
             looking_dead.append(node)
             spent = int(missed - suspect_after)
@@ -110,7 +107,6 @@ class Monitor(threading.Thread):
             if not self.still_primary():
                 return
             job = declare_dead(zk, schema, node, why)
-            self.declared.add(node)
             if job is not None:
                 log.error("node %s is dead (%s): fence job %s", node, why, job.id)
                 set_fault(ctx, "node.faults", "keepalive_missed", f"{why}; fenced by job {job.id}", node)

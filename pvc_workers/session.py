@@ -44,6 +44,7 @@ class SessionWatch(threading.Thread):
         self.ctx, self.stop = ctx, stop
         self.lost_since: float | None = None
         self.session_lost = False
+        self.fenced = False
         self.fenced_vms: list[str] = []
         self.fenced_after = 0.0
         self.wake = threading.Event()
@@ -64,13 +65,13 @@ class SessionWatch(threading.Thread):
             lost = self.lost_since
             limit = self.ctx.settings.self_fence_after
             if lost is not None:
-                if limit > 0 and not self.fenced_vms and time.monotonic() - lost > limit:
+                if limit > 0 and not self.fenced and time.monotonic() - lost > limit:
                     self._self_fence(time.monotonic() - lost)
                 continue
             try:
                 if self.session_lost:
                     self._rejoin()
-                if self.fenced_vms:
+                if self.fenced:
                     self._record_self_fence()
             except KazooException as exc:
                 log.warning("re-syncing with ZooKeeper failed (%s); will retry", exc)
@@ -85,7 +86,7 @@ class SessionWatch(threading.Thread):
                 hv.destroy(name)
             except HypervisorError as exc:
                 log.error("self-fence could not destroy %s: %s", name, exc)
-        self.fenced_vms, self.fenced_after = running or ["-"], seconds
+        self.fenced, self.fenced_vms, self.fenced_after = True, running, seconds
 
     def _rejoin(self) -> None:
         ctx = self.ctx
@@ -105,7 +106,7 @@ class SessionWatch(threading.Thread):
     def _record_self_fence(self) -> None:
         ctx, reason = self.ctx, f"self-fenced: node {self.ctx.node} was cut off from ZooKeeper for " \
                                 f"{self.fenced_after:.0f} s"
-        for vm in [v for v in self.fenced_vms if v != "-"]:
+        for vm in self.fenced_vms:
             node_path, marker = ctx.schema.path("domain.node", vm), ctx.schema.path("domain.active_job", vm)
             try:
                 if ctx.zk.get(node_path)[0].decode() != ctx.node or ctx.zk.get(marker)[0]:
@@ -117,4 +118,4 @@ class SessionWatch(threading.Thread):
                                 ("set", ctx.schema.path("domain.failed_reason", vm), reason.encode(), -1)])
             except (BadVersionError, KazooException) as exc:
                 log.warning("could not record the self-fence of %s: %s", vm, exc)
-        self.fenced_vms = []
+        self.fenced, self.fenced_vms = False, []
