@@ -11,7 +11,7 @@ import sys
 import click
 
 from pvc_cli.client import ApiError, Client, Unreachable, resolve
-from pvc_cli.commands import cluster, job, node, vm
+from pvc_cli.commands import cluster, job, node, sriov, vm
 from pvc_cli.wait import EXIT_API, EXIT_UNREACHABLE
 
 __all__ = ["cli", "main"]
@@ -43,7 +43,7 @@ def cli(ctx: click.Context, api_url: str | None, token: str | None, config: str 
     ctx.obj = lambda: Client(resolve(api_url, token, config))
 
 
-for group in (cluster.group, node.group, vm.group, job.group):
+for group in (cluster.group, node.group, vm.group, job.group, sriov.group):
     cli.add_command(group)
 
 

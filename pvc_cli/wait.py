@@ -103,7 +103,10 @@ def _outcome(job: dict) -> str:
     if result.get("from"):
         where = f": now on {result['node']} (from {result['from']}, {result.get('how') or 'moved'})"
     state = f" (VM {result['state']})" if result.get("state") else ""
-    head = f"job {job['id']} {job['kind']} {job['vm']}: {job['state']}"
+    subject = job["vm"] or f"{job['node']}/{job['params'].get('vf', '')}".rstrip("/")
+    head = f"job {job['id']} {job['kind']} {subject}: {job['state']}"
+    if job["kind"] == "vf_config" and job["state"] == "succeeded":
+        return f"{head}: applied " + ", ".join(f"{k}={v}" for k, v in sorted(job["params"]["changes"].items()))
     if job["state"] == "succeeded":
         return head + where + state
     return f"{head}: {job['reason'] or 'no reason recorded'}"

@@ -7,6 +7,7 @@ Several clusters may share one ZooKeeper server: each gets its own chroot; each 
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import shutil
 import tempfile
@@ -39,6 +40,9 @@ class NodeSpec:
     memory_mib: int = 8192
     cpus: int = 4
     hypervisor: str = "test"
+    #: Simulated SR-IOV NICs of a test-driver node: (PF name, VF count) pairs, described as libvirt node devices
+    #: in the node file and managed by the worker (``PVC_SRIOV_PFS``); VF ``n`` of PF ``p`` is named ``<p>v<n>``.
+    sriov: tuple[tuple[str, int], ...] = (("ens1f0", 4), ("ens1f1", 2))
 
 
 #: qemu.conf of an embedded QEMU node: root without a security driver, logs to files (no virtlogd), no cgroups.
@@ -53,10 +57,44 @@ cgroup_controllers = [ ]
 
 
 def node_xml(spec: NodeSpec) -> str:
-    """A libvirt test-driver node file: the node's CPUs and memory, no domains."""
+    """A libvirt test-driver node file: the node's CPUs and memory, its SR-IOV NICs as node devices, no domains."""
     return (f"<node>\n  <cpu><nodes>1</nodes><sockets>1</sockets><cores>{spec.cpus}</cores><threads>1</threads>"
             f"<active>{spec.cpus}</active><mhz>2000</mhz><model>x86_64</model></cpu>\n"
-            f"  <memory>{spec.memory_mib * 1024}</memory>\n</node>\n")
+            f"  <memory>{spec.memory_mib * 1024}</memory>\n{_sriov_devices(spec)}</node>\n")
+
+
+def _pci_device(name: str, bus: int, slot: int, function: int, product: str, inner: str) -> str:
+    return (f"  <device><name>{name}</name><parent>computer</parent><capability type='pci'><domain>0</domain>"
+            f"<bus>{bus}</bus><slot>{slot}</slot><function>{function}</function>{product}"
+            f"<vendor id='0x15b3'>Mellanox Technologies (simulated)</vendor>{inner}</capability></device>\n")
+
+
+def _net_device(parent: str, interface: str, mac: str) -> str:
+    return (f"  <device><name>net_{interface}_{mac.replace(':', '_')}</name><parent>{parent}</parent>"
+            f"<capability type='net'><interface>{interface}</interface><address>{mac}</address></capability>"
+            f"</device>\n")
+
+
+def _sriov_devices(spec: NodeSpec) -> str:
+    """PF ``k`` is PCI 0000:3b:00.k; its VFs sit on bus 0x3c+k, eight functions per slot. MACs are locally
+    administered (02:...) and unique per node name."""
+    tag = int(hashlib.sha1(spec.name.encode()).hexdigest()[:4], 16)
+    out = []
+    for k, (pf, count) in enumerate(spec.sriov):
+        pf_pci = f"pci_0000_3b_00_{k}"
+        vfs = [(0x3C + k, i // 8, i % 8) for i in range(count)]
+        addresses = "".join(f"<address domain='0x0000' bus='{b:#04x}' slot='{s:#04x}' function='{f:#x}'/>"
+                            for b, s, f in vfs)
+        out.append(_pci_device(pf_pci, 0x3B, 0, k, "<product id='0x1015'>ConnectX-4 Lx</product>",
+                               f"<capability type='virt_functions' maxCount='{count}'>{addresses}</capability>"))
+        out.append(_net_device(pf_pci, pf, f"02:{tag >> 8:02x}:{tag & 255:02x}:{k:02x}:00:00"))
+        for i, (b, s, f) in enumerate(vfs):
+            vf_pci = f"pci_0000_{b:02x}_{s:02x}_{f}"
+            out.append(_pci_device(vf_pci, b, s, f, "<product id='0x1016'>ConnectX-4 Lx VF</product>",
+                                   "<capability type='phys_function'><address domain='0x0000' bus='0x3b' "
+                                   f"slot='0x00' function='{k:#x}'/></capability>"))
+            out.append(_net_device(vf_pci, f"{pf}v{i}", f"02:{tag >> 8:02x}:{tag & 255:02x}:{k:02x}:01:{i:02x}"))
+    return "".join(out)
 
 
 @dataclass
@@ -214,7 +252,10 @@ class LocalCluster:
     def start_worker(self, node: str, extra_env: dict[str, str] | None = None) -> Service:
         bmc = {"PVC_IPMI_HOSTNAME": str(self.bmc[node].info["hostname"]), "PVC_IPMI_USERNAME": BMC_USER,
                "PVC_IPMI_PASSWORD": BMC_PASSWORD} if node in self.bmc else {}
-        env = {**self.env(), "PVC_LIBVIRT_URI": self.libvirt_uri(node), **bmc, **self.worker_env, **(extra_env or {})}
+        spec = self.spec(node)
+        sriov = {"PVC_SRIOV_PFS": ",".join(pf for pf, _count in spec.sriov)} if spec.hypervisor == "test" else {}
+        env = {**self.env(), "PVC_LIBVIRT_URI": self.libvirt_uri(node), **bmc, **sriov, **self.worker_env,
+               **(extra_env or {})}
         if self.spec(node).hypervisor == "qemu":
             env.setdefault("PVC_MIGRATION_URI", "tcp://127.0.0.1")  # migration data over loopback
         with self._workers_lock:

@@ -36,7 +36,7 @@ app.conf.update(
     redis_socket_timeout=10,
     worker_hijack_root_logger=False,
     include=["pvc_tasks.lifecycle", "pvc_tasks.migration", "pvc_tasks.flush", "pvc_tasks.recovery",
-             "pvc_tasks.fencing"],
+             "pvc_tasks.fencing", "pvc_tasks.sriov"],
 )
 
 

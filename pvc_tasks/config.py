@@ -51,6 +51,10 @@ class Settings:
     self_fence_after: float = defaults.SELF_FENCE_AFTER
     #: ``module:function`` called before a VM is recovered on another node (e.g. to break Ceph RBD locks).
     storage_lock_hook: str = ""
+    #: SR-IOV PFs (interface names) this node manages; their VFs are inventoried and configured by pvc.
+    sriov_pfs: list[str] = field(default_factory=list)
+    #: ``auto`` (simulated on libvirt test-driver nodes, ``ip link`` otherwise), ``ip-link`` or ``simulated``.
+    sriov_backend: str = "auto"
     ipmi_hostname: str = ""
     ipmi_username: str = ""
     ipmi_password: str = field(default="", repr=False)
@@ -113,4 +117,7 @@ def load_settings(path: str | os.PathLike | None = None, env: dict[str, str] | N
     for name in ("successful_fence", "failed_fence"):
         if getattr(settings, name) not in ("migrate", "none"):
             raise ValueError(f"invalid setting: {name} must be 'migrate' or 'none', not {getattr(settings, name)!r}")
+    if settings.sriov_backend not in ("auto", "ip-link", "simulated"):
+        raise ValueError(f"invalid setting: sriov_backend must be auto, ip-link or simulated, "
+                         f"not {settings.sriov_backend!r}")
     return settings

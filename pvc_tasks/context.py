@@ -16,12 +16,16 @@ from pvc_tasks.config import Settings
 from pvc_tasks.jobs import JobStore
 from zk_schema import Schema
 
-__all__ = ["DomainFacts", "Hypervisor", "HypervisorError", "MigrationAborted", "NodeContext", "NodeResources",
-           "current", "install"]
+__all__ = ["DomainFacts", "Hypervisor", "HypervisorError", "MigrationAborted", "Nic", "NicError", "NodeContext",
+           "NodeResources", "current", "install"]
 
 
 class HypervisorError(Exception):
     """The hypervisor refused or failed an operation; the message is the hypervisor's own."""
+
+
+class NicError(Exception):
+    """The node's SR-IOV NIC (or its simulation) could not be read or refused a setting."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,17 @@ class Hypervisor(Protocol):
     def resources(self) -> NodeResources: ...
 
 
+class Nic(Protocol):
+    """A node's SR-IOV NICs (``pvc_workers.sriov``): production ``ip link`` or the simulated NIC state."""
+
+    #: ``ip-link`` | ``simulated`` (shown by the API, so nobody mistakes a simulation for hardware).
+    kind: str
+
+    def apply(self, pf: str, index: int, vf: str, config: dict[str, str]) -> dict[str, str]:
+        """Apply the settings in ``config`` to VF ``index`` of ``pf``; returns errors by setting (empty: all
+        applied). Raises ``NicError`` only when nothing could be tried."""
+
+
 @dataclass
 class NodeContext:
     """Everything a task on this node uses; one per worker process."""
@@ -93,6 +108,8 @@ class NodeContext:
     #: Fences a node through its BMC: ``fence(hostname, username, password)`` -> {"ok", "reason", "steps",
     #: "seconds"} (the worker's IPMI adapter, ``pvc_workers.ipmi``; tasks never import the worker).
     fence: Callable[[str, str, str], dict] | None = None
+    #: The node's SR-IOV NICs; None on a node without SR-IOV configuration.
+    nic: Nic | None = None
 
     @property
     def jobs(self) -> JobStore:

@@ -1,6 +1,7 @@
 """Placement of a VM on a node: target choice with in-flight reservations, and the reservation's life.
 
-A reservation is an entry ``job id -> {"memory": MiB, "vcpus": n}`` in the target node's ``node.reserved`` key
+A reservation is an entry ``job id -> {"memory": MiB, "vcpus": n[, "vfs": [names]]}`` in the target node's
+``node.reserved`` key
 (a JSON object). It is created in the SAME transaction that creates the job, with a version check on that key, so
 two placements racing for the last room on a node cannot both win: the loser's transaction fails and it chooses
 again with the winner's reservation counted. It is removed in the transaction that commits the VM on the node (the
@@ -13,6 +14,7 @@ Node figures seen by the selector (``pvc_tasks.selector``): the keepalive's libv
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
@@ -39,8 +41,12 @@ def read_reserved(zk: KazooClient, schema: Schema, node: str) -> tuple[dict, int
 
 
 def reserve_op(schema: Schema, node: str, reserved: dict, version: int, job_id: str, memory_mib: int,
-               vcpus: int) -> Op:
-    entries = dict(reserved, **{job_id: {"memory": memory_mib, "vcpus": vcpus}})
+               vcpus: int, vfs: list[str] | None = None) -> Op:
+    """The version-checked write adding ``job_id``'s reservation (memory, vCPUs and any SR-IOV VFs it will use)."""
+    entry: dict = {"memory": memory_mib, "vcpus": vcpus}
+    if vfs:
+        entry["vfs"] = sorted(vfs)
+    entries = dict(reserved, **{job_id: entry})
     return ("set", schema.path("node.reserved", node), json.dumps(entries, sort_keys=True).encode(), version)
 
 
@@ -86,17 +92,28 @@ def check_target(zk: KazooClient, schema: Schema, vm: dict, target: str, *, own_
 
 
 def choose_target(zk: KazooClient, schema: Schema, vm: dict, explicit: str | None = None,
-                  states: tuple[str, ...] = ("ready",)) -> str:
-    """An explicit target (checked) or the selector's choice among valid candidates; ``Conflict`` when none."""
+                  states: tuple[str, ...] = ("ready",), fits: Callable[[str], object] | None = None) -> str:
+    """An explicit target (checked) or the selector's choice among valid candidates; ``Conflict`` when none.
+    ``fits(node)`` raises ``Conflict`` when the node lacks something the VM needs besides memory (its VFs)."""
     if explicit:
         if zk.exists(schema.path("node", explicit)) is None:
             raise Invalid(f"target: no node named {explicit!r}", details={"target": [f"unknown node {explicit!r}"]})
         check_target(zk, schema, vm, explicit, states=states)
+        if fits is not None:
+            fits(explicit)
         return explicit
     method = vm.get("meta.node_selector") or zk.get(schema.path("base.config.migration_selector"))[0].decode()
     memory = int(vm.get("memory") or 0)
-    chosen = selector.select(node_records(zk, schema), method, memory, _limit(vm), exclude=[vm.get("node", "")])
+    nodes = node_records(zk, schema)
+    unfit: dict[str, str] = {}
+    for node in nodes if fits is not None else []:
+        try:
+            fits(node["name"])
+        except Conflict as exc:
+            unfit[node["name"]] = exc.message
+    chosen = selector.select(nodes, method, memory, _limit(vm), exclude=[vm.get("node", ""), *unfit])
     if chosen is None:
+        why = f"; {'; '.join(unfit.values())}" if unfit else ""
         raise Conflict(f"no target for VM {vm['name']}: no other ready node in its node_limit has {memory} MiB "
-                       f"free (selector {method})", code="no_target", details={"selector": method})
+                       f"free (selector {method}){why}", code="no_target", details={"selector": method})
     return chosen

@@ -16,6 +16,8 @@ Families (task name prefix -> queue, and why)
     ``pvc.flush.*``  ``node.<node>``, the node being flushed or made ready: its engine runs beside its hypervisor.
     ``pvc.recover.*`` ``node.<node>``, the TARGET of a fenced node's VM (never the dead node): the VM is defined
                      and started there.
+    ``pvc.sriov.*``  ``node.<node>``, the node whose NIC holds the VF: its settings are applied there with
+                     ``ip link`` (or to that node's simulated NIC).
     ``pvc.cluster.*`` ``cluster``: work for the cluster as a whole (fencing a node), run by the primary.
 
 Callers never pass a queue: they call a task with its keyword arguments and the router below picks the queue
@@ -45,6 +47,7 @@ FAMILIES: dict[str, tuple[str | None, str]] = {
     "pvc.migrate.": ("node", "each migration step acts on the hypervisor of the node that owns its resource"),
     "pvc.flush.": ("node", "the flush/unflush engine of a node runs on that node"),
     "pvc.recover.": ("node", "a fenced node's VM is recovered by its target node, which defines and starts it"),
+    "pvc.sriov.": ("node", "a VF's settings are applied by the node whose NIC holds the VF"),
     "pvc.cluster.": (None, "cluster-wide work (fencing) runs on the primary coordinator, whoever that is now"),
 }
 

@@ -132,6 +132,8 @@ def node_figure_ops(ctx: NodeContext) -> list[Op]:
 
 def _outcome_ops(run: JobRun, outcome: JobState, reason: str) -> list[Op]:
     ctx, schema, vm = run.ctx, run.ctx.schema, run.vm
+    if not vm:  # a node's own job (VF settings): no VM keys to write
+        return node_figure_ops(ctx)
     root = schema.path("domain", vm)
     if ctx.zk.exists(root) is None:
         return node_figure_ops(ctx)

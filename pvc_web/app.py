@@ -15,7 +15,7 @@ from pvc_tasks.config import Settings
 from pvc_web import auth, errors
 from pvc_web.blueprint import API_PREFIX, PvcApi
 from pvc_web.cluster import ClusterHandle
-from pvc_web.routes import cluster, health, jobs, nodes, vms
+from pvc_web.routes import cluster, health, jobs, nodes, sriov, vms
 
 __all__ = ["create_app"]
 
@@ -49,6 +49,6 @@ def create_app(settings: Settings, handle: ClusterHandle | None = None) -> Flask
     auth.install(app, settings.api_tokens)
     errors.register(app)
     api = PvcApi(app)
-    for module in (health, cluster, nodes, vms, jobs):
+    for module in (health, cluster, nodes, vms, jobs, sriov):
         api.register_blueprint(module.blp, url_prefix=f"{API_PREFIX}{module.PREFIX}")
     return app

@@ -208,3 +208,56 @@ class JobQuerySchema(Schema):
     node = fields.String()
     vm = fields.String()
     limit = fields.Integer(load_default=JOB_LIST_LIMIT, validate=validate.Range(min=1, max=10_000))
+
+
+class PfSchema(Schema):
+    node = fields.String()
+    name = fields.String(metadata={"description": "the PF's interface name"})
+    mtu = fields.Integer()
+    vfcount = fields.Integer()
+    vfs_used = fields.Integer(metadata={"description": "VFs of this PF used by a VM"})
+
+
+class VfConfigSchema(Schema):
+    """A VF's settings; in a PUT only the settings to change. Ranges are checked by the server with the VF's
+    current settings (vlan_qos needs a vlan_id; tx_rate_min <= tx_rate_max; mtu <= the PF's)."""
+
+    vlan_id = fields.Integer(metadata={"description": "0-4095 (0: untagged)"})
+    vlan_qos = fields.Integer(metadata={"description": "0-7, 802.1p priority of the VLAN tag"})
+    tx_rate_min = fields.Integer(metadata={"description": "Mb/s, 0: no guarantee"})
+    tx_rate_max = fields.Integer(metadata={"description": "Mb/s, 0: no limit"})
+    spoof_check = fields.Boolean()
+    link_state = fields.String(metadata={"description": "auto | enable | disable"})
+    trust = fields.Boolean()
+    query_rss = fields.Boolean()
+    mtu = fields.Integer(allow_none=True, metadata={"description": "68 - the PF's MTU; null: leave as it is"})
+    mac = fields.String(metadata={"description": "unicast MAC; empty: leave as it is"})
+
+
+class _VfApplied(Schema):
+    config = fields.Nested(VfConfigSchema)
+    errors = fields.Dict(keys=fields.String(), values=fields.String(),
+                         metadata={"description": "setting -> why the NIC refused it"})
+    at = fields.Float(allow_none=True)
+    by = fields.String(metadata={"description": "the job id, or 'worker start'"})
+
+
+class VfSchema(Schema):
+    node = fields.String()
+    name = fields.String(metadata={"description": "the VF's interface name"})
+    pf = fields.String()
+    index = fields.Integer(metadata={"description": "the VF's number on its PF (ip link ... vf N)"})
+    pci = fields.String(metadata={"description": "PCI address, e.g. 0000:3c:00.1"})
+    mac = fields.String(metadata={"description": "the MAC the NIC reports now"})
+    phy_mac = fields.String(metadata={"description": "the MAC the VF had when first inventoried"})
+    mtu = fields.Integer(metadata={"description": "the MTU the NIC reports now"})
+    config = fields.Nested(VfConfigSchema, metadata={"description": "desired settings (ZooKeeper)"})
+    applied = fields.Nested(_VfApplied, metadata={"description": "what the node last applied"})
+    in_sync = fields.Boolean(metadata={"description": "the node applied exactly the desired settings"})
+    used = fields.Boolean()
+    used_by = fields.String(metadata={"description": "the VM using the VF"})
+
+
+class VfQuerySchema(Schema):
+    node = fields.String()
+    pf = fields.String()

@@ -8,7 +8,7 @@ from dataclasses import asdict
 
 from pvc_tasks.jobs import Job
 
-__all__ = ["faults_view", "job_view", "node_view", "vm_view"]
+__all__ = ["faults_view", "job_view", "node_view", "pf_view", "vf_view", "vm_view"]
 
 
 def _int(value: str | None) -> int:
@@ -102,6 +102,48 @@ def vm_view(record: dict, *, detail: bool = False) -> dict:
     if detail:
         view["xml"] = record.get("xml") or ""
     return view
+
+
+def pf_view(record: dict, vfs: list[dict]) -> dict:
+    mine = [v for v in vfs if v["node"] == record["node"] and v["pf"] == record["name"]]
+    return {"node": record["node"], "name": record["name"], "mtu": _int(record.get("mtu")),
+            "vfcount": _int(record.get("vfcount")), "vfs_used": sum(v["used"] == "true" for v in mine)}
+
+
+_FLAGS = ("spoof_check", "trust", "query_rss")
+_NUMBERS = ("vlan_id", "vlan_qos", "tx_rate_min", "tx_rate_max")
+
+
+def _vf_config(values: dict) -> dict:
+    out = {}
+    for key, value in values.items():
+        if key in _FLAGS:
+            out[key] = value == "true"
+        elif key in _NUMBERS:
+            out[key] = _int(value)
+        elif key == "mtu":
+            out[key] = _int(value) if value else None
+        else:
+            out[key] = value or ""
+    return out
+
+
+def vf_view(record: dict, desired: dict[str, str]) -> dict:
+    """A VF: what the NIC shows (mac, mtu, pci), its desired config, what its node last applied, and whether the
+    two agree (``in_sync``)."""
+    applied = _json(record.get("applied"))
+    pci = [str(record.get(f"pci.{k}") or "").removeprefix("0x") for k in ("domain", "bus", "slot", "function")]
+    return {
+        "node": record["node"], "name": record["name"], "pf": record.get("pf") or "",
+        "index": _int(record.get("index")),
+        "pci": f"{pci[0]}:{pci[1]}:{pci[2]}.{pci[3]}" if all(pci) else "",
+        "mac": record.get("mac") or "", "phy_mac": record.get("phy_mac") or "", "mtu": _int(record.get("mtu")),
+        "config": _vf_config(desired),
+        "applied": {"config": _vf_config(applied.get("config") or {}), "errors": applied.get("errors") or {},
+                    "at": applied.get("at"), "by": applied.get("by") or ""},
+        "in_sync": applied.get("config") == desired and not applied.get("errors"),
+        "used": record.get("used") == "true", "used_by": record.get("used_by") or "",
+    }
 
 
 def job_view(job: Job, revision: int | None = None) -> dict:

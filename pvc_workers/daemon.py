@@ -5,7 +5,9 @@ Start-up, in order
     2. Load the schema version the CLUSTER records (not the newest this code knows): paths must match the data.
     3. Register: create the node's keys if missing, take the ephemeral ``presence`` znode (refusing to start
        while another live worker holds it: two workers for one node would both act on one hypervisor).
-    4. Open ONE libvirt connection for the process's life; reconcile VMs and jobs (``pvc_workers.reconcile``).
+    4. Open ONE libvirt connection for the process's life. Write the node's SR-IOV inventory and apply every VF's
+       desired config from ZooKeeper to the NIC (``pvc_tasks.sriov``). Reconcile VMs and jobs
+       (``pvc_workers.reconcile``).
     5. Start the keepalive, inventory, janitor and session-watch (presence after a session loss, self-fence)
        threads, a check of this node's own BMC (a fault when fencing it would fail), and a watch on the cluster's
        schema version.
@@ -33,9 +35,10 @@ from kazoo.exceptions import NodeExistsError
 
 from pvc_tasks.app import configure
 from pvc_tasks.config import Settings, load_settings
-from pvc_tasks.context import HypervisorError, NodeContext, install
+from pvc_tasks.context import HypervisorError, NicError, NodeContext, install
 from pvc_tasks.jobs import commit
 from pvc_tasks.routing import CLUSTER_QUEUE, worker_hostname, worker_queues
+from pvc_tasks.sriov import apply_all
 from pvc_workers.election import Election
 from pvc_workers.health import check_own_bmc
 from pvc_workers.hypervisor import LibvirtHypervisor
@@ -44,6 +47,8 @@ from pvc_workers.janitor import Janitor
 from pvc_workers.keepalive import Inventory, Keepalive
 from pvc_workers.reconcile import reconcile_jobs, reconcile_vms
 from pvc_workers.session import SessionWatch
+from pvc_workers.sriov import nic_for
+from pvc_workers.vf_inventory import VfInventory
 from zk_schema import Schema, SchemaError, cluster_version
 
 __all__ = ["main"]
@@ -145,10 +150,20 @@ class Daemon:
             raise StartupError(str(exc)) from exc
         ctx = NodeContext(settings.node, settings, self.zk, schema, hypervisor,
                           fence=fencer(settings.ipmi_timeout, settings.ipmi_cipher_suite))
+        try:
+            ctx.nic = nic_for(settings.libvirt_uri, hypervisor.conn, settings.sriov_backend)
+            self.vf_inventory = VfInventory(ctx, ctx.nic, settings.sriov_pfs)
+            self.vf_inventory.sync()
+            log.info("SR-IOV settings applied from ZooKeeper: %s", apply_all(ctx))
+        except NicError as exc:
+            raise StartupError(f"SR-IOV: {exc}") from exc
         install(ctx)
         # Import every task module NOW: their orphan handlers and end-of-job ops (slot and reservation release)
         # must be registered before the reconciler and the janitor end any job, not when Celery starts later.
-        configure(settings).loader.import_default_modules()
+        # The queues too: the reconciler's first send fixes Celery's queue map, which must already hold ours.
+        app = configure(settings)
+        app.loader.import_default_modules()
+        app.conf.task_queues = [*worker_queues(settings.node), CLUSTER_QUEUE]  # cluster: consumed only as primary
         reconcile_vms(ctx, returning)
         reconcile_jobs(ctx)
         self.zk.DataWatch(schema.path("base.schema.version"), self._on_schema_version(schema.version))
@@ -168,14 +183,13 @@ class Daemon:
 
     def run(self) -> int:
         ctx = self.prepare()
-        inventory = Inventory(ctx, self.stop)
+        inventory = Inventory(ctx, self.stop, self.vf_inventory.sync)
         ctx.inventory = inventory.refresh
         threads = [inventory, Keepalive(ctx, inventory, self.stop), Janitor(ctx, self.stop),
                    SessionWatch(ctx, self.stop), threading.Thread(target=check_own_bmc, args=(ctx,), daemon=True)]
         for thread in threads:
             thread.start()
         app = configure(self.settings)
-        app.conf.task_queues = [*worker_queues(ctx.node), CLUSTER_QUEUE]  # cluster: consumed only as primary
         worker = app.Worker(hostname=worker_hostname(ctx.node), queues=[q.name for q in worker_queues(ctx.node)],
                             pool_cls="threads", concurrency=self.settings.worker_concurrency,
                             loglevel=self.settings.log_level, send_events=True, without_gossip=True,

@@ -1,6 +1,7 @@
 """Keepalive and inventory: two threads, so that a slow hypervisor never delays the keepalive.
 
-* ``Inventory`` asks the hypervisor for resources and domains every interval and keeps the latest figures.
+* ``Inventory`` asks the hypervisor for resources and domains every interval and keeps the latest figures; it
+  also re-reads the node's SR-IOV NICs (``pvc_workers.vf_inventory``), which writes only when they changed.
 * ``Keepalive`` writes, every interval, the node's keepalive timestamp together with the latest inventory in ONE
   transaction: a reader never sees a fresh keepalive beside stale resources from another moment. It touches only
   ZooKeeper, so it keeps beating while a task or libvirt is slow.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from kazoo.exceptions import KazooException
 
@@ -29,9 +31,9 @@ log = logging.getLogger(__name__)
 class Inventory(threading.Thread):
     """Polls the hypervisor; ``figures`` holds the latest node key values."""
 
-    def __init__(self, ctx: NodeContext, stop: threading.Event) -> None:
+    def __init__(self, ctx: NodeContext, stop: threading.Event, nic_sync: Callable[[], object] | None = None) -> None:
         super().__init__(name="inventory", daemon=True)
-        self.ctx, self.stop = ctx, stop
+        self.ctx, self.stop, self.nic_sync = ctx, stop, nic_sync
         self.figures: dict[str, str] = {}
         self.refresh()
 
@@ -60,6 +62,11 @@ class Inventory(threading.Thread):
                 self.refresh()
             except Exception:
                 log.exception("inventory of %s failed", self.ctx.node)
+            try:
+                if self.nic_sync is not None:
+                    self.nic_sync()  # writes to ZooKeeper only when the NICs changed
+            except Exception:
+                log.exception("SR-IOV inventory of %s failed", self.ctx.node)
 
 
 class Keepalive(threading.Thread):

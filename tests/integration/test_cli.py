@@ -44,6 +44,22 @@ def test_every_command_has_help():
         assert result.exit_code == 0 and "Usage:" in result.output, command
 
 
+def test_sriov_vf_set_waits_for_its_node_and_lists_show_it(cluster, pvc):
+    """`pvc sriov vf set` waits for the node's job; list/info show the settings; a bad value exits 3 naming it."""
+    done = pvc("sriov", "vf", "set", "hv3", "ens1f1v1", "--vlan-id", "300", "--no-spoof-check", "--mtu", "1450")
+    assert done.returncode == 0, done.stderr
+    assert "succeeded: applied mtu=1450, spoof_check=false, vlan_id=300" in done.stdout
+    info = json.loads(pvc("sriov", "vf", "info", "hv3", "ens1f1v1", "-o", "json").stdout)
+    assert (info["config"]["vlan_id"], info["config"]["spoof_check"], info["mtu"], info["in_sync"]) == \
+        (300, False, 1450, True)
+    listed = pvc("sriov", "vf", "list", "--node", "hv3", "--pf", "ens1f1")
+    assert "ens1f1v1" in listed.stdout and "300" in listed.stdout and "ens1f0v0" not in listed.stdout
+    assert "ens1f0" in pvc("sriov", "pf", "list", "--node", "hv3").stdout
+    bad = pvc("sriov", "vf", "set", "hv3", "ens1f1v1", "--vlan-qos", "9")
+    assert bad.returncode == 3 and "vlan_qos" in bad.stderr and "Traceback" not in bad.stderr
+    assert pvc("sriov", "vf", "set", "hv3", "ens1f1v1").returncode == 2  # nothing to change: usage error
+
+
 def test_start_waits_with_progress_then_conflict_exits_nonzero(cluster, pvc, vm_name):
     """`pvc vm start` shows progress and exits 0; the same on the running VM prints the 409 and exits 3."""
     cluster.define_vm(vm_name, node="hv2")

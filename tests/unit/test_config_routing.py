@@ -53,6 +53,14 @@ def test_recovery_runs_on_the_target_and_fencing_on_the_cluster_queue():
     assert route_task("pvc.cluster.fence", (), {"node": ""}, {})["queue"].name == "cluster"
 
 
+def test_vf_settings_run_on_the_node_that_owns_the_nic():
+    """pvc.sriov.* follows its node argument: the VF's NIC is on that node."""
+    assert route_task("pvc.sriov.configure", (), {"node": "hv2", "vf": "ens1f0v1"}, {})["queue"].name == "node.hv2"
+    with pytest.raises(ValueError, match="sriov_backend"):
+        load_settings(env={"PVC_SRIOV_BACKEND": "netlink"})
+    assert load_settings(env={"PVC_SRIOV_PFS": "ens1f0, ens1f1"}).sriov_pfs == ["ens1f0", "ens1f1"]
+
+
 def test_fence_policies_are_validated():
     """A policy other than migrate or none is refused at start, not at the first fence."""
     with pytest.raises(ValueError, match="failed_fence"):

@@ -1,0 +1,205 @@
+"""The VFs a VM uses: found in its XML, claimed and released in ZooKeeper by the VM's own transactions.
+
+A VM's XML names a VF of its node in one of two ways:
+    ``macvtap``  ``<interface type='direct'><source dev='ens1f0v3' mode='passthrough'/>``: by interface name;
+    ``hostdev``  ``<interface type='hostdev'>`` or ``<hostdev mode='subsystem' type='pci'>`` whose
+                 ``<source><address .../>`` is the VF's PCI address (PCI passthrough).
+A device that names no VF of the node (macvtap on a plain NIC, a passed-through GPU) is not SR-IOV: left alone.
+
+Life of a VF with a VM (``used`` / ``used_by`` on the VF; the VM's XML is the VM's side of the same fact)
+    define     every VF the XML names on the chosen node must be free: not used, and not reserved by a migration
+               or recovery coming to that node. The define transaction marks them used by the VM (version-checked
+               on ``used``, with a check of the node's reservations).
+    undefine   the transaction that removes the VM record (also a rolled-back define) releases them.
+    migrate    a VM with a hostdev VF always migrates by shutdown: a PCI device cannot be live-migrated, and
+               forcing live is refused. For EACH VF the VM uses, the target must have a free VF on a PF of the same
+               name (the same VF name is preferred); a node without one is no candidate. The picked VFs join the
+               job's reservation on the target, and the target's XML (source dev / PCI address rewritten) is made at
+               submit and kept in the job. Nothing about VFs is written before the commit on the target, whose ONE
+               transaction sets the VM's node and XML, marks the target's VFs used and releases the source's. An
+               abort before it leaves both sides as they were; the reservation goes with the job.
+    recover    as migrate, from the fenced node: the recovery's commit moves the VF use to the target.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+from kazoo.client import KazooClient
+
+from pvc_tasks.errors import Conflict
+from pvc_tasks.jobs import Op
+from pvc_tasks.placement import read_reserved
+from pvc_tasks.sriov import vf_records
+from pvc_tasks.state import delete_tree_ops
+from zk_schema import Schema
+
+__all__ = ["VfUse", "claim_ops", "commit_ops", "for_target", "hostdev_names", "plan", "release_ops",
+           "remove_vm_ops", "reserved_names", "rewrite", "uses", "vm_uses"]
+
+_PCI = ("domain", "bus", "slot", "function")
+ET.register_namespace("qemu", "http://libvirt.org/schemas/domain/qemu/1.0")
+ET.register_namespace("libosinfo", "http://libosinfo.org/xmlns/libvirt/domain/1.0")
+
+
+@dataclass(frozen=True)
+class VfUse:
+    """One VF a VM's XML names: how (``macvtap`` | ``hostdev``), and the VF's record on the VM's node."""
+
+    mode: str
+    vf: dict
+
+    @property
+    def name(self) -> str:
+        return self.vf["name"]
+
+
+def _pci_of(element: ET.Element | None) -> tuple[int, ...] | None:
+    if element is None or not all(element.get(a) for a in _PCI):
+        return None
+    try:
+        return tuple(int(element.get(a, ""), 0) for a in _PCI)
+    except ValueError:
+        return None
+
+
+def _vf_pci(record: dict) -> tuple[int, ...] | None:
+    try:
+        return tuple(int(record.get(f"pci.{a}") or "", 0) for a in _PCI)
+    except ValueError:
+        return None
+
+
+def _devices(root: ET.Element):
+    """(mode, element to rewrite, macvtap dev or None, PCI tuple or None) for every candidate device."""
+    for iface in root.iter("interface"):
+        source = iface.find("source")
+        if iface.get("type") == "direct" and source is not None and source.get("dev"):
+            yield "macvtap", source, source.get("dev"), None
+        elif iface.get("type") == "hostdev" and source is not None:
+            yield "hostdev", source.find("address"), None, _pci_of(source.find("address"))
+    for hostdev in root.iter("hostdev"):
+        source = hostdev.find("source")
+        if hostdev.get("type") == "pci" and source is not None:
+            yield "hostdev", source.find("address"), None, _pci_of(source.find("address"))
+
+
+def uses(xml: str, node_vfs: list[dict]) -> list[VfUse]:
+    """The VFs of a node (``node_vfs``: its VF records) that the domain XML names, in document order."""
+    by_name = {r["name"]: r for r in node_vfs}
+    by_pci = {_vf_pci(r): r for r in node_vfs}
+    found = []
+    for mode, _element, dev, pci in _devices(ET.fromstring(xml)):
+        record = by_name.get(dev or "") if mode == "macvtap" else by_pci.get(pci)
+        if record is not None:
+            found.append(VfUse(mode, record))
+    return found
+
+
+def vm_uses(zk: KazooClient, schema: Schema, node: str, xml: str) -> list[VfUse]:
+    return uses(xml, vf_records(zk, schema, node)) if node and xml else []
+
+
+def hostdev_names(found: list[VfUse]) -> list[str]:
+    return [u.name for u in found if u.mode == "hostdev"]
+
+
+def reserved_names(reserved: dict, except_job: str = "") -> dict[str, str]:
+    """VF name -> job id, for VFs held by reservations on a node (``node.reserved``), except ``except_job``'s."""
+    return {vf: job for job, entry in reserved.items() if job != except_job for vf in entry.get("vfs", [])}
+
+
+def plan(vm: str, found: list[VfUse], target: str, target_vfs: list[dict], reserved: dict,
+         own_job: str = "") -> dict[str, str]:
+    """Source VF -> a free target VF on a PF of the same name (same name preferred); ``Conflict`` (no_target)
+    naming the first VF the target cannot match."""
+    held = reserved_names(reserved, own_job)
+    free = [r for r in target_vfs if r["used"] != "true" and r["name"] not in held]
+    mapping: dict[str, str] = {}
+    for use in found:
+        pool = [r for r in free if r["pf"] == use.vf["pf"] and r["name"] not in mapping.values()]
+        if not pool:
+            raise Conflict(f"target {target} has no free VF on PF {use.vf['pf']} for VM {vm}'s {use.mode} VF "
+                           f"{use.name}", code="no_target", details={"node": target, "pf": use.vf["pf"]})
+        same = [r for r in pool if r["name"] == use.name]
+        mapping[use.name] = (same or pool)[0]["name"]
+    return mapping
+
+
+def rewrite(xml: str, found: list[VfUse], mapping: dict[str, str], target_vfs: list[dict]) -> str:
+    """The XML with each used VF replaced by its mapped target VF (macvtap: source dev; hostdev: PCI address)."""
+    root = ET.fromstring(xml)
+    by_name = {r["name"]: r for r in target_vfs}
+    source_pci = {_vf_pci(u.vf): u.name for u in found if u.mode == "hostdev"}
+    for mode, element, dev, pci in _devices(root):
+        if mode == "macvtap" and dev in mapping:
+            element.set("dev", by_name[mapping[dev]]["name"])
+        elif mode == "hostdev" and pci in source_pci and element is not None:
+            new = by_name[mapping[source_pci[pci]]]
+            for attribute in _PCI:
+                element.set(attribute, new[f"pci.{attribute}"])
+    return ET.tostring(root, encoding="unicode")
+
+
+# ---- transaction ops --------------------------------------------------------------------------------------------
+def _mark(schema: Schema, node: str, vf: str, vm: str, version: int = -1) -> list[Op]:
+    return [("set", schema.path("sriov_vf.used", node, vf), b"true" if vm else b"false", version),
+            ("set", schema.path("sriov_vf.used_by", node, vf), vm.encode(), -1)]
+
+
+def claim_ops(zk: KazooClient, schema: Schema, node: str, vm: str, found: list[VfUse],
+              reserved_version: int) -> list[Op]:
+    """Mark the VFs used by ``vm`` (``Conflict`` vf_in_use when one is taken), version-checked on each ``used``
+    key and on the node's reservations, for the VM's creating transaction."""
+    held = reserved_names(read_reserved(zk, schema, node)[0])
+    ops: list[Op] = [("check", schema.path("node.reserved", node), reserved_version)] if found else []
+    for use in found:
+        data, stat = zk.get(schema.path("sriov_vf.used", node, use.name))
+        owner = zk.get(schema.path("sriov_vf.used_by", node, use.name))[0].decode()
+        if data == b"true" or use.name in held:
+            by = f"VM {owner}" if data == b"true" else f"job {held[use.name]} (a VM on its way to {node})"
+            raise Conflict(f"VF {use.name} on {node} is already in use by {by}", code="vf_in_use",
+                           details={"node": node, "vf": use.name})
+        ops += _mark(schema, node, use.name, vm, stat.version)
+    return ops
+
+
+def release_ops(zk: KazooClient, schema: Schema, node: str, vm: str, only: list[str] | None = None) -> list[Op]:
+    """Release every VF of ``node`` that ``vm`` uses (or just those in ``only``)."""
+    ops: list[Op] = []
+    for record in vf_records(zk, schema, node):
+        if record["used_by"] == vm and (only is None or record["name"] in only):
+            ops += _mark(schema, node, record["name"], "")
+    return ops
+
+
+def commit_ops(zk: KazooClient, schema: Schema, vm: str, source: str, target: str, params: dict) -> list[Op]:
+    """For a migration's or recovery's commit: the VM's new XML, the target's VFs used, the source's released."""
+    mapping = params.get("vf_map") or {}
+    if not mapping:
+        return []
+    ops: list[Op] = [("set", schema.path("domain.xml", vm), params["target_xml"].encode(), -1)]
+    for vf in mapping.values():
+        ops += _mark(schema, target, vf, vm)
+    return ops + release_ops(zk, schema, source, vm, only=list(mapping))
+
+
+def for_target(zk: KazooClient, schema: Schema, vm: dict, target: str, own_job: str = "") -> tuple[dict, str]:
+    """(source VF -> target VF, the XML for the target) for moving ``vm`` (its record) to ``target``; ({}, "")
+    for a VM without VFs. ``Conflict`` (no_target) when the target lacks a free VF on one of the PFs."""
+    found = vm_uses(zk, schema, vm["node"], vm.get("xml") or "")
+    if not found:
+        return {}, ""
+    target_vfs = vf_records(zk, schema, target)
+    mapping = plan(vm["name"], found, target, target_vfs, read_reserved(zk, schema, target)[0], own_job)
+    return mapping, rewrite(vm["xml"], found, mapping, target_vfs)
+
+
+def remove_vm_ops(zk: KazooClient, schema: Schema, vm: str) -> list[Op]:
+    """Ops deleting a VM's record and releasing the VFs it holds on its node (undefine, a rolled-back define)."""
+    root = schema.path("domain", vm)
+    if zk.exists(root) is None:
+        return []
+    node = zk.get(schema.path("domain.node", vm))[0].decode()
+    return (release_ops(zk, schema, node, vm) if node else []) + delete_tree_ops(zk, root)
