@@ -58,8 +58,10 @@ class Hypervisor(Protocol):
     live_migration: bool
 
     def migrate_live(self, name: str, peer_uri: str, *, max_downtime_ms: int, timeout: float,
-                     progress: Callable[[float], None], cancelled: Callable[[], bool]) -> dict[str, int]:
-        """Live-migrate to ``peer_uri``; ``progress`` gets 0..1, ``cancelled`` is polled; returns what the
+                     progress: Callable[[float], None], cancelled: Callable[[], bool],
+                     dest_xml: str = "") -> dict[str, int]:
+        """Live-migrate to ``peer_uri`` (with ``dest_xml`` as the target's definition when the VM's devices differ
+        there, e.g. another SR-IOV VF); ``progress`` gets 0..1, ``cancelled`` is polled; returns what the
         hypervisor applied (``max_downtime_ms``). Raises
         ``MigrationAborted`` when cancelled or not converged within ``timeout`` s (the VM stays here)."""
 

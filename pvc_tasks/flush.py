@@ -121,7 +121,7 @@ def _still_concerned(job: Job, vm: dict) -> bool:
 
 def _submit_child(zk: KazooClient, schema: Schema, job: Job, vm: dict) -> tuple[str, str]:
     """Submit the next child for ``vm``: ("child", id) | ("wait", why) | ("stayed", why) | ("done", why)."""
-    from pvc_tasks.migration import submit_migration
+    from pvc_tasks.migration_submit import submit_migration
     from pvc_tasks.submit import set_meta, submit_vm_action
 
     name = vm["name"]

@@ -11,19 +11,22 @@ Methods (the request's, else ``force_live`` -> live, else the VM's ``migration_m
                    destroyed on S and started on T (see docs/hypervisors.md);
     ``shutdown``   graceful shutdown on S (bounded), then start on T;
     ``default``    live, falling back to shutdown when live is impossible or fails;
-    a stopped VM only changes node (``cold``).
+    a stopped VM only changes node (``cold``). A VM with a hostdev (PCI passthrough) VF always migrates by
+    shutdown; asking for live is refused (pvc_tasks.vfs).
 
 Protocol (S = source, T = target; each arrow is a message to the next node's queue, sent only after the job's
 ``stage`` names the next task in ZooKeeper, so no task waits on another and a stale message does nothing)
 
-    API      validate; choose T (explicit, else the VM's selector, else the cluster's) among alive, ready nodes in
-             the VM's node_limit that FIT it; ONE transaction: job + VM marker (version-checked) + reservation on
-             T (version-checked, so parallel placements never overfill T)            -> prepare @T
+    API      (``pvc_tasks.migration_submit``) validate; choose T (explicit, else the VM's selector, else the
+             cluster's) among alive, ready nodes in the VM's node_limit that FIT it (memory; free VFs on the same
+             PFs for a VM with SR-IOV VFs); ONE transaction: job + VM marker (version-checked) + reservation on
+             T (version-checked, so parallel placements never overfill T) + migration slot      -> prepare @T
     1 prepare  @T  claim; re-check: the VM's active job is this one and it is still on S; T ready, in the
                    node_limit, fits (its own reservation counted); hand-over paths define the XML on T  -> perform @S
     2 perform  @S  live migration / hand-over (destroy) / graceful shutdown / nothing (stopped)        -> finish @T
     3 finish   @T  start on T unless it arrived running; verify; ONE transaction: VM node=T, last_node, state;
-                   T's reservation released; T's fresh resource figures                              -> cleanup @S
+                   T's reservation released; T's fresh resource figures; for a VM with SR-IOV VFs its XML
+                   rewritten for T's VFs, T's VFs used, S's released (pvc_tasks.vfs)          -> cleanup @S
     4 cleanup  @S  undefine S's copy; ONE transaction: job succeeded, marker released, S's figures
 
 Rollback, on any failure or cancel before the commit in step 3 (and by the janitor when a node dies mid-way)
@@ -41,20 +44,15 @@ from __future__ import annotations
 
 import logging
 
-from kazoo.client import KazooClient
-from kazoo.exceptions import BadVersionError
-from kombu.exceptions import OperationalError
-
-from pvc_tasks import defaults, placement, slots
+from pvc_tasks import defaults, placement, slots, vfs
 from pvc_tasks.app import app
 from pvc_tasks.context import HypervisorError, MigrationAborted
-from pvc_tasks.errors import Conflict, Invalid, NotFound, Unavailable
-from pvc_tasks.jobs import END_OPS, Job, JobState, JobStore, commit
+from pvc_tasks.errors import Conflict, NotFound
+from pvc_tasks.jobs import END_OPS, Job, JobState, JobStore
 from pvc_tasks.runner import ORPHAN_HANDLERS, JobCancelled, JobFailed, JobRun, hop, node_figure_ops, step_task
-from pvc_tasks.state import domain_record, node_alive
-from zk_schema import Schema
+from pvc_tasks.state import domain_record, node_alive, vf_record
 
-__all__ = ["KINDS", "METHODS", "orphaned", "submit_migration"]
+__all__ = ["KINDS", "METHODS", "PREPARE", "STEPS", "orphaned"]
 
 log = logging.getLogger(__name__)
 
@@ -63,78 +61,6 @@ METHODS = ("default", "live", "shutdown")
 STEPS = 4
 PREPARE, PERFORM, FINISH, CLEANUP = (f"pvc.migrate.{s}" for s in ("prepare", "perform", "finish", "cleanup"))
 ABORT_TARGET, ABORT_SOURCE = "pvc.migrate.abort_target", "pvc.migrate.abort_source"
-
-
-# ---- API side ---------------------------------------------------------------------------------------------------
-def _method(vm: dict, method: str | None, force_live: bool) -> str:
-    if method and method not in METHODS:
-        raise Invalid(f"method: {method!r} is not one of {', '.join(METHODS)}", details={"method": [method]})
-    if vm["state"] in ("stopped", "failed", "crashed"):
-        return "cold"
-    return method or ("live" if force_live else vm.get("meta.migration_method") or "default")
-
-
-def submit_migration(zk: KazooClient, schema: Schema, vm_name: str, kind: str, target: str | None = None,
-                     method: str | None = None, force_live: bool = False, timeout: float | None = None,
-                     parent: str = "", priority: str = "user", target_states: tuple[str, ...] = ("ready",)) -> Job:
-    """Validate, place, and create the job (one transaction with the VM marker, T's reservation and a migration
-    slot, each version-checked); enqueue. ``priority`` "node" for flush/unflush/fence work (pvc_tasks.slots)."""
-    if kind not in KINDS:
-        raise Invalid(f"kind: {kind!r} is not one of {', '.join(KINDS)}")
-    store = JobStore(zk, schema)
-    for _attempt in range(10):
-        vm = domain_record(zk, schema, vm_name)
-        marker_path = schema.path("domain.active_job", vm_name)
-        marker, marker_stat = zk.get(marker_path)
-        if marker:
-            raise Conflict(f"VM {vm_name} already has an active job {marker.decode()}; wait for it or cancel it",
-                           code="vm_busy", details={"job": marker.decode()})
-        if vm["state"] not in ("running", "stopped", "failed", "crashed", "paused"):
-            raise Conflict(f"cannot migrate VM {vm_name}: it is {vm['state']}", code="invalid_state",
-                           details={"state": vm["state"]})
-        if kind == "unmigrate":
-            if not vm["last_node"]:
-                raise Conflict(f"VM {vm_name} has no last node to return to", code="no_last_node")
-            if target and target != vm["last_node"]:
-                raise Invalid(f"target: unmigrate returns VM {vm_name} to {vm['last_node']}, not {target}",
-                              details={"target": [target]})
-            target = vm["last_node"]
-        source, resolved = vm["node"], _method(vm, method, force_live)
-        if not node_alive(zk, schema, source):
-            raise Conflict(f"source {source}'s worker is not running, so VM {vm_name} cannot leave it",
-                           code="node_unavailable", details={"node": source})
-        chosen = placement.choose_target(zk, schema, vm, target, target_states)
-        reserved, version = placement.read_reserved(zk, schema, chosen)
-        # ``reserved_on`` never changes: it is where the reservation (and any copy prepare made) must be undone,
-        # even if someone re-plans ``target`` meanwhile.
-        job = Job.new(kind, vm_name, chosen, {"source": source, "target": chosen, "reserved_on": chosen,
-                                              "method": resolved,
-                                              "requested": method or "", "force_live": force_live,
-                                              "target_states": list(target_states),
-                                              **({"timeout": timeout} if timeout else {})}, parent=parent)
-        job.stage, job.steps = PREPARE, STEPS
-        ops = [store.create_op(job), ("set", marker_path, job.id.encode(), marker_stat.version),
-               placement.reserve_op(schema, chosen, reserved, version, job.id, int(vm["memory"] or 0),
-                                    int(vm["vcpus"] or 0)),
-               slots.admit_op(zk, schema, job.id, source, chosen, priority)]
-        try:
-            commit(zk, ops)
-        except BadVersionError:
-            if zk.exists(marker_path).version != marker_stat.version:
-                # Another request took the VM between our read and our write: of racing requests exactly one
-                # wins, even if its job has already ended by now.
-                raise Conflict(f"VM {vm_name} got another job at the same moment", code="vm_busy") from None
-            continue  # another placement reserved on T, or took a slot, first: decide again with it counted
-        break
-    else:
-        raise Conflict(f"VM {vm_name}: placement kept racing with other requests; retry", code="busy")
-    try:
-        app.send_task(PREPARE, kwargs={"job_id": job.id, "vm": vm_name, "node": chosen})
-    except (OperationalError, OSError) as exc:
-        store.finish(job.id, JobState.FAILED, f"could not enqueue: broker unreachable ({exc})")
-        raise Unavailable("the task broker (Redis) is unreachable; nothing was changed",
-                          code="broker_unavailable") from exc
-    return job
 
 
 # ---- steps on the nodes -----------------------------------------------------------------------------------------
@@ -182,9 +108,13 @@ def prepare(run: JobRun) -> None:
                                states=tuple(params.get("target_states") or ("ready",)))
     except Conflict as exc:
         raise JobFailed(f"target {node} can no longer take {vm}: {exc.message}") from exc
+    taken = [vf for vf in (params.get("vf_map") or {}).values() if vf_record(run.ctx.zk, run.ctx.schema, node,
+                                                                               vf)["used"] == "true"]
+    if taken:
+        raise JobFailed(f"target {node}'s VF(s) {', '.join(taken)} reserved for {vm} are in use meanwhile")
     live = params["method"] in ("live", "default") and run.hv.live_migration
     if not live and run.hv.state(vm) == "missing":
-        run.hv.define(record["xml"])
+        run.hv.define(params.get("target_xml") or record["xml"])  # with the target's VFs, if it has any
     hop(run, PERFORM, params["source"], phase=("perform", 2),
         message=f"{node} is ready for {vm}; moving it off {params['source']}")
 
@@ -209,7 +139,7 @@ def _live(run: JobRun, target: str, record: dict) -> None:
     try:
         applied = run.hv.migrate_live(run.vm, peer, max_downtime_ms=downtime,
                                       timeout=run.ctx.settings.migration_timeout, progress=run.percent_within,
-                                      cancelled=cancelled)
+                                      cancelled=cancelled, dest_xml=run.job.params.get("target_xml") or "")
     except MigrationAborted as exc:
         if cancelled():
             raise JobCancelled(str(exc)) from exc
@@ -256,7 +186,8 @@ def _commit_ops(run: JobRun, observed: str) -> list:
     last = params["source"] if run.job.kind == "migrate" else ""
     values = {"node": run.ctx.node, "last_node": last, "state": observed, "failed_reason": ""}
     ops = [("set", schema.path(f"domain.{k}", vm), v.encode(), -1) for k, v in values.items()]
-    return ops + placement.release_op(zk, schema, run.ctx.node, run.job.id) + node_figure_ops(run.ctx)
+    return (ops + vfs.commit_ops(zk, schema, vm, params["source"], run.ctx.node, params)
+            + placement.release_op(zk, schema, run.ctx.node, run.job.id) + node_figure_ops(run.ctx))
 
 
 @step_task(FINISH, on_error=_abort)

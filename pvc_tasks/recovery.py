@@ -9,7 +9,9 @@ was seen powered off (or, after a failed fence, only as its policy allows):
     start  @T   claim; run the storage-lock hook (e.g. remove X's Ceph RBD locks on the VM's disks, see
                 docs/fencing.md); define the VM's XML; start it; ONE transaction: VM node=T, last_node=X (so
                 ``pvc node ready X`` brings it back), state, T's reservation released, T's figures, job
-                succeeded, marker released.
+                succeeded, marker released. A VM with SR-IOV VFs gets free VFs of the same PFs on T (T must
+                have them to be chosen, see pvc_tasks.vfs); the same transaction rewrites its XML, marks them
+                used and releases X's.
 
 Failure (the hook or the start fails): T's copy is removed and the VM stays recorded on X in state ``failed`` with
 the reason; the job fails with it. Recovery is not a migration: it takes no migration slot (X is gone; its VMs are
@@ -25,13 +27,13 @@ from collections.abc import Callable
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError
 
-from pvc_tasks import placement
+from pvc_tasks import placement, vfs
 from pvc_tasks.app import app
 from pvc_tasks.context import HypervisorError
 from pvc_tasks.errors import Conflict
 from pvc_tasks.jobs import END_OPS, Job, JobStore, commit
 from pvc_tasks.runner import JobFailed, JobRun, job_task
-from pvc_tasks.state import domain_record
+from pvc_tasks.state import domain_record, free_vm
 from zk_schema import Schema
 
 __all__ = ["START", "load_hook", "submit_recovery"]
@@ -58,21 +60,19 @@ def submit_recovery(zk: KazooClient, schema: Schema, vm_name: str, dead: str, pa
     ``Conflict``: no target (code ``no_target``) or the VM got another job (``vm_busy``)."""
     store = JobStore(zk, schema)
     for _attempt in range(10):
-        vm = domain_record(zk, schema, vm_name)
-        marker_path = schema.path("domain.active_job", vm_name)
-        marker, marker_stat = zk.get(marker_path)
-        if marker:
-            raise Conflict(f"VM {vm_name} has an active job {marker.decode()}", code="vm_busy")
+        vm, marker_path, marker_stat = free_vm(zk, schema, vm_name)
         if vm["node"] != dead:
             raise Conflict(f"VM {vm_name} is no longer on {dead}", code="moved")
-        target = placement.choose_target(zk, schema, vm)
+        target = placement.choose_target(zk, schema, vm, fits=lambda node, vm=vm: vfs.for_target(zk, schema, vm, node))
         reserved, version = placement.read_reserved(zk, schema, target)
-        job = Job.new("recover", vm_name, target, {"dead": dead}, parent=parent)
+        vf_map, target_xml, vf_checks = vfs.for_target(zk, schema, vm, target, reserved)
+        job = Job.new("recover", vm_name, target, {"dead": dead, **({"vf_map": vf_map, "target_xml": target_xml}
+                                                                     if vf_map else {})}, parent=parent)
         job.steps = 3
         try:
             commit(zk, [store.create_op(job), ("set", marker_path, job.id.encode(), marker_stat.version),
                         placement.reserve_op(schema, target, reserved, version, job.id, int(vm["memory"] or 0),
-                                             int(vm["vcpus"] or 0))])
+                                             int(vm["vcpus"] or 0), list(vf_map.values())), *vf_checks])
         except BadVersionError:
             continue  # the marker or T's reservations changed: decide again
         app.send_task(START, kwargs={"job_id": job.id, "vm": vm_name, "node": target})
@@ -96,9 +96,10 @@ def start(run: JobRun, vm: str, node: str, **_params) -> dict:
     except Exception as exc:
         raise JobFailed(f"storage lock hook failed for {vm}: {exc}; not started, so it never has two writers") from exc
     run.phase("define", 2, 3, f"defining {vm} on {node}")
+    params = run.job.params
     try:
         if run.hv.state(vm) == "missing":
-            run.hv.define(record["xml"])
+            run.hv.define(params.get("target_xml") or record["xml"])  # with this node's VFs, if it uses any
         run.phase("start", 3, 3, f"starting {vm} on {node} (was on fenced node {dead})")
         if run.hv.state(vm) != "running":
             run.hv.start(vm)
@@ -107,6 +108,7 @@ def start(run: JobRun, vm: str, node: str, **_params) -> dict:
             run.hv.undefine(vm)
         raise JobFailed(f"recovery of {vm} on {node} failed: {exc}") from exc
     run.on_success.update(node=node, last_node=dead, failed_reason="")
+    run.success_ops = vfs.commit_ops(run.ctx.zk, run.ctx.schema, vm, dead, node, params)
     return {"node": node, "from": dead}
 
 

@@ -19,10 +19,10 @@ import logging
 import time
 from collections.abc import Callable
 
+from pvc_tasks import vfs
 from pvc_tasks.app import app
 from pvc_tasks.context import NodeContext, current
 from pvc_tasks.jobs import Job, JobState, Op
-from pvc_tasks.state import delete_tree_ops
 
 __all__ = ["ORPHAN_HANDLERS", "JobCancelled", "JobFailed", "JobRun", "fail_orphan", "handle_orphan", "hop", "job_task",
            "node_figure_ops", "step_task"]
@@ -52,6 +52,8 @@ class JobRun:
         self.on_failure: dict[str, str] = {}
         #: Outcomes after which the VM's record is deleted instead of updated (define rollback, undefine).
         self.remove_vm_when: set[JobState] = set()
+        #: More ops committed with a successful end (a recovery moves its VM's SR-IOV VF use to this node).
+        self.success_ops: list[Op] = []
 
     def phase(self, name: str, step: int, steps: int, message: str | None = None) -> None:
         """Enter phase ``name`` (step k of n); also a cancel point."""
@@ -138,15 +140,16 @@ def _outcome_ops(run: JobRun, outcome: JobState, reason: str) -> list[Op]:
     if ctx.zk.exists(root) is None:
         return node_figure_ops(ctx)
     if outcome in run.remove_vm_when:
-        return delete_tree_ops(ctx.zk, root) + node_figure_ops(ctx)
+        return vfs.remove_vm_ops(ctx.zk, schema, vm) + node_figure_ops(ctx)
     values = dict(run.on_success if outcome == JobState.SUCCEEDED else
                   run.on_failure if outcome == JobState.FAILED else {})
     observed = run.hv.state(vm)
     if observed != "missing" and not (outcome == JobState.FAILED and "state" in values):
         values["state"] = observed
     values["failed_reason"] = reason if outcome == JobState.FAILED else ""
+    extra = run.success_ops if outcome == JobState.SUCCEEDED else []
     return ([("set", schema.path(f"domain.{key}", vm), value.encode(), -1) for key, value in values.items()]
-            + node_figure_ops(ctx))
+            + extra + node_figure_ops(ctx))
 
 
 def _finish(run: JobRun, outcome: JobState, reason: str = "", result: dict | None = None) -> Job:
@@ -209,10 +212,8 @@ def fail_orphan(store, job_id: str, reason: str) -> Job:
     The VM's state is left for its node's reconciler, which alone can ask that node's hypervisor."""
     job = store.get(job_id)
     if job.kind == "define":
-        root = store.schema.path("domain", job.vm)
         return store.finish(job_id, JobState.FAILED, reason,
-                            ops=lambda _j: delete_tree_ops(store.zk, root) if store.zk.exists(root) else [],
-                            release=False)
+                            ops=lambda _j: vfs.remove_vm_ops(store.zk, store.schema, job.vm), release=False)
     return store.finish(job_id, JobState.FAILED, reason)
 
 

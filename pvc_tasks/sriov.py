@@ -38,11 +38,10 @@ from pvc_tasks.context import NicError, NodeContext
 from pvc_tasks.errors import Conflict, Invalid, NotFound, Unavailable
 from pvc_tasks.jobs import Job, JobState, JobStore, commit
 from pvc_tasks.runner import JobFailed, JobRun, job_task
-from pvc_tasks.state import names, node_alive, read_keys
+from pvc_tasks.state import desired_vf_config, node_alive, supported, vf_record, vf_records
 from zk_schema import Schema
 
-__all__ = ["CONFIGURE", "DEFAULT_LIVE", "SETTINGS", "apply_all", "apply_vf", "pf_records", "submit_vf_config",
-           "supported", "validate_config", "vf_record", "vf_records"]
+__all__ = ["CONFIGURE", "DEFAULT_LIVE", "SETTINGS", "apply_all", "apply_vf", "submit_vf_config", "validate_config"]
 
 CONFIGURE = "pvc.sriov.configure"
 SETTINGS = ("vlan_id", "vlan_qos", "tx_rate_min", "tx_rate_max", "spoof_check", "link_state", "trust", "query_rss",
@@ -134,46 +133,6 @@ def validate_config(changes: dict, current: dict[str, str], pf_mtu: int) -> dict
     return values
 
 
-# ---- records ----------------------------------------------------------------------------------------------------
-def supported(schema: Schema) -> bool:
-    """Layouts before version 5 have no place for a node's PFs and VFs: SR-IOV stays off until the upgrade."""
-    return "node.sriov.vf" in schema.keys
-
-
-def _records(zk: KazooClient, schema: Schema, section: str, directory: str, node: str | None) -> list[dict]:
-    if not supported(schema):
-        return []
-    nodes = [node] if node else names(zk, schema, "base.node")
-    instances = []
-    for name in nodes:
-        try:
-            instances += [(name, child) for child in sorted(zk.get_children(schema.path(directory, name)))]
-        except NoNodeError:
-            continue
-    return [dict(r, node=i[0], name=i[1]) for i, r in zip(instances, read_keys(zk, schema, section, instances)) if r]
-
-
-def pf_records(zk: KazooClient, schema: Schema, node: str | None = None) -> list[dict]:
-    return _records(zk, schema, "sriov_pf", "node.sriov.pf", node)
-
-
-def vf_records(zk: KazooClient, schema: Schema, node: str | None = None, pf: str | None = None) -> list[dict]:
-    return [r for r in _records(zk, schema, "sriov_vf", "node.sriov.vf", node) if not pf or r["pf"] == pf]
-
-
-def vf_record(zk: KazooClient, schema: Schema, node: str, vf: str) -> dict:
-    if zk.exists(schema.path("node", node)) is None:
-        raise NotFound(f"no node {node!r}", code="node_not_found")
-    record = read_keys(zk, schema, "sriov_vf", [(node, vf)])[0]
-    if record is None:
-        raise NotFound(f"node {node} has no VF {vf!r}", code="vf_not_found", details={"node": node, "vf": vf})
-    return dict(record, node=node, name=vf)
-
-
-def desired(record: dict) -> dict[str, str]:
-    return {key: record.get(f"config.{key}") or "" for key in SETTINGS}
-
-
 # ---- API side ---------------------------------------------------------------------------------------------------
 def submit_vf_config(zk: KazooClient, schema: Schema, node: str, vf: str, changes: dict) -> Job:
     """Validate, then ONE transaction: job + changed config keys (all config keys version-checked); enqueue."""
@@ -230,7 +189,7 @@ def apply_vf(ctx: NodeContext, vf: str, by: str) -> dict:
         raise NicError(f"node {ctx.node} has no SR-IOV configuration, or the cluster's layout predates it")
     with _lock(vf):
         record = vf_record(ctx.zk, ctx.schema, ctx.node, vf)
-        config = desired(record)
+        config = desired_vf_config(record)
         try:
             errors = ctx.nic.apply(record["pf"], int(record["index"] or 0), vf, config)
         except NicError as exc:

@@ -1,7 +1,8 @@
 """Reading node and VM records from ZooKeeper, and the transaction ops that create or delete them.
 
-Records are read with parallel asynchronous gets: one round trip's latency for all keys of all instances,
-which keeps a list of hundreds of VMs fast. Secret keys (IPMI password) are never part of a record.
+Nodes, VMs, and the SR-IOV PFs and VFs of each node. Records are read with parallel asynchronous gets: one round
+trip's latency for all keys of all instances, which keeps a list of hundreds of VMs fast. Secret keys (IPMI
+password) are never part of a record.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from collections.abc import Iterable
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
+from kazoo.protocol.states import ZnodeStat
 
-from pvc_tasks.errors import NotFound
+from pvc_tasks.errors import Conflict, NotFound
 from pvc_tasks.jobs import Op
 from zk_schema import Schema
 
-__all__ = ["delete_tree_ops", "domain_record", "domain_records", "names", "node_alive", "node_record",
-           "node_records", "read_keys"]
+__all__ = ["delete_tree_ops", "desired_vf_config", "domain_record", "domain_records", "free_vm", "names", "node_alive",
+           "node_record", "node_records", "pf_records", "read_keys", "supported", "vf_record", "vf_records"]
 
 
 def names(zk: KazooClient, schema: Schema, collection: str) -> list[str]:
@@ -87,9 +89,62 @@ def domain_records(zk: KazooClient, schema: Schema) -> list[dict]:
     return [dict(r, name=n) for n, r in zip(all_names, records) if r is not None]
 
 
+def free_vm(zk: KazooClient, schema: Schema, vm: str) -> tuple[dict, str, ZnodeStat]:
+    """A VM with no active job: its record, its marker's path and the marker's stat (for the version check of
+    the transaction that gives it a job). ``Conflict`` vm_busy naming the active job otherwise."""
+    record = domain_record(zk, schema, vm)
+    marker_path = schema.path("domain.active_job", vm)
+    marker, stat = zk.get(marker_path)
+    if marker:
+        raise Conflict(f"VM {vm} already has an active job {marker.decode()}; wait for it or cancel it",
+                       code="vm_busy", details={"job": marker.decode()})
+    return record, marker_path, stat
+
+
 def node_alive(zk: KazooClient, schema: Schema, node: str) -> bool:
     """The node's worker holds its presence (an ephemeral znode that dies with the worker's session)."""
     return zk.exists(schema.path("node.presence", node)) is not None
+
+
+# ---- SR-IOV PFs and VFs --------------------------------------------------------------------------------------------
+def supported(schema: Schema) -> bool:
+    """Layouts before version 5 have no place for a node's PFs and VFs: SR-IOV stays off until the upgrade."""
+    return "node.sriov.vf" in schema.keys
+
+
+def _records(zk: KazooClient, schema: Schema, section: str, directory: str, node: str | None) -> list[dict]:
+    if not supported(schema):
+        return []
+    nodes = [node] if node else names(zk, schema, "base.node")
+    instances = []
+    for name in nodes:
+        try:
+            instances += [(name, child) for child in sorted(zk.get_children(schema.path(directory, name)))]
+        except NoNodeError:
+            continue
+    return [dict(r, node=i[0], name=i[1]) for i, r in zip(instances, read_keys(zk, schema, section, instances)) if r]
+
+
+def pf_records(zk: KazooClient, schema: Schema, node: str | None = None) -> list[dict]:
+    return _records(zk, schema, "sriov_pf", "node.sriov.pf", node)
+
+
+def vf_records(zk: KazooClient, schema: Schema, node: str | None = None, pf: str | None = None) -> list[dict]:
+    return [r for r in _records(zk, schema, "sriov_vf", "node.sriov.vf", node) if not pf or r["pf"] == pf]
+
+
+def vf_record(zk: KazooClient, schema: Schema, node: str, vf: str) -> dict:
+    if zk.exists(schema.path("node", node)) is None:
+        raise NotFound(f"no node {node!r}", code="node_not_found")
+    record = read_keys(zk, schema, "sriov_vf", [(node, vf)])[0]
+    if record is None:
+        raise NotFound(f"node {node} has no VF {vf!r}", code="vf_not_found", details={"node": node, "vf": vf})
+    return dict(record, node=node, name=vf)
+
+
+def desired_vf_config(record: dict) -> dict[str, str]:
+    """A VF record's desired settings (``config.*``), by setting name."""
+    return {key.removeprefix("config."): value or "" for key, value in record.items() if key.startswith("config.")}
 
 
 def keepalive_age(zk: KazooClient, schema: Schema, node: str) -> float | None:

@@ -17,11 +17,12 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 from kombu.exceptions import OperationalError
 
-from pvc_tasks import selector
+from pvc_tasks import selector, vfs
 from pvc_tasks.errors import Conflict, Invalid, NotFound, Unavailable
 from pvc_tasks.jobs import Job, JobState, JobStore, commit, end_ops, notify_parent
 from pvc_tasks.lifecycle import TASKS
-from pvc_tasks.state import delete_tree_ops, node_alive, node_record, node_records
+from pvc_tasks.placement import read_reserved
+from pvc_tasks.state import node_alive, node_record, node_records
 from zk_schema import Schema, SchemaError
 
 __all__ = ["ACTIONS", "cancel_job", "meta_values", "parse_domain_xml", "set_meta", "submit_define", "submit_vm_action"]
@@ -121,11 +122,12 @@ def _require_ready(zk: KazooClient, schema: Schema, node: str) -> None:
                        details={"node": node})
 
 
-def _choose_node(zk: KazooClient, schema: Schema, memory_mib: int, meta: dict) -> str:
+def _choose_node(zk: KazooClient, schema: Schema, memory_mib: int, meta: dict, unfit: list[str]) -> str:
     method = meta.get("node_selector") or zk.get(schema.path("base.config.migration_selector"))[0].decode()
-    chosen = selector.select(node_records(zk, schema), method, memory_mib, meta.get("node_limit") or [])
+    chosen = selector.select(node_records(zk, schema), method, memory_mib, meta.get("node_limit") or [], unfit)
     if chosen is None:
-        raise Conflict(f"no ready node has {memory_mib} MiB free for this VM (selector {method})",
+        vf_note = f" (and free VFs for its SR-IOV NICs; unfit: {', '.join(unfit)})" if unfit else ""
+        raise Conflict(f"no ready node has {memory_mib} MiB free for this VM{vf_note} (selector {method})",
                        code="no_target")
     return chosen
 
@@ -137,9 +139,9 @@ def _enqueue(store: JobStore, job: Job, *, remove_vm: bool = False) -> Job:
                                     retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.3})
     except (OperationalError, OSError) as exc:
         log.error("could not enqueue job %s: %s", job.id, exc)
-        root = store.schema.path("domain", job.vm)
         store.finish(job.id, JobState.FAILED, f"could not enqueue: broker unreachable ({exc})",
-                     ops=(lambda _j: delete_tree_ops(store.zk, root)) if remove_vm else None, release=not remove_vm)
+                     ops=(lambda _j: vfs.remove_vm_ops(store.zk, store.schema, job.vm)) if remove_vm else None,
+                     release=not remove_vm)
         raise Unavailable("the task broker (Redis) is unreachable; nothing was changed",
                           code="broker_unavailable") from exc
     return job
@@ -153,21 +155,29 @@ def submit_define(zk: KazooClient, schema: Schema, xml: str, node: str | None = 
     values = meta_values(zk, schema, meta)
     if zk.exists(schema.path("domain", name)) is not None:
         raise Conflict(f"a VM named {name} already exists", code="vm_exists", details={"vm": name})
+    per_node = vfs.for_define(zk, schema, xml, [n["name"] for n in node_records(zk, schema)])
     if node:
         if zk.exists(schema.path("node", node)) is None:
             raise Invalid(f"node: no node named {node!r}", details={"node": [f"unknown node {node!r}"]})
         _require_ready(zk, schema, node)
+        if isinstance(per_node.get(node), Conflict):
+            raise per_node[node]
     else:
-        node = _choose_node(zk, schema, memory_mib, meta)
+        node = _choose_node(zk, schema, memory_mib, meta, [n for n, v in per_node.items() if isinstance(v, Conflict)])
+    found = per_node.get(node) or []
     job = Job.new("define", name, node, {})
     values.update(xml=xml, node=node, state="defining", memory=str(memory_mib), vcpus=str(vcpus),
                   active_job=job.id)
     ops = [("create", path, data) for path, data in schema.create_ops("domain", name, values=values)]
     store = JobStore(zk, schema)
+    # The VFs it names are marked used by it in the same transaction (version-checked, see pvc_tasks.vfs).
+    claims = vfs.claim_ops(zk, schema, node, name, found, read_reserved(zk, schema, node)[1]) if found else []
     try:
-        commit(zk, ops + [store.create_op(job)])
+        commit(zk, ops + claims + [store.create_op(job)])
     except NodeExistsError as exc:
         raise Conflict(f"a VM named {name} already exists", code="vm_exists", details={"vm": name}) from exc
+    except BadVersionError as exc:
+        raise Conflict(f"a VF that VM {name} names was taken at the same moment; retry", code="vf_in_use") from exc
     return _enqueue(store, job, remove_vm=True)
 
 
@@ -225,7 +235,7 @@ def cancel_job(zk: KazooClient, schema: Schema, job_id: str) -> Job:
     def extra(job: Job) -> list:
         ops = store.release_ops(job) + end_ops(store, job) if job.state == JobState.CANCELLED else []
         if job.kind == "define" and job.state == JobState.CANCELLED:
-            ops = delete_tree_ops(zk, schema.path("domain", job.vm))
+            ops = vfs.remove_vm_ops(zk, schema, job.vm)
         return ops
 
     job = store.update(job_id, mutate, extra)

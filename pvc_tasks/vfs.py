@@ -31,11 +31,10 @@ from kazoo.client import KazooClient
 from pvc_tasks.errors import Conflict
 from pvc_tasks.jobs import Op
 from pvc_tasks.placement import read_reserved
-from pvc_tasks.sriov import vf_records
-from pvc_tasks.state import delete_tree_ops
+from pvc_tasks.state import delete_tree_ops, vf_records
 from zk_schema import Schema
 
-__all__ = ["VfUse", "claim_ops", "commit_ops", "for_target", "hostdev_names", "plan", "release_ops",
+__all__ = ["VfUse", "claim_ops", "commit_ops", "for_define", "for_target", "hostdev_names", "plan", "release_ops",
            "remove_vm_ops", "reserved_names", "rewrite", "uses", "vm_uses"]
 
 _PCI = ("domain", "bus", "slot", "function")
@@ -98,7 +97,37 @@ def uses(xml: str, node_vfs: list[dict]) -> list[VfUse]:
 
 
 def vm_uses(zk: KazooClient, schema: Schema, node: str, xml: str) -> list[VfUse]:
-    return uses(xml, vf_records(zk, schema, node)) if node and xml else []
+    return uses(xml, vf_records(zk, schema, node)) if node and xml and _has_devices(xml) else []
+
+
+def _has_devices(xml: str) -> bool:
+    """Cheap test: does the XML have any device that could name a VF (most VMs have none)?"""
+    return "direct" in xml or "hostdev" in xml
+
+
+def for_define(zk: KazooClient, schema: Schema, xml: str, nodes: list[str]) -> dict[str, list[VfUse] | Conflict]:
+    """Per node: the VFs a new VM's XML would use there, or why that node cannot take it (a VF the XML names
+    elsewhere in the cluster is missing here, or is used or reserved). {} when the XML names no VF anywhere."""
+    if not _has_devices(xml):
+        return {}
+    found = {node: uses(xml, vf_records(zk, schema, node)) for node in nodes}
+    wanted = max((len(f) for f in found.values()), default=0)
+    if not wanted:
+        return {}
+    out: dict[str, list[VfUse] | Conflict] = {}
+    for node, mine in found.items():
+        held = reserved_names(read_reserved(zk, schema, node)[0])
+        taken = [u for u in mine if u.vf["used"] == "true" or u.name in held]
+        if len(mine) < wanted:
+            out[node] = Conflict(f"node {node} lacks {wanted - len(mine)} of the {wanted} VF(s) the XML names",
+                                 code="no_target", details={"node": node})
+        elif taken:
+            who = taken[0].vf["used_by"] or f"job {held.get(taken[0].name)}"
+            out[node] = Conflict(f"VF {taken[0].name} on {node} is already in use by {who}", code="vf_in_use",
+                                 details={"node": node, "vf": taken[0].name})
+        else:
+            out[node] = mine
+    return out
 
 
 def hostdev_names(found: list[VfUse]) -> list[str]:
@@ -185,15 +214,26 @@ def commit_ops(zk: KazooClient, schema: Schema, vm: str, source: str, target: st
     return ops + release_ops(zk, schema, source, vm, only=list(mapping))
 
 
-def for_target(zk: KazooClient, schema: Schema, vm: dict, target: str, own_job: str = "") -> tuple[dict, str]:
-    """(source VF -> target VF, the XML for the target) for moving ``vm`` (its record) to ``target``; ({}, "")
-    for a VM without VFs. ``Conflict`` (no_target) when the target lacks a free VF on one of the PFs."""
+def for_target(zk: KazooClient, schema: Schema, vm: dict, target: str, reserved: dict | None = None,
+               own_job: str = "") -> tuple[dict[str, str], str, list[Op]]:
+    """What moving ``vm`` (its record) to ``target`` means for its VFs: (source VF -> target VF, the XML for the
+    target, check ops pinning the picked VFs' ``used`` versions for the creating transaction). ({}, "", []) for
+    a VM without VFs. ``Conflict`` (no_target) when the target lacks a free VF on one of the PFs. ``reserved``:
+    the target's reservations as read for the version-checked write (read here when omitted)."""
     found = vm_uses(zk, schema, vm["node"], vm.get("xml") or "")
     if not found:
-        return {}, ""
+        return {}, "", []
     target_vfs = vf_records(zk, schema, target)
-    mapping = plan(vm["name"], found, target, target_vfs, read_reserved(zk, schema, target)[0], own_job)
-    return mapping, rewrite(vm["xml"], found, mapping, target_vfs)
+    if reserved is None:
+        reserved = read_reserved(zk, schema, target)[0]
+    mapping = plan(vm["name"], found, target, target_vfs, reserved, own_job)
+    checks: list[Op] = []
+    for vf in mapping.values():
+        data, stat = zk.get(schema.path("sriov_vf.used", target, vf))
+        if data == b"true":  # claimed since the records were read
+            raise Conflict(f"VF {vf} on {target} was taken meanwhile; retry", code="busy")
+        checks.append(("check", schema.path("sriov_vf.used", target, vf), stat.version))
+    return mapping, rewrite(vm["xml"], found, mapping, target_vfs), checks
 
 
 def remove_vm_ops(zk: KazooClient, schema: Schema, vm: str) -> list[Op]:

@@ -129,13 +129,16 @@ class LibvirtHypervisor:
         return facts
 
     def migrate_live(self, name: str, peer_uri: str, *, max_downtime_ms: int, timeout: float,
-                     progress: Callable[[float], None], cancelled: Callable[[], bool]) -> dict[str, int]:
+                     progress: Callable[[float], None], cancelled: Callable[[], bool],
+                     dest_xml: str = "") -> dict[str, int]:
         """libvirt peer-to-peer live migration, watched from here: progress from the job's data figures, abort on
         cancel or when it has not converged within ``timeout`` s (the VM then keeps running on this node)."""
         dom = self._domain(name)
         flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
                  | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
         params: dict = {libvirt.VIR_MIGRATE_PARAM_URI: self.migration_uri} if self.migration_uri else {}
+        if dest_xml:  # the target's definition differs (an SR-IOV VF of the target's)
+            params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = dest_xml
         if self.migration_bandwidth:
             params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(self.migration_bandwidth)
         outcome: dict[str, BaseException | None] = {"error": None}

@@ -20,8 +20,8 @@ import logging
 
 from pvc_tasks.context import NodeContext
 from pvc_tasks.jobs import Op, commit
-from pvc_tasks.sriov import DEFAULT_LIVE, pf_records, supported, vf_records
-from pvc_tasks.state import delete_tree_ops
+from pvc_tasks.sriov import DEFAULT_LIVE
+from pvc_tasks.state import delete_tree_ops, pf_records, supported, vf_records
 from pvc_workers.sriov import IpLinkNic, PhysicalFunction, SimulatedNic, VirtualFunction
 
 __all__ = ["VfInventory"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pvc_tasks.migration import submit_migration
+from pvc_tasks.migration_submit import submit_migration
 from pvc_tasks.state import domain_record, domain_records
 from pvc_tasks.submit import set_meta, submit_define, submit_vm_action
 from pvc_web.blueprint import Blueprint, accepted, handle

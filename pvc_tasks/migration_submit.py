@@ -1,0 +1,104 @@
+"""The API side of a migration: validate the request, choose the target, and create the job in ONE transaction.
+
+``submit_migration`` is step 0 of the protocol in ``pvc_tasks.migration`` (which runs the steps on the nodes): it
+resolves the method (a VM with a hostdev VF always migrates by shutdown, see ``pvc_tasks.vfs``), places the VM on
+a target that fits it (memory, node_limit, free VFs on the same PFs), and commits the job with the VM's marker,
+the target's reservation (memory, vCPUs, VFs) and a migration slot, each version-checked; then it sends
+``pvc.migrate.prepare`` to the target's queue.
+"""
+
+from __future__ import annotations
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import BadVersionError
+from kombu.exceptions import OperationalError
+
+from pvc_tasks import placement, slots, vfs
+from pvc_tasks.app import app
+from pvc_tasks.errors import Conflict, Invalid, Unavailable
+from pvc_tasks.jobs import Job, JobState, JobStore, commit
+from pvc_tasks.migration import KINDS, METHODS, PREPARE, STEPS
+from pvc_tasks.state import free_vm, node_alive
+from zk_schema import Schema
+
+__all__ = ["submit_migration"]
+
+
+def _method(vm: dict, method: str | None, force_live: bool, hostdev: list[str]) -> str:
+    if method and method not in METHODS:
+        raise Invalid(f"method: {method!r} is not one of {', '.join(METHODS)}", details={"method": [method]})
+    if hostdev and (method == "live" or force_live):
+        raise Conflict(f"VM {vm['name']} uses hostdev VF(s) {', '.join(hostdev)} (PCI passthrough), which cannot "
+                       f"be live-migrated; migrate it with method shutdown", code="live_refused",
+                       details={"vfs": hostdev})
+    if vm["state"] in ("stopped", "failed", "crashed"):
+        return "cold"
+    if hostdev:
+        return "shutdown"
+    return method or ("live" if force_live else vm.get("meta.migration_method") or "default")
+
+
+def submit_migration(zk: KazooClient, schema: Schema, vm_name: str, kind: str, target: str | None = None,
+                     method: str | None = None, force_live: bool = False, timeout: float | None = None,
+                     parent: str = "", priority: str = "user", target_states: tuple[str, ...] = ("ready",)) -> Job:
+    """Validate, place, and create the job (one transaction with the VM marker, T's reservation and a migration
+    slot, each version-checked); enqueue. ``priority`` "node" for flush/unflush/fence work (pvc_tasks.slots)."""
+    if kind not in KINDS:
+        raise Invalid(f"kind: {kind!r} is not one of {', '.join(KINDS)}")
+    store = JobStore(zk, schema)
+    for _attempt in range(10):
+        vm, marker_path, marker_stat = free_vm(zk, schema, vm_name)
+        if vm["state"] not in ("running", "stopped", "failed", "crashed", "paused"):
+            raise Conflict(f"cannot migrate VM {vm_name}: it is {vm['state']}", code="invalid_state",
+                           details={"state": vm["state"]})
+        if kind == "unmigrate":
+            if not vm["last_node"]:
+                raise Conflict(f"VM {vm_name} has no last node to return to", code="no_last_node")
+            if target and target != vm["last_node"]:
+                raise Invalid(f"target: unmigrate returns VM {vm_name} to {vm['last_node']}, not {target}",
+                              details={"target": [target]})
+            target = vm["last_node"]
+        hostdev = vfs.hostdev_names(vfs.vm_uses(zk, schema, vm["node"], vm["xml"]))
+        source, resolved = vm["node"], _method(vm, method, force_live, hostdev)
+        if not node_alive(zk, schema, source):
+            raise Conflict(f"source {source}'s worker is not running, so VM {vm_name} cannot leave it",
+                           code="node_unavailable", details={"node": source})
+        chosen = placement.choose_target(zk, schema, vm, target, target_states,
+                                         fits=lambda node, vm=vm: vfs.for_target(zk, schema, vm, node))
+        reserved, version = placement.read_reserved(zk, schema, chosen)
+        # The target's VFs are picked from the same read of its reservations that the transaction checks.
+        vf_map, target_xml, vf_checks = vfs.for_target(zk, schema, vm, chosen, reserved)
+        # ``reserved_on`` never changes: it is where the reservation (and any copy prepare made) must be undone,
+        # even if someone re-plans ``target`` meanwhile.
+        job = Job.new(kind, vm_name, chosen, {"source": source, "target": chosen, "reserved_on": chosen,
+                                              "method": resolved,
+                                              "requested": method or "", "force_live": force_live,
+                                              "target_states": list(target_states),
+                                              **({"timeout": timeout} if timeout else {}),
+                                              **({"vf_map": vf_map, "target_xml": target_xml} if vf_map else {})},
+                      parent=parent)
+        job.stage, job.steps = PREPARE, STEPS
+        if hostdev and resolved == "shutdown" and method != "shutdown":
+            job.note(f"{vm_name} uses hostdev VF(s) {', '.join(hostdev)}: shutdown migration (no live)")
+        ops = [store.create_op(job), ("set", marker_path, job.id.encode(), marker_stat.version),
+               placement.reserve_op(schema, chosen, reserved, version, job.id, int(vm["memory"] or 0),
+                                    int(vm["vcpus"] or 0), list(vf_map.values())),
+               slots.admit_op(zk, schema, job.id, source, chosen, priority), *vf_checks]
+        try:
+            commit(zk, ops)
+        except BadVersionError:
+            if zk.exists(marker_path).version != marker_stat.version:
+                # Another request took the VM between our read and our write: of racing requests exactly one
+                # wins, even if its job has already ended by now.
+                raise Conflict(f"VM {vm_name} got another job at the same moment", code="vm_busy") from None
+            continue  # another placement reserved on T, or took a slot, first: decide again with it counted
+        break
+    else:
+        raise Conflict(f"VM {vm_name}: placement kept racing with other requests; retry", code="busy")
+    try:
+        app.send_task(PREPARE, kwargs={"job_id": job.id, "vm": vm_name, "node": chosen})
+    except (OperationalError, OSError) as exc:
+        store.finish(job.id, JobState.FAILED, f"could not enqueue: broker unreachable ({exc})")
+        raise Unavailable("the task broker (Redis) is unreachable; nothing was changed",
+                          code="broker_unavailable") from exc
+    return job
