@@ -108,8 +108,8 @@ def prepare(run: JobRun) -> None:
                                states=tuple(params.get("target_states") or ("ready",)))
     except Conflict as exc:
         raise JobFailed(f"target {node} can no longer take {vm}: {exc.message}") from exc
-    taken = [vf for vf in (params.get("vf_map") or {}).values() if vf_record(run.ctx.zk, run.ctx.schema, node,
-                                                                               vf)["used"] == "true"]
+    reserved_vfs = (params.get("vf_map") or {}).values()
+    taken = [vf for vf in reserved_vfs if vf_record(run.ctx.zk, run.ctx.schema, node, vf)["used"] == "true"]
     if taken:
         raise JobFailed(f"target {node}'s VF(s) {', '.join(taken)} reserved for {vm} are in use meanwhile")
     live = params["method"] in ("live", "default") and run.hv.live_migration
@@ -186,7 +186,7 @@ def _commit_ops(run: JobRun, observed: str) -> list:
     last = params["source"] if run.job.kind == "migrate" else ""
     values = {"node": run.ctx.node, "last_node": last, "state": observed, "failed_reason": ""}
     ops = [("set", schema.path(f"domain.{k}", vm), v.encode(), -1) for k, v in values.items()]
-    return (ops + vfs.commit_ops(zk, schema, vm, params["source"], run.ctx.node, params)
+    return (ops + vfs.commit_ops(schema, vm, params["source"], run.ctx.node, params)
             + placement.release_op(zk, schema, run.ctx.node, run.job.id) + node_figure_ops(run.ctx))
 
 

@@ -58,16 +58,14 @@ def submit_migration(zk: KazooClient, schema: Schema, vm_name: str, kind: str, t
                 raise Invalid(f"target: unmigrate returns VM {vm_name} to {vm['last_node']}, not {target}",
                               details={"target": [target]})
             target = vm["last_node"]
-        hostdev = vfs.hostdev_names(vfs.vm_uses(zk, schema, vm["node"], vm["xml"]))
+        found = vfs.vm_uses(zk, schema, vm["node"], vm["xml"])
+        hostdev = vfs.hostdev_names(found)
         source, resolved = vm["node"], _method(vm, method, force_live, hostdev)
         if not node_alive(zk, schema, source):
             raise Conflict(f"source {source}'s worker is not running, so VM {vm_name} cannot leave it",
                            code="node_unavailable", details={"node": source})
-        chosen = placement.choose_target(zk, schema, vm, target, target_states,
-                                         fits=lambda node, vm=vm: vfs.for_target(zk, schema, vm, node))
-        reserved, version = placement.read_reserved(zk, schema, chosen)
-        # The target's VFs are picked from the same read of its reservations that the transaction checks.
-        vf_map, target_xml, vf_checks = vfs.for_target(zk, schema, vm, chosen, reserved)
+        where = vfs.place(zk, schema, vm, found, target, target_states)
+        chosen = where.node
         # ``reserved_on`` never changes: it is where the reservation (and any copy prepare made) must be undone,
         # even if someone re-plans ``target`` meanwhile.
         job = Job.new(kind, vm_name, chosen, {"source": source, "target": chosen, "reserved_on": chosen,
@@ -75,15 +73,15 @@ def submit_migration(zk: KazooClient, schema: Schema, vm_name: str, kind: str, t
                                               "requested": method or "", "force_live": force_live,
                                               "target_states": list(target_states),
                                               **({"timeout": timeout} if timeout else {}),
-                                              **({"vf_map": vf_map, "target_xml": target_xml} if vf_map else {})},
+                                              **where.job_params()},
                       parent=parent)
         job.stage, job.steps = PREPARE, STEPS
         if hostdev and resolved == "shutdown" and method != "shutdown":
             job.note(f"{vm_name} uses hostdev VF(s) {', '.join(hostdev)}: shutdown migration (no live)")
         ops = [store.create_op(job), ("set", marker_path, job.id.encode(), marker_stat.version),
-               placement.reserve_op(schema, chosen, reserved, version, job.id, int(vm["memory"] or 0),
-                                    int(vm["vcpus"] or 0), list(vf_map.values())),
-               slots.admit_op(zk, schema, job.id, source, chosen, priority), *vf_checks]
+               placement.reserve_op(schema, chosen, where.reserved, where.version, job.id, int(vm["memory"] or 0),
+                                    int(vm["vcpus"] or 0), list(where.vf_map.values())),
+               slots.admit_op(zk, schema, job.id, source, chosen, priority), *where.checks]
         try:
             commit(zk, ops)
         except BadVersionError:

@@ -63,16 +63,15 @@ def submit_recovery(zk: KazooClient, schema: Schema, vm_name: str, dead: str, pa
         vm, marker_path, marker_stat = free_vm(zk, schema, vm_name)
         if vm["node"] != dead:
             raise Conflict(f"VM {vm_name} is no longer on {dead}", code="moved")
-        target = placement.choose_target(zk, schema, vm, fits=lambda node, vm=vm: vfs.for_target(zk, schema, vm, node))
-        reserved, version = placement.read_reserved(zk, schema, target)
-        vf_map, target_xml, vf_checks = vfs.for_target(zk, schema, vm, target, reserved)
-        job = Job.new("recover", vm_name, target, {"dead": dead, **({"vf_map": vf_map, "target_xml": target_xml}
-                                                                     if vf_map else {})}, parent=parent)
+        where = vfs.place(zk, schema, vm, vfs.vm_uses(zk, schema, dead, vm["xml"]))
+        target = where.node
+        job = Job.new("recover", vm_name, target, {"dead": dead, **where.job_params()}, parent=parent)
         job.steps = 3
         try:
             commit(zk, [store.create_op(job), ("set", marker_path, job.id.encode(), marker_stat.version),
-                        placement.reserve_op(schema, target, reserved, version, job.id, int(vm["memory"] or 0),
-                                             int(vm["vcpus"] or 0), list(vf_map.values())), *vf_checks])
+                        placement.reserve_op(schema, target, where.reserved, where.version, job.id,
+                                             int(vm["memory"] or 0), int(vm["vcpus"] or 0),
+                                             list(where.vf_map.values())), *where.checks])
         except BadVersionError:
             continue  # the marker or T's reservations changed: decide again
         app.send_task(START, kwargs={"job_id": job.id, "vm": vm_name, "node": target})
@@ -108,7 +107,7 @@ def start(run: JobRun, vm: str, node: str, **_params) -> dict:
             run.hv.undefine(vm)
         raise JobFailed(f"recovery of {vm} on {node} failed: {exc}") from exc
     run.on_success.update(node=node, last_node=dead, failed_reason="")
-    run.success_ops = vfs.commit_ops(run.ctx.zk, run.ctx.schema, vm, dead, node, params)
+    run.success_ops = vfs.commit_ops(run.ctx.schema, vm, dead, node, params)
     return {"node": node, "from": dead}
 
 

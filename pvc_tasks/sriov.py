@@ -138,12 +138,14 @@ def submit_vf_config(zk: KazooClient, schema: Schema, node: str, vf: str, change
     """Validate, then ONE transaction: job + changed config keys (all config keys version-checked); enqueue."""
     store = JobStore(zk, schema)
     for _attempt in range(5):
-        vf_record(zk, schema, node, vf)
+        pf = vf_record(zk, schema, node, vf)["pf"]
         paths = {key: schema.path(f"sriov_vf.config.{key}", node, vf) for key in SETTINGS}
-        read = {key: zk.get(path) for key, path in paths.items()}
+        # Values WITH their versions (the transaction checks them), read in parallel.
+        pending = {key: zk.get_async(path) for key, path in paths.items()}
+        read = {key: result.get() for key, result in pending.items()}
         current = {key: data.decode() for key, (data, _stat) in read.items()}
         try:
-            pf_mtu = int(zk.get(schema.path("sriov_pf.mtu", node, vf_record(zk, schema, node, vf)["pf"]))[0] or 0)
+            pf_mtu = int(zk.get(schema.path("sriov_pf.mtu", node, pf))[0] or 0)
         except NoNodeError:
             pf_mtu = 65535
         values = validate_config(changes, current, pf_mtu)

@@ -21,7 +21,6 @@ from pvc_tasks import selector, vfs
 from pvc_tasks.errors import Conflict, Invalid, NotFound, Unavailable
 from pvc_tasks.jobs import Job, JobState, JobStore, commit, end_ops, notify_parent
 from pvc_tasks.lifecycle import TASKS
-from pvc_tasks.placement import read_reserved
 from pvc_tasks.state import node_alive, node_record, node_records
 from zk_schema import Schema, SchemaError
 
@@ -171,7 +170,7 @@ def submit_define(zk: KazooClient, schema: Schema, xml: str, node: str | None = 
     ops = [("create", path, data) for path, data in schema.create_ops("domain", name, values=values)]
     store = JobStore(zk, schema)
     # The VFs it names are marked used by it in the same transaction (version-checked, see pvc_tasks.vfs).
-    claims = vfs.claim_ops(zk, schema, node, name, found, read_reserved(zk, schema, node)[1]) if found else []
+    claims = vfs.claim_ops(zk, schema, node, name, found)
     try:
         commit(zk, ops + claims + [store.create_op(job)])
     except NodeExistsError as exc:

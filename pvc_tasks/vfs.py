@@ -30,12 +30,12 @@ from kazoo.client import KazooClient
 
 from pvc_tasks.errors import Conflict
 from pvc_tasks.jobs import Op
-from pvc_tasks.placement import read_reserved
+from pvc_tasks.placement import choose_target, read_reserved
 from pvc_tasks.state import delete_tree_ops, vf_records
 from zk_schema import Schema
 
-__all__ = ["VfUse", "claim_ops", "commit_ops", "for_define", "for_target", "hostdev_names", "plan", "release_ops",
-           "remove_vm_ops", "reserved_names", "rewrite", "uses", "vm_uses"]
+__all__ = ["Placement", "VfUse", "claim_ops", "commit_ops", "for_define", "hostdev_names", "place", "plan",
+           "release_ops", "remove_vm_ops", "reserved_names", "rewrite", "uses", "vm_uses"]
 
 _PCI = ("domain", "bus", "slot", "function")
 ET.register_namespace("qemu", "http://libvirt.org/schemas/domain/qemu/1.0")
@@ -177,12 +177,14 @@ def _mark(schema: Schema, node: str, vf: str, vm: str, version: int = -1) -> lis
             ("set", schema.path("sriov_vf.used_by", node, vf), vm.encode(), -1)]
 
 
-def claim_ops(zk: KazooClient, schema: Schema, node: str, vm: str, found: list[VfUse],
-              reserved_version: int) -> list[Op]:
+def claim_ops(zk: KazooClient, schema: Schema, node: str, vm: str, found: list[VfUse]) -> list[Op]:
     """Mark the VFs used by ``vm`` (``Conflict`` vf_in_use when one is taken), version-checked on each ``used``
     key and on the node's reservations, for the VM's creating transaction."""
-    held = reserved_names(read_reserved(zk, schema, node)[0])
-    ops: list[Op] = [("check", schema.path("node.reserved", node), reserved_version)] if found else []
+    if not found:
+        return []
+    reserved, version = read_reserved(zk, schema, node)
+    held = reserved_names(reserved)
+    ops: list[Op] = [("check", schema.path("node.reserved", node), version)]
     for use in found:
         data, stat = zk.get(schema.path("sriov_vf.used", node, use.name))
         owner = zk.get(schema.path("sriov_vf.used_by", node, use.name))[0].decode()
@@ -194,46 +196,62 @@ def claim_ops(zk: KazooClient, schema: Schema, node: str, vm: str, found: list[V
     return ops
 
 
-def release_ops(zk: KazooClient, schema: Schema, node: str, vm: str, only: list[str] | None = None) -> list[Op]:
-    """Release every VF of ``node`` that ``vm`` uses (or just those in ``only``)."""
-    ops: list[Op] = []
-    for record in vf_records(zk, schema, node):
-        if record["used_by"] == vm and (only is None or record["name"] in only):
-            ops += _mark(schema, node, record["name"], "")
-    return ops
+def release_ops(zk: KazooClient, schema: Schema, node: str, vm: str) -> list[Op]:
+    """Release every VF of ``node`` that ``vm`` uses."""
+    return [op for r in vf_records(zk, schema, node) if r["used_by"] == vm for op in _mark(schema, node, r["name"], "")]
 
 
-def commit_ops(zk: KazooClient, schema: Schema, vm: str, source: str, target: str, params: dict) -> list[Op]:
-    """For a migration's or recovery's commit: the VM's new XML, the target's VFs used, the source's released."""
+def commit_ops(schema: Schema, vm: str, source: str, target: str, params: dict) -> list[Op]:
+    """For a migration's or recovery's commit: the VM's new XML, the target's VFs used, the source's released (the
+    VM's active job has held them since the pick, so nobody else changed them)."""
     mapping = params.get("vf_map") or {}
     if not mapping:
         return []
     ops: list[Op] = [("set", schema.path("domain.xml", vm), params["target_xml"].encode(), -1)]
-    for vf in mapping.values():
-        ops += _mark(schema, target, vf, vm)
-    return ops + release_ops(zk, schema, source, vm, only=list(mapping))
+    for source_vf, target_vf in mapping.items():
+        ops += _mark(schema, target, target_vf, vm) + _mark(schema, source, source_vf, "")
+    return ops
 
 
-def for_target(zk: KazooClient, schema: Schema, vm: dict, target: str, reserved: dict | None = None,
-               own_job: str = "") -> tuple[dict[str, str], str, list[Op]]:
-    """What moving ``vm`` (its record) to ``target`` means for its VFs: (source VF -> target VF, the XML for the
-    target, check ops pinning the picked VFs' ``used`` versions for the creating transaction). ({}, "", []) for
-    a VM without VFs. ``Conflict`` (no_target) when the target lacks a free VF on one of the PFs. ``reserved``:
-    the target's reservations as read for the version-checked write (read here when omitted)."""
-    found = vm_uses(zk, schema, vm["node"], vm.get("xml") or "")
+@dataclass(frozen=True)
+class Placement:
+    """Where a VM goes and what it takes there: the target, the target's reservations as read (with the version the
+    creating transaction checks), the VF pick made from that same read, and check ops pinning the picked VFs."""
+
+    node: str
+    reserved: dict
+    version: int
+    vf_map: dict[str, str]
+    target_xml: str
+    checks: list[Op]
+
+    def job_params(self) -> dict:
+        """What the job carries for its commit (nothing for a VM without VFs)."""
+        return {"vf_map": self.vf_map, "target_xml": self.target_xml} if self.vf_map else {}
+
+
+def place(zk: KazooClient, schema: Schema, vm: dict, found: list[VfUse], explicit: str | None = None,
+          states: tuple[str, ...] = ("ready",)) -> Placement:
+    """``placement.choose_target`` for a VM using the VFs ``found`` on its node: only nodes with a free VF on each
+    of those PFs are candidates (an explicit target without one: ``Conflict`` no_target naming the PF)."""
+    target_vfs: dict[str, list[dict]] = {}
+
+    def fits(node: str) -> None:
+        target_vfs[node] = vf_records(zk, schema, node)
+        plan(vm["name"], found, node, target_vfs[node], read_reserved(zk, schema, node)[0])
+
+    node = choose_target(zk, schema, vm, explicit, states, fits=fits if found else None)
+    reserved, version = read_reserved(zk, schema, node)
     if not found:
-        return {}, "", []
-    target_vfs = vf_records(zk, schema, target)
-    if reserved is None:
-        reserved = read_reserved(zk, schema, target)[0]
-    mapping = plan(vm["name"], found, target, target_vfs, reserved, own_job)
+        return Placement(node, reserved, version, {}, "", [])
+    mapping = plan(vm["name"], found, node, target_vfs[node], reserved)
     checks: list[Op] = []
     for vf in mapping.values():
-        data, stat = zk.get(schema.path("sriov_vf.used", target, vf))
+        data, stat = zk.get(schema.path("sriov_vf.used", node, vf))
         if data == b"true":  # claimed since the records were read
-            raise Conflict(f"VF {vf} on {target} was taken meanwhile; retry", code="busy")
-        checks.append(("check", schema.path("sriov_vf.used", target, vf), stat.version))
-    return mapping, rewrite(vm["xml"], found, mapping, target_vfs), checks
+            raise Conflict(f"VF {vf} on {node} was taken meanwhile; retry", code="busy")
+        checks.append(("check", schema.path("sriov_vf.used", node, vf), stat.version))
+    return Placement(node, reserved, version, mapping, rewrite(vm["xml"], found, mapping, target_vfs[node]), checks)
 
 
 def remove_vm_ops(zk: KazooClient, schema: Schema, vm: str) -> list[Op]:

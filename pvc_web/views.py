@@ -7,6 +7,7 @@ import time
 from dataclasses import asdict
 
 from pvc_tasks.jobs import Job
+from pvc_tasks.state import desired_vf_config
 
 __all__ = ["faults_view", "job_view", "node_view", "pf_view", "vf_view", "vm_view"]
 
@@ -128,10 +129,10 @@ def _vf_config(values: dict) -> dict:
     return out
 
 
-def vf_view(record: dict, desired: dict[str, str]) -> dict:
+def vf_view(record: dict) -> dict:
     """A VF: what the NIC shows (mac, mtu, pci), its desired config, what its node last applied, and whether the
     two agree (``in_sync``)."""
-    applied = _json(record.get("applied"))
+    applied, desired = _json(record.get("applied")), desired_vf_config(record)
     pci = [str(record.get(f"pci.{k}") or "").removeprefix("0x") for k in ("domain", "bus", "slot", "function")]
     return {
         "node": record["node"], "name": record["name"], "pf": record.get("pf") or "",

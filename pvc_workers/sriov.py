@@ -50,7 +50,8 @@ class PhysicalFunction:
 
 @dataclass(frozen=True)
 class VirtualFunction:
-    """A VF as the system sees it now; ``live`` holds its current settings (``pvc_tasks.sriov.SETTINGS``)."""
+    """A VF as the system sees it now; ``live`` holds its current settings: every one of ``DEFAULT_LIVE`` but the
+    MAC (which is ``mac``)."""
 
     name: str
     pf: str

@@ -20,7 +20,6 @@ import logging
 
 from pvc_tasks.context import NodeContext
 from pvc_tasks.jobs import Op, commit
-from pvc_tasks.sriov import DEFAULT_LIVE
 from pvc_tasks.state import delete_tree_ops, pf_records, supported, vf_records
 from pvc_workers.sriov import IpLinkNic, PhysicalFunction, SimulatedNic, VirtualFunction
 
@@ -89,7 +88,7 @@ class VfInventory:
             observed = _observed(vf)
             record = known.get(vf.name)
             if record is None:
-                live = {f"config.{k}": v for k, v in dict(DEFAULT_LIVE, **vf.live).items() if k != "mac"}
+                live = {f"config.{k}": v for k, v in vf.live.items()}  # the adapters fill every setting
                 values = {**observed, **live, "phy_mac": vf.mac}
                 ops += [("create", p, d) for p, d in schema.create_ops("sriov_vf", node, vf.name, values=values)]
                 counts["vfs_created"] += 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pvc_tasks.sriov import submit_vf_config
-from pvc_tasks.state import desired_vf_config, pf_records, vf_record, vf_records
+from pvc_tasks.state import pf_records, vf_record, vf_records
 from pvc_web.blueprint import Blueprint, accepted, handle
 from pvc_web.schemas import JobSchema, PfSchema, VfConfigSchema, VfQuerySchema, VfSchema
 from pvc_web.views import job_view, pf_view, vf_view
@@ -28,7 +28,7 @@ def list_pfs(query: dict):
 def list_vfs(query: dict):
     """Every VF (``node`` and ``pf`` filter): desired and applied settings, use by VMs."""
     h = handle()
-    return [vf_view(r, desired_vf_config(r)) for r in vf_records(h.zk, h.schema, query.get("node"), query.get("pf"))]
+    return [vf_view(r) for r in vf_records(h.zk, h.schema, query.get("node"), query.get("pf"))]
 
 
 @blp.route("/vfs/<string:node>/<string:vf>")
@@ -37,7 +37,7 @@ def show_vf(node: str, vf: str):
     """One VF (404 ``node_not_found`` / ``vf_not_found``)."""
     h = handle()
     record = vf_record(h.zk, h.schema, node, vf)
-    return vf_view(record, desired_vf_config(record))
+    return vf_view(record)
 
 
 @blp.route("/vfs/<string:node>/<string:vf>", methods=["PUT"])
