@@ -18,8 +18,23 @@ from pvc_tasks.errors import Conflict, NotFound
 from pvc_tasks.jobs import Op
 from zk_schema import Schema
 
-__all__ = ["delete_tree_ops", "desired_vf_config", "domain_record", "domain_records", "free_vm", "names", "node_alive",
-           "node_record", "node_records", "pf_records", "read_keys", "supported", "vf_record", "vf_records"]
+__all__ = [
+    "VF_USE_KEYS",
+    "delete_tree_ops",
+    "desired_vf_config",
+    "domain_record",
+    "domain_records",
+    "free_vm",
+    "names",
+    "node_alive",
+    "node_record",
+    "node_records",
+    "pf_records",
+    "read_keys",
+    "supported",
+    "vf_record",
+    "vf_records",
+]
 
 
 def names(zk: KazooClient, schema: Schema, collection: str) -> list[str]:
@@ -30,9 +45,12 @@ def names(zk: KazooClient, schema: Schema, collection: str) -> list[str]:
         return []
 
 
-def read_keys(zk: KazooClient, schema: Schema, section: str, instances: Iterable[tuple[str, ...]]) -> list[dict | None]:
-    """All non-secret keys of each instance (None for an instance that vanished), in parallel."""
-    keys = [k for k in schema.section_keys(section) if not k.secret]
+def read_keys(zk: KazooClient, schema: Schema, section: str, instances: Iterable[tuple[str, ...]],
+              only: Iterable[str] | None = None) -> list[dict | None]:
+    """All non-secret keys (or the keys named in ``only``) of each instance (None for an instance that vanished),
+    in parallel."""
+    wanted_keys = set(only) if only is not None else None
+    keys = [k for k in schema.section_keys(section) if not k.secret and (wanted_keys is None or k.name in wanted_keys)]
     wanted = list(instances)
     pending = [[zk.get_async(schema.path(k.full_name, *inst)) for k in keys] for inst in wanted]
     exists = [zk.exists_async(schema.root(section, *inst)) for inst in wanted]
@@ -112,7 +130,8 @@ def supported(schema: Schema) -> bool:
     return "node.sriov.vf" in schema.keys
 
 
-def _records(zk: KazooClient, schema: Schema, section: str, directory: str, node: str | None) -> list[dict]:
+def _records(zk: KazooClient, schema: Schema, section: str, directory: str, node: str | None,
+             only: Iterable[str] | None = None) -> list[dict]:
     if not supported(schema):
         return []
     nodes = [node] if node else names(zk, schema, "base.node")
@@ -122,15 +141,23 @@ def _records(zk: KazooClient, schema: Schema, section: str, directory: str, node
             instances += [(name, child) for child in sorted(zk.get_children(schema.path(directory, name)))]
         except NoNodeError:
             continue
-    return [dict(r, node=i[0], name=i[1]) for i, r in zip(instances, read_keys(zk, schema, section, instances)) if r]
+    records = read_keys(zk, schema, section, instances, only)
+    return [dict(r, node=i[0], name=i[1]) for i, r in zip(instances, records) if r]
 
 
 def pf_records(zk: KazooClient, schema: Schema, node: str | None = None) -> list[dict]:
     return _records(zk, schema, "sriov_pf", "node.sriov.pf", node)
 
 
-def vf_records(zk: KazooClient, schema: Schema, node: str | None = None, pf: str | None = None) -> list[dict]:
-    return [r for r in _records(zk, schema, "sriov_vf", "node.sriov.vf", node) if not pf or r["pf"] == pf]
+#: The VF keys placement and VF bookkeeping need (a third of a VF record: reads stay cheap on a migration's path).
+VF_USE_KEYS = ("pf", "used", "used_by", "pci.domain", "pci.bus", "pci.slot", "pci.function")
+
+
+def vf_records(zk: KazooClient, schema: Schema, node: str | None = None, pf: str | None = None,
+               only: Iterable[str] | None = None) -> list[dict]:
+    """VF records (every key, or ``only`` these and ``pf``) of one node or all, optionally of one PF."""
+    keys = None if only is None else {"pf", *only}
+    return [r for r in _records(zk, schema, "sriov_vf", "node.sriov.vf", node, keys) if not pf or r["pf"] == pf]
 
 
 def vf_record(zk: KazooClient, schema: Schema, node: str, vf: str) -> dict:

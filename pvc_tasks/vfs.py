@@ -31,7 +31,7 @@ from kazoo.client import KazooClient
 from pvc_tasks.errors import Conflict
 from pvc_tasks.jobs import Op
 from pvc_tasks.placement import choose_target, read_reserved
-from pvc_tasks.state import delete_tree_ops, vf_records
+from pvc_tasks.state import VF_USE_KEYS, delete_tree_ops, vf_records
 from zk_schema import Schema
 
 __all__ = ["Placement", "VfUse", "claim_ops", "commit_ops", "for_define", "hostdev_names", "place", "plan",
@@ -97,7 +97,7 @@ def uses(xml: str, node_vfs: list[dict]) -> list[VfUse]:
 
 
 def vm_uses(zk: KazooClient, schema: Schema, node: str, xml: str) -> list[VfUse]:
-    return uses(xml, vf_records(zk, schema, node)) if node and xml and _has_devices(xml) else []
+    return uses(xml, vf_records(zk, schema, node, only=VF_USE_KEYS)) if node and xml and _has_devices(xml) else []
 
 
 def _has_devices(xml: str) -> bool:
@@ -110,7 +110,7 @@ def for_define(zk: KazooClient, schema: Schema, xml: str, nodes: list[str]) -> d
     elsewhere in the cluster is missing here, or is used or reserved). {} when the XML names no VF anywhere."""
     if not _has_devices(xml):
         return {}
-    found = {node: uses(xml, vf_records(zk, schema, node)) for node in nodes}
+    found = {node: uses(xml, vf_records(zk, schema, node, only=VF_USE_KEYS)) for node in nodes}
     wanted = max((len(f) for f in found.values()), default=0)
     if not wanted:
         return {}
@@ -198,7 +198,8 @@ def claim_ops(zk: KazooClient, schema: Schema, node: str, vm: str, found: list[V
 
 def release_ops(zk: KazooClient, schema: Schema, node: str, vm: str) -> list[Op]:
     """Release every VF of ``node`` that ``vm`` uses."""
-    return [op for r in vf_records(zk, schema, node) if r["used_by"] == vm for op in _mark(schema, node, r["name"], "")]
+    mine = [r["name"] for r in vf_records(zk, schema, node, only=("used_by",)) if r["used_by"] == vm]
+    return [op for vf in mine for op in _mark(schema, node, vf, "")]
 
 
 def commit_ops(schema: Schema, vm: str, source: str, target: str, params: dict) -> list[Op]:
@@ -237,7 +238,7 @@ def place(zk: KazooClient, schema: Schema, vm: dict, found: list[VfUse], explici
     target_vfs: dict[str, list[dict]] = {}
 
     def fits(node: str) -> None:
-        target_vfs[node] = vf_records(zk, schema, node)
+        target_vfs[node] = vf_records(zk, schema, node, only=VF_USE_KEYS)
         plan(vm["name"], found, node, target_vfs[node], read_reserved(zk, schema, node)[0])
 
     node = choose_target(zk, schema, vm, explicit, states, fits=fits if found else None)
