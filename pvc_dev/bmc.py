@@ -36,6 +36,9 @@ class PowerSwitch:
     def __init__(self, path: Path, on: Callable[[str], None], off: Callable[[str], None]) -> None:
         self.path, self.on, self.off = path, on, off
         self.powered: dict[str, bool] = {}
+        #: Nodes whose board ignores power commands (a stuck relay): the BMC says "ok", the power stays as it was,
+        #: so a fence's "verify off" fails. Tests add node names here.
+        self.stuck: set[str] = set()
         self.lock = threading.Lock()
         switch = self
 
@@ -56,7 +59,7 @@ class PowerSwitch:
         if len(words) >= 4 and words[1:3] == ["set", "power"]:
             node, want = words[0], words[3] == "1"
             with self.lock:  # one power change at a time per cluster: start/kill are not reentrant
-                if self.powered.get(node, True) != want:
+                if node not in self.stuck and self.powered.get(node, True) != want:
                     self.powered[node] = want
                     (self.on if want else self.off)(node)
             return "ok"

@@ -111,6 +111,9 @@ class LocalCluster:
     worker_env: dict[str, str] = field(default_factory=dict)
     #: One ipmi_sim per node whose chassis power kills / starts that node's worker (``pvc_dev.bmc``).
     bmcs: bool = True
+    #: False: the cluster starts in maintenance mode, so no node is ever fenced (tests that restart or pause
+    #: workers on purpose and are not about HA must not race a fence's power cycle).
+    fencing: bool = True
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
@@ -191,6 +194,8 @@ class LocalCluster:
             self.redis = start_redis(self.workdir / "redis")
             self.services.append(self.redis)
             init_cluster(self.zk, schema_version)
+            if not self.fencing and "base.config.maintenance" in self.schema.keys:
+                self.zk.set(self.schema.path("base.config.maintenance"), b"true")
             if seed:
                 seed(self.zk)
             if self.bmcs:

@@ -9,10 +9,11 @@ timeout and cancel during a running migration).
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
-__all__ = ["busy_boot_image", "qemu_domain_xml"]
+__all__ = ["busy_boot_image", "qemu_domain_xml", "virt_type"]
 
 # Real-mode x86, loaded at 0x7c00 (offsets in the comments):
 _BUSY_LOOP = bytes([
@@ -38,6 +39,12 @@ def busy_boot_image(path: Path) -> Path:
     return path
 
 
+def virt_type() -> str:
+    """``kvm`` where this machine has a usable /dev/kvm, else ``qemu`` (TCG, software emulation): some machines of
+    this workplace have KVM and some have none, and the same tests must run on both."""
+    return "kvm" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "qemu"
+
+
 def qemu_domain_xml(name: str, memory_mib: int = 64, boot_image: Path | None = None) -> str:
     """A tiny real guest. No <cpu> element: ``-cpu host`` aborts QEMU under this machine's nested virtualisation
     (machine-recipes.md). With ``boot_image``, the busy guest."""
@@ -45,7 +52,7 @@ def qemu_domain_xml(name: str, memory_mib: int = 64, boot_image: Path | None = N
     disk = (f"<disk type='file' device='floppy'><driver name='qemu' type='raw'/><source file='{boot_image}'/>"
             "<target dev='fda' bus='fdc'/><readonly/></disk>") if boot_image else ""
     boot = "<boot dev='fd'/>" if boot_image else ""
-    return (f"<domain type='kvm'><name>{name}</name><memory unit='MiB'>{memory_mib}</memory><vcpu>1</vcpu>"
+    return (f"<domain type='{virt_type()}'><name>{name}</name><memory unit='MiB'>{memory_mib}</memory><vcpu>1</vcpu>"
             f"<os><type arch='x86_64' machine='pc'>hvm</type>{boot}</os><features><acpi/></features>"
             "<devices><emulator>/usr/bin/qemu-system-x86_64</emulator>"
             f"{disk}<video><model type='none'/></video><memballoon model='none'/></devices></domain>")

@@ -16,8 +16,19 @@ from pvc_tasks.config import Settings
 
 __all__ = ["app", "configure"]
 
-app = Celery("pvc", broker=defaults.REDIS, backend=defaults.REDIS)
+class _App(Celery):
+    """Celery whose sends never touch the result backend: nobody waits on a Celery result (ZooKeeper records every
+    job's outcome), and Redis's result consumer subscribes to each task's result channel at send time, which made a
+    send with Redis down fail with a ``RuntimeError`` instead of the broker's ``OperationalError``."""
+
+    def send_task(self, name, args=None, kwargs=None, **options):  # type: ignore[override]
+        options.setdefault("ignore_result", True)
+        return super().send_task(name, args, kwargs, **options)
+
+
+app = _App("pvc", broker=defaults.REDIS, backend=defaults.REDIS)
 app.conf.update(
+    task_ignore_result=True,
     task_create_missing_queues=False,
     task_routes=("pvc_tasks.routing.route_task",),
     task_serializer="json",

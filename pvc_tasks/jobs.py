@@ -71,6 +71,9 @@ class Job:
     cancel_requested: bool = False
     #: Multi-step jobs (migration): the step whose task may act next; a task for another step is stale.
     stage: str = ""
+    #: The ``stage`` whose task has started (compare-and-set): a second message for it, a duplicate the broker or a
+    #: re-send delivered, finds it taken and does nothing. Cleared by each hand-over to the next stage.
+    stage_taken: str = ""
 
     @classmethod
     def new(cls, kind: str, vm: str, node: str, params: dict | None = None, parent: str = "") -> Job:

@@ -106,8 +106,8 @@ def _raise_percent(job: Job, target: int) -> bool:
     return True
 
 
-def _claim(ctx: NodeContext, job_id: str, phase: tuple[str, str] | None = None) -> Job | None:
-    """queued -> running (compare-and-set); ``phase`` (name, message) enters the first phase in the same write."""
+def _claim(ctx: NodeContext, job_id: str) -> Job | None:
+    """queued -> running (compare-and-set)."""
     claimed = False
 
     def mutate(job: Job) -> bool:
@@ -115,9 +115,6 @@ def _claim(ctx: NodeContext, job_id: str, phase: tuple[str, str] | None = None) 
         if job.state != JobState.QUEUED:
             return False
         job.state, job.started, job.phase = JobState.RUNNING, time.time(), "starting"
-        if phase:
-            job.advance(phase[0], 1, job.steps)
-            job.note(phase[1])
         claimed = True
         return True
 
@@ -229,7 +226,7 @@ def hop(run: JobRun, task_name: str, node: str, ops: Callable[[], list[Op]] | No
     def mutate(job: Job) -> bool:
         if job.terminal:
             raise JobFailed(f"job ended meanwhile ({job.state})")
-        job.stage, job.node = task_name, node
+        job.stage, job.node, job.stage_taken = task_name, node, ""
         job.params.update(params or {})
         if phase:
             job.advance(phase[0], phase[1], job.steps)
@@ -257,14 +254,9 @@ def step_task(name: str, *, claims: tuple[str, Callable[[Job], str]] | None = No
         @functools.wraps(fn)
         def task(job_id: str, vm: str, node: str) -> dict:
             ctx = current()
-            job = ctx.jobs.get(job_id)
-            if node != ctx.node or job.terminal or job.stage != name or job.node != node:
-                log.info("stale %s message for job %s (stage %s on %s); ignored", name, job_id, job.stage, job.node)
+            job = _take_stage(ctx, job_id, name, node, claims)
+            if job is None:
                 return {"job": job_id, "state": "skipped"}
-            if claims:
-                job = _claim(ctx, job_id, (claims[0], claims[1](job)))
-                if job is None:
-                    return {"job": job_id, "state": "skipped"}
             run = JobRun(ctx, job)
             try:
                 if run.job.cancel_requested:
@@ -282,6 +274,32 @@ def step_task(name: str, *, claims: tuple[str, Callable[[Job], str]] | None = No
         return task
 
     return decorate
+
+
+def _take_stage(ctx: NodeContext, job_id: str, name: str, node: str,
+                claims: tuple[str, Callable[[Job], str]] | None) -> Job | None:
+    """Compare-and-set: the job's ``stage`` is ``name`` on this node and not yet taken -> taken (the first step also
+    moves the job queued -> running and enters its phase in the same write). None for a stale or duplicated
+    message: of two messages for one stage, delivered at once to two threads, exactly one runs the step."""
+    taken = False
+
+    def mutate(job: Job) -> bool:
+        nonlocal taken
+        if node != ctx.node or job.terminal or job.stage != name or job.node != node or job.stage_taken == name:
+            log.info("stale %s message for job %s (stage %s on %s, taken: %s); ignored", name, job_id, job.stage,
+                     job.node, job.stage_taken == name)
+            return False
+        if claims:
+            if job.state != JobState.QUEUED:
+                return False
+            job.state, job.started = JobState.RUNNING, time.time()
+            job.advance(claims[0], 1, job.steps)
+            job.note(claims[1](job))
+        job.stage_taken, taken = name, True
+        return True
+
+    job = ctx.jobs.update(job_id, mutate)
+    return job if taken else None
 
 
 def _step_error(run: JobRun, on_error: Callable | None, outcome: JobState, reason: str) -> None:

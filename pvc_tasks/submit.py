@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import uuid
 import xml.etree.ElementTree as ET
 
 from kazoo.client import KazooClient
@@ -24,7 +25,8 @@ from pvc_tasks.lifecycle import TASKS
 from pvc_tasks.state import node_alive, node_record, node_records
 from zk_schema import Schema, SchemaError
 
-__all__ = ["ACTIONS", "cancel_job", "meta_values", "parse_domain_xml", "set_meta", "submit_define", "submit_vm_action"]
+__all__ = ["ACTIONS", "cancel_job", "meta_values", "parse_domain_xml", "set_meta", "submit_define", "submit_vm_action",
+           "with_uuid"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,25 @@ def parse_domain_xml(xml: str) -> tuple[str, int, int]:
     if memory_mib < 1 or vcpus < 1:
         raise Invalid("xml: memory and vcpu must be positive", details={"xml": ["non-positive memory or vcpu"]})
     return name, memory_mib, vcpus
+
+
+def with_uuid(xml: str) -> tuple[str, str]:
+    """The XML with a ``<uuid>`` (one is added when it has none) and that UUID. The VM keeps this identity on every
+    node: without it, each define (a migration's handover on the test driver, a recovery, a restore after a worker
+    restart) would let libvirt invent a new UUID for the same VM."""
+    root = ET.fromstring(xml)
+    given = (root.findtext("uuid") or "").strip()
+    if given:
+        try:
+            return xml, str(uuid.UUID(given))
+        except ValueError as exc:
+            raise Invalid(f"xml: <uuid> {given!r} is not a UUID", details={"xml": ["invalid <uuid>"]}) from exc
+    new = str(uuid.uuid4())
+    element = ET.Element("uuid")
+    element.text = new
+    name_at = next(i for i, child in enumerate(root) if child.tag == "name")
+    root.insert(name_at + 1, element)
+    return ET.tostring(root, encoding="unicode"), new
 
 
 def meta_values(zk: KazooClient, schema: Schema, meta: dict, *, partial: bool = False) -> dict[str, str]:
@@ -151,6 +172,7 @@ def submit_define(zk: KazooClient, schema: Schema, xml: str, node: str | None = 
     """Create VM + define job in one transaction and enqueue it on the chosen node."""
     meta = meta or {}
     name, memory_mib, vcpus = parse_domain_xml(xml)
+    xml, vm_uuid = with_uuid(xml)
     values = meta_values(zk, schema, meta)
     if zk.exists(schema.path("domain", name)) is not None:
         raise Conflict(f"a VM named {name} already exists", code="vm_exists", details={"vm": name})
@@ -165,7 +187,7 @@ def submit_define(zk: KazooClient, schema: Schema, xml: str, node: str | None = 
         node = _choose_node(zk, schema, memory_mib, meta, [n for n, v in per_node.items() if isinstance(v, Conflict)])
     found = per_node.get(node) or []
     job = Job.new("define", name, node, {})
-    values.update(xml=xml, node=node, state="defining", memory=str(memory_mib), vcpus=str(vcpus),
+    values.update(xml=xml, uuid=vm_uuid, node=node, state="defining", memory=str(memory_mib), vcpus=str(vcpus),
                   active_job=job.id)
     ops = [("create", path, data) for path, data in schema.create_ops("domain", name, values=values)]
     store = JobStore(zk, schema)

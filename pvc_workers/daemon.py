@@ -13,7 +13,8 @@ Start-up, in order
        schema version.
     6. Consume ``node.<NAME>`` with a thread pool (the test driver's state is per process; threads share it);
        once Celery is ready, a coordinator contends for primary (``pvc_workers.election``), which adds the
-       ``cluster`` queue while it is primary.
+       ``cluster`` queue while it is primary. The remote-control command ``pvc_domains`` answers what this
+       node's libvirt reports (``pvc_workers.inspect``; the harness's invariant checker asks it).
 
 A schema-version change stops the Celery worker warmly (running tasks finish) and re-executes the process with
 the same arguments: watches set on old paths cannot be moved in place. Shutdown (SIGTERM, Ctrl-C) drains the
@@ -42,6 +43,7 @@ from pvc_tasks.sriov import apply_all
 from pvc_workers.election import Election
 from pvc_workers.health import check_own_bmc
 from pvc_workers.hypervisor import LibvirtHypervisor
+from pvc_workers.inspect import pvc_domains
 from pvc_workers.ipmi import fencer
 from pvc_workers.janitor import Janitor
 from pvc_workers.keepalive import Inventory, Keepalive
@@ -52,6 +54,9 @@ from pvc_workers.vf_inventory import VfInventory
 from zk_schema import Schema, SchemaError, cluster_version
 
 __all__ = ["main"]
+
+#: Registered with Celery's remote control at import: ``pvc_domains`` reads this node's libvirt on request.
+_CONTROL_COMMANDS = (pvc_domains,)
 
 log = logging.getLogger("pvc_workers")
 

@@ -240,13 +240,21 @@ class SimulatedNic:
         return found_pfs, found_vfs
 
     def apply(self, pf: str, index: int, vf: str, config: dict[str, str]) -> dict[str, str]:
+        """Record the settings and the commands production would run. A setting group named in the state file's
+        ``refuse`` map ({group: message}, written by a test as a driver's limits would be) is refused with that
+        message, like ``IpLinkNic``'s failed command, and the other groups still apply."""
         with self._lock:
             state = self.state()
+            refuse = state.get("refuse", {})
+            commands = ip_link_commands(pf, index, vf, config)
+            errors = {key: refuse[group] for group, _argv in commands if group in refuse
+                      for key in _GROUP_KEYS.get(group, (group,))}
             settings = state.setdefault("vfs", {}).setdefault(vf, {})
-            settings.update({k: v for k, v in config.items() if k in SETTINGS and (v or k not in ("mac", "mtu"))})
-            state.setdefault("commands", {})[vf] = [argv for _group, argv in ip_link_commands(pf, index, vf, config)]
+            settings.update({k: v for k, v in config.items()
+                             if k in SETTINGS and (v or k not in ("mac", "mtu")) and k not in errors})
+            state.setdefault("commands", {})[vf] = [argv for group, argv in commands if group not in refuse]
             self._save(state)
-        return {}
+        return errors
 
 
 def _normal(address: tuple[str, ...]) -> tuple[int, ...]:

@@ -7,21 +7,36 @@
 
 Every process is started with a free port and a temp dir and stopped by its PID at teardown. Worker settings are
 fast (1 s keepalive and janitor, 2 s ZooKeeper sessions) so that absences are noticed within seconds.
+
+Clusters start in maintenance mode (no fencing) unless a test asks for ``fencing=True``: a test that kills or
+pauses a worker on purpose must not pass through a fence it did not mean. After every test that passed, each
+cluster it used is checked by ``pvc_dev.invariants.check`` (jobs terminal; no VM on two nodes as their libvirt
+says; ZooKeeper agrees with libvirt; no marker, slot, reservation, flush intent or VF use left behind). A test
+that leaves a cluster broken on purpose says why with ``@pytest.mark.invariants_broken("reason")``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from kazoo.client import KazooClient
 
+from pvc_dev import invariants
 from pvc_dev.cluster import LocalCluster, NodeSpec
 from pvc_dev.services import start_zookeeper
 
 FAST_WORKER_ENV = {"PVC_KEEPALIVE_INTERVAL": "1", "PVC_JANITOR_INTERVAL": "1", "PVC_ZK_SESSION_TIMEOUT": "2",
                    "PVC_SHUTDOWN_TIMEOUT": "5"}
+#: For clusters whose tests pause a worker (SIGSTOP) to hold a job queued: a 10 s ZooKeeper session keeps the paused
+#: node present, so the janitor does not end the job as "worker not running" (a path the test did not mean).
+SLOW_SESSION = {"PVC_ZK_SESSION_TIMEOUT": "10"}
 NODES = [NodeSpec("hv1", 4096), NodeSpec("hv2", 8192), NodeSpec("hv3", 2048)]
 _names = itertools.count(1)
 
@@ -33,20 +48,63 @@ def zookeeper(tmp_path_factory):
     server.stop()
 
 
+#: Clusters of module-scoped fixtures that are running: checked after every test.
+_shared: list[LocalCluster] = []
+
+
 def _cluster(zookeeper, workdir: Path, nodes=None, flower: bool = False, **kwargs) -> LocalCluster:
+    kwargs.setdefault("fencing", False)
     return LocalCluster(workdir, list(nodes or NODES), zookeeper=zookeeper, flower=flower,
                         worker_env=dict(FAST_WORKER_ENV, **kwargs.pop("worker_env", {})), **kwargs)
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+def _check_after(request, clusters: list[LocalCluster]) -> None:
+    """The invariant check after a test that passed (a failed test's cluster is broken already)."""
+    report = getattr(request.node, "rep_call", None)
+    if report is None or not report.passed or request.node.get_closest_marker("invariants_broken"):
+        return
+    for c in clusters:
+        if c.api is not None:
+            invariants.check(c)
+
+
+@pytest.fixture(autouse=True)
+def _invariants_of_shared_clusters(request):
+    yield
+    _check_after(request, list(_shared))
+
+
 @pytest.fixture(scope="module")
-def cluster(zookeeper, tmp_path_factory):
-    c = _cluster(zookeeper, tmp_path_factory.mktemp("cluster")).start()
-    yield c
-    c.stop()
+def shared_cluster(zookeeper, tmp_path_factory):
+    """Start a module-scoped cluster with ``shared_cluster(name, nodes)``; checked after each test."""
+    started: list[LocalCluster] = []
+
+    def make(name: str, nodes=None, **kwargs) -> LocalCluster:
+        c = _cluster(zookeeper, tmp_path_factory.mktemp(name), nodes, **kwargs).start()
+        started.append(c)
+        _shared.append(c)
+        return c
+
+    yield make
+    for c in started:
+        _shared.remove(c)
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(shared_cluster):
+    return shared_cluster("cluster")
 
 
 @pytest.fixture
-def make_cluster(zookeeper, tmp_path):
+def make_cluster(zookeeper, tmp_path, request):
     made: list[LocalCluster] = []
 
     def make(nodes=None, *, start: bool = True, **kwargs) -> LocalCluster:
@@ -55,8 +113,11 @@ def make_cluster(zookeeper, tmp_path):
         return c.start() if start else c
 
     yield make
-    for c in made:
-        c.stop()
+    try:
+        _check_after(request, made)
+    finally:
+        for c in made:
+            c.stop()
 
 
 @pytest.fixture
@@ -73,15 +134,50 @@ def vm_name(request) -> str:
     return f"vm{next(_names)}-{request.node.name[:20].replace('[', '-').replace(']', '')}".replace("_", "-")
 
 
-def zk_snapshot(zk: KazooClient, path: str = "/") -> dict[str, bytes]:
-    """Every znode below ``path`` with its data (for "nothing changed" checks)."""
-    out: dict[str, bytes] = {}
+def zk_snapshot(zk, path: str = "/") -> dict[str, bytes]:
+    """Every znode below ``path`` with its data (for "nothing changed" checks of one subtree)."""
+    return invariants.zk_snapshot(zk, path)
 
-    def walk(p: str) -> None:
-        data, _ = zk.get(p)
-        out[p] = data
-        for child in zk.get_children(p):
-            walk(f"{p.rstrip('/')}/{child}")
 
-    walk(path)
-    return out
+@contextlib.contextmanager
+def paused(worker, max_seconds: float = 8) -> Iterator[None]:
+    """SIGSTOP a worker for the block, SIGCONT after it whatever happens. A pause longer than ``max_seconds``
+    (below the session of ``SLOW_SESSION``) fails the test: the node would have looked absent, and the test would
+    have passed through the janitor's path instead of the one it meant."""
+    os.kill(worker.pid, signal.SIGSTOP)
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+    held = time.monotonic() - started
+    assert held < max_seconds, f"{worker.name} was paused {held:.1f} s, long enough to look absent"
+
+
+def step_returned(worker, task: str, job_id: str) -> bool:
+    """The worker's log shows ``task`` for ``job_id`` returned: a step that hands over has sent the next message."""
+    return any(f"Task {task}[" in line and " succeeded in " in line and job_id in line
+               for line in worker.log_tail(200).splitlines())
+
+
+def race(n: int, request: Callable[[int], object], timeout: float = 30) -> list:
+    """Run ``request(i)`` for i in 0..n-1, each in its own thread, released at once by a barrier; every wait is
+    bounded. Returns the answers in order of arrival."""
+    barrier, answers, errors = threading.Barrier(n), [], []
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait(timeout)
+            answers.append(request(i))
+        except Exception as exc:  # noqa: BLE001 - reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    assert not any(t.is_alive() for t in threads), f"a racing request did not finish within {timeout:g} s"
+    assert not errors, errors
+    return answers

@@ -4,6 +4,7 @@ import pytest
 import requests
 
 from pvc_dev.cluster import domain_xml
+from pvc_dev.invariants import zk_state
 from tests.conftest import zk_snapshot
 
 
@@ -16,15 +17,13 @@ def assert_error(r, status: int, code: str) -> dict:
 
 @pytest.fixture
 def unchanged(cluster):
-    """Asserts at the end of the test that no znode was created, deleted or changed, keepalives aside."""
-    def state():
-        snap = zk_snapshot(cluster.zk)
-        return {p: d for p, d in snap.items()
-                if not p.startswith("/nodes/") or p.count("/") < 3 or p.split("/")[3] in ("domain_state",)}
-
-    before = state()
+    """Asserts at the end of the test that no znode anywhere in the cluster tree was created, deleted or changed
+    (keys that tick on their own, ``invariants.TICKING_KEYS``, aside)."""
+    before = zk_state(cluster.zk)
     yield
-    assert state() == before
+    after = zk_state(cluster.zk)
+    changed = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+    assert not changed, {p: (before.get(p), after.get(p)) for p in changed}
 
 
 @pytest.mark.parametrize("headers", [{}, {"X-Api-Key": "wrong"}, {"X-Api-Key": ""}])

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from collections import Counter
 
 from pvc_dev.bmc import BMC_PASSWORD, BMC_USER
 from pvc_dev.cluster import NodeSpec
+from pvc_dev.invariants import libvirt_domains
 from pvc_dev.services import wait_until
 from pvc_workers.ipmi import Bmc, chassis_power
 
@@ -52,15 +52,16 @@ def fence_of(c, node: str, timeout: float = 60) -> dict:
 
 
 def running_per_node(c) -> dict[str, int]:
-    """What each node's own hypervisor reports running (its keepalive figures), not what ZooKeeper records."""
-    return {n["name"]: n["vms"]["running"] for n in api(c, "get", "/nodes").json()}
+    """What each node's own libvirt reports running (read through its worker), not what ZooKeeper records."""
+    return {n: sum(d["state"] == "running" for d in (domains or {}).values())
+            for n, domains in libvirt_domains(c)[0].items()}
 
 
 def test_dead_node_is_fenced_and_each_vm_recovered_exactly_once(make_cluster):
     """Power off a node holding VMs: the primary fences it through IPMI and each running VM is recovered exactly
     once on a valid node (node_limit honoured); a stopped VM stays; the node comes back flushed, discards a job
     that was queued for it, starts nothing, and `ready` brings its VMs home."""
-    c = make_cluster(nodes(4), worker_env=HA_ENV)
+    c = make_cluster(nodes(4), worker_env=HA_ENV, fencing=True)
     boss = primary(c)
     victim = next(n for n in ("hv2", "hv3", "hv4") if n != boss)
     limited = next(n for n in ("hv1", "hv2", "hv3", "hv4") if n not in (boss, victim))
@@ -89,12 +90,12 @@ def test_dead_node_is_fenced_and_each_vm_recovered_exactly_once(make_cluster):
     assert placed["r0"]["node"] == limited
     assert placed["idle"]["node"] == victim and placed["idle"]["state"] == "stopped"
 
-    c.wait_worker(victim)  # powered on again by the fence: a new worker
+    c.wait_worker(victim)  # powered on again by the fence: a new worker, whose reconcile ran before "run"
     info = api(c, "get", f"/nodes/{victim}").json()
     assert info["domain_state"] == "flushed" and info["fence"]["state"] == "fenced"
-    time.sleep(2)  # its stale message has been consumed by now, and its keepalive reports its hypervisor
-    counts = running_per_node(c)
-    assert counts[victim] == 0 and sum(counts.values()) == 5, counts
+    domains = libvirt_domains(c)[0]
+    assert {n: d["state"] for n, d in domains[victim].items()} == {"idle": "stopped"}  # started nothing
+    assert sum(d["state"] == "running" for node in domains.values() for d in node.values()) == 5
     assert vms(c)["idle"]["state"] == "stopped"
 
     back = c.wait_job(api(c, "post", f"/nodes/{victim}/ready").json()["id"], timeout=120)
@@ -105,7 +106,7 @@ def test_dead_node_is_fenced_and_each_vm_recovered_exactly_once(make_cluster):
 def test_failed_fence_with_policy_none_leaves_vms_failed(make_cluster):
     """A node whose BMC does not answer is not confirmed off: with failed_fence=none its VMs are marked failed
     with the reason and never started elsewhere; the dead BMC costs one timeout (the sequence stops there)."""
-    c = make_cluster(nodes(3), worker_env=HA_ENV)
+    c = make_cluster(nodes(3), worker_env=HA_ENV, fencing=True)
     boss = primary(c)
     victim = next(n for n in ("hv2", "hv3") if n != boss)
     for i in range(2):
@@ -127,18 +128,20 @@ def test_failed_fence_with_policy_none_leaves_vms_failed(make_cluster):
 def test_maintenance_mode_disables_fencing_and_says_so(make_cluster):
     """In maintenance mode a dead node is reported (a node fault naming maintenance) but not fenced; when
     maintenance ends, it is fenced."""
-    c = make_cluster(nodes(3), worker_env=HA_ENV)
+    c = make_cluster(nodes(3), worker_env=HA_ENV, fencing=True)
     boss = primary(c)
     victim = next(n for n in ("hv2", "hv3") if n != boss)
     assert api(c, "put", "/cluster/maintenance", json={"maintenance": True}).json()["maintenance"] is True
     status = api(c, "get", "/cluster").json()
     assert status["maintenance"] and "maintenance" in status["fencing"]
     c.workers[victim].kill()
+    # The fault is written at the moment the monitor decides the node is dead and NOT to fence it: from then on
+    # there is nothing to wait for.
     wait_until(lambda: any("NOT fenced: maintenance" in f["message"]
                            for f in api(c, "get", f"/nodes/{victim}").json()["faults"]), 30,
                "the maintenance fault")
-    time.sleep(3)
     assert jobs(c, "fence") == []
+    assert api(c, "get", f"/nodes/{victim}").json()["daemon_state"] == "run"  # not declared dead
     assert api(c, "put", "/cluster/maintenance", json={"maintenance": False}).status_code == 200
     assert fence_of(c, victim)["state"] == "succeeded"
 
@@ -146,14 +149,18 @@ def test_maintenance_mode_disables_fencing_and_says_so(make_cluster):
 def test_storm_guard_fences_nothing_when_half_the_cluster_looks_dead(make_cluster):
     """When half of the nodes stop at once, the primary suspects itself of being cut off: no fence, a cluster
     fault instead."""
-    c = make_cluster(nodes(4), worker_env=HA_ENV)
+    c = make_cluster(nodes(4), worker_env=HA_ENV, fencing=True)
     boss = primary(c)
     victims = [n for n in ("hv1", "hv2", "hv3", "hv4") if n != boss][:2]
     for node in victims:
         c.workers[node].kill()
     wait_until(lambda: [f for f in api(c, "get", "/cluster").json()["faults"] if f["id"] == "fence_storm"],
                30, "the fence storm fault")
-    time.sleep(4)  # well past the detection time of a single dead node
+    # Each victim's fault says the monitor judged it dead and chose not to fence it: the decision was made.
+    for node in victims:
+        wait_until(lambda n=node: any("NOT fenced: fence storm guard" in f["message"]
+                                      for f in api(c, "get", f"/nodes/{n}").json()["faults"]), 30,
+                   f"the storm guard's decision about {node}")
     assert jobs(c, "fence") == []
     for node in victims:
         assert api(c, "get", f"/nodes/{node}").json()["daemon_state"] == "run"  # never declared dead
@@ -166,7 +173,7 @@ def test_primary_failover_runs_queued_cluster_work(make_cluster):
     from pvc_tasks.app import app
     from pvc_tasks.fencing import declare_dead
 
-    c = make_cluster(nodes(5), worker_env=HA_ENV)
+    c = make_cluster(nodes(5), worker_env=HA_ENV, fencing=True)
     boss = primary(c)
     dead = next(n for n in ("hv2", "hv3", "hv4") if n != boss)
     for i in range(2):
@@ -196,7 +203,7 @@ def test_self_fence_stops_vms_of_a_worker_cut_off_from_zookeeper(make_cluster):
     takes its presence again and records them stopped with the reason."""
     from pvc_dev.netcut import Link
 
-    c = make_cluster(nodes(3), worker_env=HA_ENV)
+    c = make_cluster(nodes(3), worker_env=HA_ENV, fencing=True)
     boss = primary(c)
     victim = next(n for n in ("hv2", "hv3") if n != boss)
     assert api(c, "put", "/cluster/maintenance", json={"maintenance": True}).status_code == 200

@@ -5,61 +5,52 @@ import signal
 import threading
 import time
 
-import requests
-
+from pvc_dev import invariants
 from pvc_dev.cluster import NodeSpec
 from pvc_dev.services import wait_until
+from tests.conftest import SLOW_SESSION, paused, race
 
 
-def test_parallel_requests_on_one_vm_make_exactly_one_job(cluster, api, vm_name):
-    """Eight simultaneous start requests on one stopped VM: exactly one 202, the others 409."""
-    assert cluster.define_vm(vm_name, node="hv1")["state"] == "succeeded"
-    barrier = threading.Barrier(8)
-    answers: list[requests.Response] = []
+def test_parallel_requests_on_one_vm_make_exactly_one_job(make_cluster):
+    """Eight simultaneous start requests on one stopped VM: exactly one 202, the seven others 409 vm_busy.
 
-    def request():
-        s = cluster.session()
-        barrier.wait()
-        answers.append(s.post(f"{api.base}/vms/{vm_name}/state", json={"state": "start"}, timeout=10))
-
-    threads = [threading.Thread(target=request) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    statuses = sorted(r.status_code for r in answers)
-    assert statuses == [202] + [409] * 7, [r.text for r in answers]
-    assert {r.json()["error"] for r in answers if r.status_code == 409} <= {"vm_busy", "invalid_state"}
+    The node's worker is paused while they race, so the winner's job is still active when every loser is
+    answered: a loser can only be refused by the marker's version check, never by arriving after the job ended
+    (which would make it ``invalid_state`` and prove nothing about the race)."""
+    c = make_cluster(worker_env=SLOW_SESSION)
+    assert c.define_vm("par", node="hv1")["state"] == "succeeded"
+    base, answers = f"{c.api_url}/api/v1", []
+    with paused(c.workers["hv1"]):
+        answers = race(8, lambda _i: c.session().post(f"{base}/vms/par/state", json={"state": "start"}, timeout=10))
+        statuses = sorted(r.status_code for r in answers)
+        assert statuses == [202] + [409] * 7, [r.text for r in answers]
+        assert {r.json()["error"] for r in answers if r.status_code == 409} == {"vm_busy"}
     winner = next(r.json() for r in answers if r.status_code == 202)
-    assert cluster.wait_job(winner["id"])["state"] == "succeeded"
-    assert len(api.get(f"{api.base}/jobs", params={"vm": vm_name, "kind": "start"}).json()) == 1
+    assert c.wait_job(winner["id"])["state"] == "succeeded"
+    assert len(c.session().get(f"{base}/jobs", params={"vm": "par", "kind": "start"}).json()) == 1
+    assert invariants.libvirt_domains(c)[0]["hv1"]["par"]["state"] == "running"
 
 
 def test_busy_vm_gets_409_naming_the_active_job(make_cluster):
     """While a job is active on a VM, another mutation is refused with that job's id."""
-    c = make_cluster()
+    c = make_cluster(worker_env=SLOW_SESSION)
     assert c.define_vm("busy", node="hv1", start=True)["state"] == "succeeded"
     s = c.session()
-    worker = c.workers["hv1"]
-    os.kill(worker.pid, signal.SIGSTOP)  # the job stays queued while the worker is frozen
-    try:
+    with paused(c.workers["hv1"]):  # the job stays queued while the worker is frozen
         first = s.post(f"{c.api_url}/api/v1/vms/busy/state", json={"state": "stop"}).json()
         second = s.post(f"{c.api_url}/api/v1/vms/busy/state", json={"state": "shutdown"})
         assert second.status_code == 409 and second.json()["error"] == "vm_busy"
         assert second.json()["details"]["job"] == first["id"]
-    finally:
-        os.kill(worker.pid, signal.SIGCONT)
     assert c.wait_job(first["id"])["state"] == "succeeded"
 
 
 def test_cancel_a_queued_job(make_cluster):
     """A job cancelled while queued ends cancelled, frees the VM, and its late message does nothing."""
-    c = make_cluster()
+    c = make_cluster(worker_env=SLOW_SESSION)
     assert c.define_vm("cq", node="hv2")["state"] == "succeeded"
     s, base = c.session(), f"{c.api_url}/api/v1"
     worker = c.workers["hv2"]
-    os.kill(worker.pid, signal.SIGSTOP)
-    try:
+    with paused(worker):
         job = s.post(f"{base}/vms/cq/state", json={"state": "start"}).json()
         assert job["state"] == "queued"
         cancelled = s.post(f"{base}/jobs/{job['id']}/cancel").json()
@@ -67,12 +58,11 @@ def test_cancel_a_queued_job(make_cluster):
         assert s.get(f"{base}/vms/cq").json()["active_job"] == ""
         again = s.post(f"{base}/jobs/{job['id']}/cancel")
         assert again.status_code == 409 and again.json()["error"] == "job_ended"
-    finally:
-        os.kill(worker.pid, signal.SIGCONT)
     # The worker now receives the message; its claim fails, so the VM stays stopped and the job cancelled.
     wait_until(lambda: "no longer queued" in worker.log_path.read_text(), 20, "the late message to be ignored")
     assert s.get(f"{base}/jobs/{job['id']}").json()["state"] == "cancelled"
     assert s.get(f"{base}/vms/cq").json()["state"] == "stopped"
+    assert invariants.libvirt_domains(c)[0]["hv2"]["cq"]["state"] == "stopped"
 
 
 def test_job_for_an_absent_node_fails_fast(make_cluster):
@@ -95,19 +85,23 @@ def test_job_for_an_absent_node_fails_fast(make_cluster):
 
 
 def test_restarted_worker_reconciles_from_zookeeper(make_cluster):
-    """After kill -9 and restart, a node's worker redefines its VMs from ZooKeeper and restarts running ones."""
+    """After kill -9 and restart, a node's worker redefines its VMs from ZooKeeper (its test-driver libvirt starts
+    empty) and restarts the running one, as the new worker's own libvirt reports."""
     c = make_cluster()
     assert c.define_vm("keep-running", node="hv1", start=True)["state"] == "succeeded"
     assert c.define_vm("keep-stopped", node="hv1")["state"] == "succeeded"
     c.workers["hv1"].kill()
     c.start_worker("hv1")
     c.wait_worker("hv1", timeout=30)
+    domains = invariants.libvirt_domains(c)[0]["hv1"]
+    assert {n: d["state"] for n, d in domains.items()} == {"keep-running": "running", "keep-stopped": "stopped"}
+    assert "reconciled VMs of hv1: {'redefined': 2, 'restarted': 1," in c.workers["hv1"].log_path.read_text()
     s, base = c.session(), f"{c.api_url}/api/v1"
     assert s.get(f"{base}/vms/keep-running").json()["state"] == "running"
     assert s.get(f"{base}/vms/keep-stopped").json()["state"] == "stopped"
     job = s.post(f"{base}/vms/keep-running/state", json={"state": "stop"}).json()
     assert c.wait_job(job["id"])["state"] == "succeeded"
-    assert "redefined" in c.workers["hv1"].log_path.read_text()
+    assert invariants.libvirt_domains(c)[0]["hv1"]["keep-running"]["state"] == "stopped"
 
 
 def test_bounded_shutdown_of_a_cooperative_guest_succeeds(cluster, api, vm_name):
@@ -121,7 +115,7 @@ def test_bounded_shutdown_of_a_cooperative_guest_succeeds(cluster, api, vm_name)
 
 def test_long_poll_answers_when_the_job_changes(make_cluster):
     """GET /jobs/<id>?wait=&after= blocks until the job moves past the client's revision, then answers."""
-    c = make_cluster([NodeSpec("hv1")])
+    c = make_cluster([NodeSpec("hv1")], worker_env=SLOW_SESSION)
     assert c.define_vm("lp", node="hv1")["state"] == "succeeded"
     s, base = c.session(), f"{c.api_url}/api/v1"
     worker = c.workers["hv1"]

@@ -1,10 +1,8 @@
 """Migration jobs on test-driver nodes: kinds, methods, placement, and the races around them."""
 
-import threading
-
 import pytest
 
-from pvc_dev.services import wait_until
+from tests.conftest import SLOW_SESSION, paused, race
 
 
 def migrate(cluster, vm, kind="migrate", **body):
@@ -84,39 +82,34 @@ def test_bad_migration_requests_are_refused(cluster, vm_name, body, status, code
     assert cluster.zk.get_children("/jobs") == jobs
 
 
-def test_never_to_its_own_node_and_not_when_busy(cluster, vm_name):
-    """Migrating to the VM's own node is 409 same_node; two requests at once make exactly one job."""
-    assert cluster.define_vm(vm_name, 128, node="hv1", start=True)["state"] == "succeeded"
-    r = migrate(cluster, vm_name, target="hv1")
+def test_never_to_its_own_node_and_not_when_busy(make_cluster):
+    """Migrating to the VM's own node is 409 same_node; six requests at once make exactly one job, the five
+    others are refused vm_busy while it is still queued (its target's worker is paused, so the race surely ran)."""
+    c = make_cluster(worker_env=SLOW_SESSION)
+    assert c.define_vm("busy", 128, node="hv1", start=True)["state"] == "succeeded"
+    r = migrate(c, "busy", target="hv1")
     assert r.status_code == 409 and r.json()["error"] == "same_node"
-    barrier, answers = threading.Barrier(6), []
-
-    def request():
-        barrier.wait()
-        answers.append(migrate(cluster, vm_name, target="hv2"))
-
-    threads = [threading.Thread(target=request) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with paused(c.workers["hv2"]):
+        answers = race(6, lambda _i: migrate(c, "busy", target="hv2"))
     assert sorted(a.status_code for a in answers) == [202] + [409] * 5
+    assert {a.json()["error"] for a in answers if a.status_code == 409} == {"vm_busy"}
     winner = next(a.json() for a in answers if a.status_code == 202)
-    assert cluster.wait_job(winner["id"])["state"] == "succeeded"
-    assert vm_info(cluster, vm_name)["node"] == "hv2"
+    assert c.wait_job(winner["id"])["state"] == "succeeded"
+    assert vm_info(c, "busy")["node"] == "hv2"
 
 
 def test_vm_that_fits_nowhere_stays_put(cluster, vm_name):
-    """A VM bigger than any other node's free memory gets no_target and stays where it runs."""
-    assert cluster.define_vm(vm_name, 4000, node="hv2", start=True)["state"] == "succeeded"
+    """A VM bigger than every other node's total memory (hv1 4 GiB, hv3 2 GiB) gets no_target, with or without an
+    explicit target, and stays running where it is with no job."""
+    assert cluster.define_vm(vm_name, 5000, node="hv2", start=True)["state"] == "succeeded"
+    jobs = cluster.zk.get_children("/jobs")
     r = migrate(cluster, vm_name, target="hv3")
     assert r.status_code == 409 and r.json()["error"] == "no_target" and "hv3" in r.json()["message"]
-    wait_until(lambda: node_info(cluster, "hv1")["memory"]["allocated"] > 0 or True, 1, "")
-    r = migrate(cluster, vm_name, kind="migrate")  # hv1 (4 GiB) has other VMs; hv3 has 2 GiB
-    if r.status_code == 202:  # hv1 may still fit it: then it must be hv1, never hv3
-        assert r.json()["params"]["target"] == "hv1"
-        assert cluster.wait_job(r.json()["id"])["state"] == "succeeded"
-    else:
-        assert r.json()["error"] == "no_target"
-        vm = vm_info(cluster, vm_name)
-        assert (vm["node"], vm["state"], vm["active_job"]) == ("hv2", "running", "")
+    r = migrate(cluster, vm_name, kind="migrate")
+    assert r.status_code == 409 and r.json()["error"] == "no_target", r.text
+    vm = vm_info(cluster, vm_name)
+    assert (vm["node"], vm["state"], vm["active_job"]) == ("hv2", "running", "")
+    assert sorted(cluster.zk.get_children("/jobs")) == sorted(jobs)
+    # Stopped, it leaves hv2's memory to the module's later tests.
+    stop = cluster.session().post(f"{cluster.api_url}/api/v1/vms/{vm_name}/state", json={"state": "stop"}).json()
+    assert cluster.wait_job(stop["id"])["state"] == "succeeded"

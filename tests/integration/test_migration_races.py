@@ -3,13 +3,14 @@
 import json
 import os
 import signal
-import threading
 
 import pytest
 
-from pvc_dev.cluster import NodeSpec, domain_xml
+from pvc_dev.cluster import NodeSpec
+from pvc_dev.invariants import libvirt_domains
 from pvc_dev.services import wait_until
 from pvc_tasks.jobs import Job, commit
+from tests.conftest import SLOW_SESSION, paused, race, step_returned
 
 
 def api(c, method, path, **kw):
@@ -26,8 +27,14 @@ def reserved(c, node) -> dict:
 
 @pytest.fixture
 def trio(make_cluster):
-    c = make_cluster([NodeSpec("hv1", 8192), NodeSpec("hv2", 8192), NodeSpec("hv3", 4096)])
-    return c
+    return make_cluster([NodeSpec("hv1", 8192), NodeSpec("hv2", 8192), NodeSpec("hv3", 4096)],
+                        worker_env=SLOW_SESSION)
+
+
+def where(c, vm, *only: str) -> dict[str, str]:
+    """Node -> state of ``vm`` on every node (or ``only`` these) whose libvirt has it, as the node reports."""
+    return {node: domains[vm]["state"] for node, domains in libvirt_domains(c, only=only or None)[0].items()
+            if domains and vm in domains}
 
 
 def test_parallel_placements_do_not_overfill_a_node(trio):
@@ -35,17 +42,7 @@ def test_parallel_placements_do_not_overfill_a_node(trio):
     c = trio
     for name in ("r1", "r2"):
         assert c.define_vm(name, 2500, node="hv1", start=True)["state"] == "succeeded"
-    barrier, answers = threading.Barrier(2), {}
-
-    def request(name):
-        barrier.wait()
-        answers[name] = api(c, "post", f"/vms/{name}/migrate", json={"target": "hv3"})
-
-    threads = [threading.Thread(target=request, args=(n,)) for n in ("r1", "r2")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    answers = dict(race(2, lambda i: (f"r{i + 1}", api(c, "post", f"/vms/r{i + 1}/migrate", json={"target": "hv3"}))))
     codes = sorted(a.status_code for a in answers.values())
     assert codes == [202, 409], {n: a.text for n, a in answers.items()}
     loser = next(a.json() for a in answers.values() if a.status_code == 409)
@@ -59,22 +56,19 @@ def test_target_change_while_waiting_aborts_cleanly(trio):
     """If the job's recorded target changes while its first step waits, the job aborts and the VM stays on S."""
     c = trio
     assert c.define_vm("tc", 512, node="hv1", start=True)["state"] == "succeeded"
-    t = c.workers["hv2"]
-    os.kill(t.pid, signal.SIGSTOP)
-    try:
+    with paused(c.workers["hv2"]):
         job = api(c, "post", "/vms/tc/migrate", json={"target": "hv2"}).json()
         assert reserved(c, "hv2") == {job["id"]: {"memory": 512, "vcpus": 1}}
         data, stat = c.zk.get(c.schema.path("job", job["id"]))
         record = Job.from_bytes(data)
         record.params["target"] = "hv3"  # another actor re-planned the move
         commit(c.zk, [("set", c.schema.path("job", job["id"]), record.to_bytes(), stat.version)])
-    finally:
-        os.kill(t.pid, signal.SIGCONT)
     ended = c.wait_job(job["id"])
     assert ended["state"] == "failed" and "target changed" in ended["reason"], ended
     vm = api(c, "get", "/vms/tc").json()
     assert (vm["node"], vm["state"], vm["active_job"]) == ("hv1", "running", "")
     assert reserved(c, "hv2") == {}
+    assert where(c, "tc") == {"hv1": "running"}
 
 
 def test_cancel_while_queued_and_while_running(trio):
@@ -82,29 +76,25 @@ def test_cancel_while_queued_and_while_running(trio):
     c = trio
     assert c.define_vm("cx", 256, node="hv1", start=True)["state"] == "succeeded"
     target, source = c.workers["hv2"], c.workers["hv1"]
-    os.kill(target.pid, signal.SIGSTOP)
-    try:
+    with paused(target):
         job = api(c, "post", "/vms/cx/migrate", json={"target": "hv2"}).json()
         cancelled = api(c, "post", f"/jobs/{job['id']}/cancel").json()
         assert cancelled["state"] == "cancelled"
         assert reserved(c, "hv2") == {} and api(c, "get", "/vms/cx").json()["active_job"] == ""
-    finally:
-        os.kill(target.pid, signal.SIGCONT)
-
-    os.kill(source.pid, signal.SIGSTOP)  # prepare runs on hv2, perform waits in hv1's queue
-    try:
+    with paused(source):  # prepare runs on hv2 (which defines its copy), perform waits in hv1's queue
         job = api(c, "post", "/vms/cx/migrate", json={"target": "hv2"}).json()
-        wait_until(lambda: job_record(c, job["id"]).stage == "pvc.migrate.perform", 20, "prepare to finish")
+        wait_until(lambda: job_record(c, job["id"]).stage == "pvc.migrate.perform", 6, "prepare to finish")
+        assert where(c, "cx", "hv2") == {"hv2": "stopped"}  # the copy the rollback must remove (hv1 is paused)
         assert api(c, "post", f"/jobs/{job['id']}/cancel").json()["cancel_requested"] is True
-    finally:
-        os.kill(source.pid, signal.SIGCONT)
     ended = c.wait_job(job["id"])
     assert ended["state"] == "cancelled" and "cancelled by request" in ended["reason"], ended
     vm = api(c, "get", "/vms/cx").json()
     assert (vm["node"], vm["state"], vm["active_job"]) == ("hv1", "running", "")
     assert reserved(c, "hv2") == {}
+    assert where(c, "cx") == {"hv1": "running"}  # hv2's copy is gone: the rollback removed it
     again = c.wait_job(api(c, "post", "/vms/cx/migrate", json={"target": "hv2"}).json()["id"])
-    assert again["state"] == "succeeded"  # hv2's leftover copy was removed by the rollback
+    assert again["state"] == "succeeded"
+    assert where(c, "cx") == {"hv2": "running"}
 
 
 def test_target_worker_killed_mid_migration(trio):
@@ -112,13 +102,11 @@ def test_target_worker_killed_mid_migration(trio):
     c = trio
     assert c.define_vm("kx", 256, node="hv1", start=True)["state"] == "succeeded"
     source, target = c.workers["hv1"], c.workers["hv2"]
-    os.kill(source.pid, signal.SIGSTOP)
-    try:
+    with paused(source):
         job = api(c, "post", "/vms/kx/migrate", json={"target": "hv2"}).json()
-        wait_until(lambda: job_record(c, job["id"]).stage == "pvc.migrate.perform", 20, "prepare on hv2")
-        os.kill(target.pid, signal.SIGSTOP)
-    finally:
-        os.kill(source.pid, signal.SIGCONT)
+        # Not only the stage: prepare's task must have returned, i.e. sent perform's message, before hv2 stops.
+        wait_until(lambda: step_returned(target, "pvc.migrate.prepare", job["id"]), 6, "prepare on hv2")
+        os.kill(target.pid, signal.SIGSTOP)  # finish will wait in hv2's queue; hv2 is killed below
     wait_until(lambda: job_record(c, job["id"]).stage == "pvc.migrate.finish", 20, "perform on hv1")
     assert api(c, "get", "/nodes/hv1").json()["vms"]["running"] == 0  # the VM left hv1 (hand-over)
     target.kill()
@@ -127,7 +115,7 @@ def test_target_worker_killed_mid_migration(trio):
     assert "restarted on hv1" in ended["reason"]
     vm = api(c, "get", "/vms/kx").json()
     assert (vm["node"], vm["state"], vm["active_job"]) == ("hv1", "running", "")
-    assert api(c, "get", "/nodes/hv1").json()["vms"]["running"] == 1
+    assert where(c, "kx") == {"hv1": "running"}  # hv2's test-driver state died with its worker
     assert reserved(c, "hv2") == {}
 
 
@@ -136,9 +124,9 @@ def test_source_worker_killed_before_perform(trio):
     c = trio
     assert c.define_vm("sx", 256, node="hv1", start=True)["state"] == "succeeded"
     source = c.workers["hv1"]
-    os.kill(source.pid, signal.SIGSTOP)
+    os.kill(source.pid, signal.SIGSTOP)  # perform waits in hv1's queue; hv1 is killed below
     job = api(c, "post", "/vms/sx/migrate", json={"target": "hv2"}).json()
-    wait_until(lambda: job_record(c, job["id"]).stage == "pvc.migrate.perform", 20, "prepare on hv2")
+    wait_until(lambda: job_record(c, job["id"]).stage == "pvc.migrate.perform", 6, "prepare on hv2")
     source.kill()
     ended = c.wait_job(job["id"], timeout=60)
     assert ended["state"] == "failed" and "hv1's worker is not running" in ended["reason"], ended
@@ -147,5 +135,5 @@ def test_source_worker_killed_before_perform(trio):
     assert vm["node"] == "hv1" and vm["active_job"] == ""
     c.start_worker("hv1")
     c.wait_worker("hv1")
-    assert api(c, "get", "/vms/sx").json()["state"] == "running"  # restored from ZooKeeper by the reconciler
-    _ = domain_xml
+    assert api(c, "get", "/vms/sx").json()["state"] == "running"
+    assert where(c, "sx") == {"hv1": "running"}  # restored from ZooKeeper by the reconciler; no copy on hv2

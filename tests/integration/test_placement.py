@@ -22,17 +22,13 @@ EXPECTED = {"mem": "hv2", "memprov": "hv4", "vcpus": "hv1", "vms": "hv4"}
 
 
 @pytest.fixture(scope="module")
-def shaped(zookeeper, tmp_path_factory):
-    from tests.conftest import _cluster
-
-    c = _cluster(zookeeper, tmp_path_factory.mktemp("shaped"),
-                 [NodeSpec("hv1", 8192), NodeSpec("hv2", 8192), NodeSpec("hv3", 4096), NodeSpec("hv4", 8192)])
-    c.start()
+def shaped(shared_cluster):
+    c = shared_cluster("shaped", [NodeSpec("hv1", 8192), NodeSpec("hv2", 8192), NodeSpec("hv3", 4096),
+                                  NodeSpec("hv4", 8192)])
     for name, node, memory, vcpus, running in LAYOUT:
         job = c.define_vm(name, node=node, start=running, xml=domain_xml(name, memory, vcpus))
         assert job["state"] == "succeeded", job
-    yield c
-    c.stop()
+    return c
 
 
 def api(c, method, path, **kw):
@@ -52,9 +48,9 @@ def test_each_selector_picks_what_its_definition_says(shaped, method):
     assert job["state"] == "succeeded"
     # Put it back so the next selector sees the same layout (the reservation and figures are released).
     back = shaped.wait_job(api(shaped, "post", f"/vms/{vm}/unmigrate").json()["id"])
-    assert back["state"] == "succeeded"
-    undefine = api(shaped, "post", f"/vms/{vm}/state", json={"state": "stop"}).json()
-    shaped.wait_job(undefine["id"])
+    assert back["state"] == "succeeded" and back["result"]["node"] == "hv3"
+    stop = api(shaped, "post", f"/vms/{vm}/state", json={"state": "stop"}).json()
+    assert shaped.wait_job(stop["id"])["state"] == "succeeded"
 
 
 def test_node_limit_restricts_the_choice(shaped):
@@ -63,7 +59,7 @@ def test_node_limit_restricts_the_choice(shaped):
     assert api(shaped, "put", "/vms/limited/meta", json={"node_limit": ["hv3", "hv1"]}).status_code == 200
     r = api(shaped, "post", "/vms/limited/migrate")
     assert r.status_code == 202 and r.json()["params"]["target"] == "hv1"
-    shaped.wait_job(r.json()["id"])
+    assert shaped.wait_job(r.json()["id"])["state"] == "succeeded"
     r = api(shaped, "post", "/vms/limited/migrate", json={"target": "hv2"})
     assert r.status_code == 409 and r.json()["error"] == "not_in_node_limit"
 

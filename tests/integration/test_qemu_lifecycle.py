@@ -7,13 +7,8 @@ from pvc_dev.guests import qemu_domain_xml
 
 
 @pytest.fixture(scope="module")
-def qemu_cluster(zookeeper, tmp_path_factory):
-    from tests.conftest import _cluster
-
-    c = _cluster(zookeeper, tmp_path_factory.mktemp("qemu"), [NodeSpec("hvq", hypervisor="qemu-embed")])
-    c.start()
-    yield c
-    c.stop()
+def qemu_cluster(shared_cluster):
+    return shared_cluster("qemu", [NodeSpec("hvq", hypervisor="qemu-embed")])
 
 
 def test_shutdown_ignored_by_the_guest_fails_after_its_bound(qemu_cluster):

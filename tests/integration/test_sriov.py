@@ -129,3 +129,42 @@ def test_a_pf_removed_from_the_configuration_takes_its_vfs_along(make_cluster):
     assert {k: v for k, v in after.items() if not k.endswith("/applied")} == \
         {k: v for k, v in kept.items() if not k.endswith("/applied")}
     assert sorted(zk.get_children(schema.path("node.sriov.pf", "hv1"))) == ["ens1f0", "ens1f1"]
+
+
+def test_a_setting_the_nic_refuses_fails_the_job_and_the_others_apply(make_cluster):
+    """A NIC that refuses one setting (the simulated NIC told to, as a driver without query_rss would): the job
+    fails naming it, every other setting is applied, and ZooKeeper keeps the desired config (never the NIC's)."""
+    c = make_cluster(flower=False)
+    state = c.workdir / "nodes" / "hv1.nic.json"
+    state.write_text(json.dumps({**nic_state(c, "hv1"), "refuse": {"query_rss": "RTNETLINK answers: Operation "
+                                                                                "not supported"}}))
+    s, base = c.session(), f"{c.api_url}/api/v1"
+    r = s.put(f"{base}/sriov/vfs/hv1/ens1f0v2", json={"vlan_id": 42, "query_rss": True, "trust": True})
+    ended = c.wait_job(r.json()["id"])
+    assert ended["state"] == "failed", ended
+    assert ended["reason"] == "VF ens1f0v2 on hv1 refused: query_rss: RTNETLINK answers: Operation not supported"
+    applied = nic_state(c, "hv1")["vfs"]["ens1f0v2"]
+    assert (applied["vlan_id"], applied["trust"]) == ("42", "true") and applied.get("query_rss") != "true"
+    vf = s.get(f"{base}/sriov/vfs/hv1/ens1f0v2").json()
+    assert vf["config"]["query_rss"] is True and vf["in_sync"] is False
+    assert vf["applied"]["errors"] == {"query_rss": "RTNETLINK answers: Operation not supported"}
+
+
+def test_two_racing_vf_changes_leave_the_nic_with_the_winners_config(make_cluster):
+    """Two changes of one VF sent at once: each is answered (202 or 409, never 500), and when every job has ended
+    the NIC holds exactly ZooKeeper's desired config."""
+    from tests.conftest import race
+
+    c = make_cluster(flower=False)
+    s, base = c.session(), f"{c.api_url}/api/v1"
+    answers = race(2, lambda i: c.session().put(f"{base}/sriov/vfs/hv2/ens1f1v0", json={"vlan_id": 10 + i,
+                                                                                        "vlan_qos": i}))
+    assert sorted(a.status_code for a in answers) in ([202, 202], [202, 409]), [a.text for a in answers]
+    for a in answers:
+        if a.status_code == 202:
+            assert c.wait_job(a.json()["id"])["state"] == "succeeded"
+    vf = s.get(f"{base}/sriov/vfs/hv2/ens1f1v0").json()
+    applied = nic_state(c, "hv2")["vfs"]["ens1f1v0"]
+    assert vf["in_sync"] and (applied["vlan_id"], applied["vlan_qos"]) == (str(vf["config"]["vlan_id"]),
+                                                                          str(vf["config"]["vlan_qos"]))
+    assert vf["config"]["vlan_id"] in (10, 11)

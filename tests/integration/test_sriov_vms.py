@@ -162,7 +162,7 @@ def test_an_aborted_macvtap_migration_leaves_both_nodes_as_before(make_cluster):
 def test_fence_recovery_moves_vf_use_to_the_target(make_cluster):
     """A fenced node's VMs with a macvtap and a hostdev VF are recovered once each on nodes with free VFs of the
     same PFs; the dead node's VFs are released and each XML names its new VF."""
-    c = make_cluster(worker_env=HA_ENV)
+    c = make_cluster(worker_env=HA_ENV, fencing=True)
     victim = next(n for n in ("hv2", "hv3") if n != primary(c))
     assert c.define_vm("mac1", node=victim, start=True, xml=vf_xml("mac1", macvtap=("ens1f0v3",)))["state"] == \
         "succeeded"

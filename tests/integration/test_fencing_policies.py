@@ -1,0 +1,185 @@
+"""What docs/fencing.md promises beyond the happy path: a slow node is forgiven, each recovery policy does what
+it says, a VM with nowhere to go waits on its node, and a storage hook that refuses keeps the VM down.
+
+Every cluster here fences for real (``fencing=True``) through its nodes' ``ipmi_sim`` BMCs, with the fast
+detection of test_fencing (dead about 3 s after the last keepalive).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pvc_dev.invariants import libvirt_domains
+from pvc_dev.services import wait_until
+from pvc_workers.ipmi import chassis_power
+from tests.conftest import SLOW_SESSION, paused
+from tests.integration.test_fencing import HA_ENV, api, bmc, fence_of, jobs, nodes, primary, vms
+
+
+def victim_of(c) -> str:
+    boss = primary(c)
+    return next(n for n in ("hv2", "hv3") if n != boss)
+
+
+def faults(c, node: str) -> list[dict]:
+    return api(c, "get", f"/nodes/{node}").json()["faults"]
+
+
+def test_slow_but_healthy_node_is_suspected_then_forgiven(make_cluster):
+    """A node whose keepalives stop for less than the dead threshold is suspected (a visible fault), forgiven when
+    they resume (the fault is cleared), and never fenced."""
+    env = {**HA_ENV, **SLOW_SESSION, "PVC_SAVING_THROWS": "8"}  # dead only after 10 silent intervals
+    c = make_cluster(nodes(3), worker_env=env, fencing=True)
+    victim = victim_of(c)
+    assert c.define_vm("slow1", 256, node=victim, start=True)["state"] == "succeeded"
+    with paused(c.workers[victim]):
+        wait_until(lambda: any(f["id"] == "keepalive_missed" for f in faults(c, victim)), 7, "the suspicion")
+    # The monitor saw its keepalive change again and judged it alive: the decision not to fence is made.
+    wait_until(lambda: not any(f["id"] == "keepalive_missed" for f in faults(c, victim)), 15, "the pardon")
+    assert jobs(c, "fence") == []
+    node = api(c, "get", f"/nodes/{victim}").json()
+    assert node["daemon_state"] == "run" and node["fence"] == {}
+    assert libvirt_domains(c)[0][victim]["slow1"]["state"] == "running"
+
+
+def test_successful_fence_none_marks_vms_failed_and_starts_nothing(make_cluster):
+    """successful_fence=none: the fence succeeds, but its VMs are not recovered: each is marked failed with the
+    reason, no recover job is made, and the node powered on again starts none of them."""
+    c = make_cluster(nodes(3), worker_env={**HA_ENV, "PVC_SUCCESSFUL_FENCE": "none"}, fencing=True)
+    victim = victim_of(c)
+    for i in range(2):
+        assert c.define_vm(f"n{i}", 256, node=victim, start=True)["state"] == "succeeded"
+    chassis_power(bmc(c, victim), "off")
+    fence = fence_of(c, victim)
+    assert fence["result"]["fence"]["ok"] is True, fence
+    assert jobs(c, "recover") == []
+    placed = vms(c)
+    for i in range(2):
+        assert (placed[f"n{i}"]["node"], placed[f"n{i}"]["state"]) == (victim, "failed")
+        assert "never runs twice" in placed[f"n{i}"]["failed_reason"]
+    c.wait_worker(victim)  # powered on by the fence
+    domains = libvirt_domains(c)[0]
+    assert {n: d["state"] for n, d in domains[victim].items()} == {"n0": "stopped", "n1": "stopped"}
+    assert not any("n0" in d or "n1" in d for node, d in domains.items() if node != victim)
+
+
+def test_vm_with_no_recovery_target_stays_stopped_with_autostart(make_cluster):
+    """A fenced node's VM that may run nowhere else (node_limit) stays on it, stopped, autostart set, with the
+    reason; when the node is back, `ready` starts it there."""
+    c = make_cluster(nodes(3), worker_env=HA_ENV, fencing=True)
+    victim = victim_of(c)
+    assert c.define_vm("pinned", 256, node=victim, start=True)["state"] == "succeeded"
+    assert api(c, "put", "/vms/pinned/meta", json={"node_limit": [victim]}).status_code == 200
+    chassis_power(bmc(c, victim), "off")
+    fence = fence_of(c, victim)
+    assert fence["result"]["fence"]["ok"] is True, fence
+    vm = vms(c)["pinned"]
+    assert (vm["node"], vm["state"], vm["meta"]["autostart"]) == (victim, "stopped", True)
+    assert "no target for pinned" in vm["failed_reason"]
+    assert [j for j in jobs(c, "recover") if j["vm"] == "pinned"] == []
+    c.wait_worker(victim)
+    back = c.wait_job(api(c, "post", f"/nodes/{victim}/ready").json()["id"], timeout=60)
+    assert back["state"] == "succeeded", back
+    assert libvirt_domains(c)[0][victim]["pinned"]["state"] == "running"
+
+
+def test_storage_hook_that_refuses_keeps_the_vm_down(make_cluster):
+    """When the storage-lock hook raises, the VM is not started anywhere: its recover job fails naming the hook's
+    error, the VM stays recorded on the dead node as failed, and the target keeps no copy."""
+    env = {**HA_ENV, "PVC_STORAGE_LOCK_HOOK": "tests.hooks:refuse"}
+    c = make_cluster(nodes(3), worker_env=env, fencing=True)
+    victim = victim_of(c)
+    assert c.define_vm("locked", 256, node=victim, start=True)["state"] == "succeeded"
+    chassis_power(bmc(c, victim), "off")
+    fence = fence_of(c, victim)
+    assert fence["state"] == "failed" and "locked" in fence["reason"], fence
+    recover = [j for j in jobs(c, "recover") if j["vm"] == "locked"]
+    assert len(recover) == 1 and recover[0]["state"] == "failed"
+    assert "storage lock hook failed for locked: locks on locked's disks are still held by" in recover[0]["reason"]
+    vm = vms(c)["locked"]
+    assert (vm["node"], vm["state"]) == (victim, "failed")
+    c.wait_worker(victim)
+    domains = libvirt_domains(c)[0]
+    assert [node for node, d in domains.items() if "locked" in d] == [victim]  # no copy on the target
+    assert domains[victim]["locked"]["state"] == "stopped"
+
+
+def test_bmc_that_does_not_power_off_is_a_failed_fence(make_cluster):
+    """A BMC that accepts "power off" while the node stays on (a stuck relay): the fence fails at "verify off",
+    and with the default failed_fence=none the VMs are marked failed, never started elsewhere."""
+    c = make_cluster(nodes(3), worker_env=HA_ENV, fencing=True)
+    victim = victim_of(c)
+    assert c.define_vm("stuck1", 256, node=victim, start=True)["state"] == "succeeded"
+    c.power.stuck.add(victim)
+    c.workers[victim].kill()  # the node's OS hangs; its board keeps power, whatever the BMC is told
+    fence = fence_of(c, victim)
+    assert fence["state"] == "failed", fence
+    assert fence["result"]["fence"]["steps"] == ["power off sent"]
+    assert "still reports power on after 3 checks" in fence["result"]["fence"]["reason"]
+    vm = vms(c)["stuck1"]
+    assert (vm["node"], vm["state"]) == (victim, "failed") and "never runs twice" in vm["failed_reason"]
+    assert jobs(c, "recover") == []
+    assert api(c, "get", f"/nodes/{victim}").json()["fence"]["state"] == "fence-failed"
+
+
+def test_failed_fence_with_policy_migrate_recovers_after_the_self_fence_interval(make_cluster):
+    """failed_fence=migrate: a node whose BMC is gone is not confirmed off, but it self-fences (its worker stops its
+    VMs when cut off), so once its self-fence interval has passed since its last keepalive its VMs are recovered
+    elsewhere, each exactly once."""
+    env = {**HA_ENV, "PVC_FAILED_FENCE": "migrate", "PVC_SELF_FENCE_AFTER": "2"}
+    c = make_cluster(nodes(3), worker_env=env, fencing=True)
+    victim = victim_of(c)
+    for i in range(2):
+        assert c.define_vm(f"m{i}", 256, node=victim, start=True)["state"] == "succeeded"
+    c.bmc[victim].stop()
+    c.workers[victim].kill()
+    fence = fence_of(c, victim)
+    assert fence["result"]["fence"]["ok"] is False and "power off failed" in fence["result"]["fence"]["reason"]
+    recovered = [j for j in jobs(c, "recover") if j["parent"] == fence["id"]]
+    assert sorted(j["vm"] for j in recovered) == ["m0", "m1"] and all(j["state"] == "succeeded" for j in recovered)
+    placed = vms(c)
+    assert all(placed[f"m{i}"]["node"] not in ("", victim) and placed[f"m{i}"]["state"] == "running"
+               for i in range(2))
+    assert sum("m0" in d for d in libvirt_domains(c)[0].values() if d) == 1
+
+
+def test_cleanly_stopped_node_is_never_judged(make_cluster):
+    """A node whose worker stopped cleanly (daemon_state stop) is not suspected or fenced, however long it stays
+    away: by the time the monitor suspects a node that was paused later, it has judged the stopped one longer."""
+    env = {**HA_ENV, **SLOW_SESSION, "PVC_SAVING_THROWS": "8"}
+    c = make_cluster(nodes(4), worker_env=env, fencing=True)
+    boss = primary(c)
+    stopped, control = [n for n in ("hv2", "hv3", "hv4") if n != boss][:2]
+    c.workers[stopped].stop()  # SIGTERM: state "stop", presence released
+    assert api(c, "get", f"/nodes/{stopped}").json()["daemon_state"] == "stop"
+    with paused(c.workers[control]):
+        wait_until(lambda: any(f["id"] == "keepalive_missed" for f in faults(c, control)), 7, "the suspicion")
+    assert not any(f["id"] == "keepalive_missed" for f in faults(c, stopped))
+    assert jobs(c, "fence") == []
+    assert api(c, "get", f"/nodes/{stopped}").json()["daemon_state"] == "stop"
+
+
+def skewed(offset: str) -> dict[str, str]:
+    """Environment that runs a process with its wall clock shifted by ``offset`` (libfaketime, e.g. "-1h");
+    monotonic clocks stay true, as NTP-less skew leaves them."""
+    lib = next(Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1"))
+    return {"LD_PRELOAD": str(lib), "FAKETIME": offset, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
+def test_a_node_with_a_skewed_clock_is_never_suspected(make_cluster):
+    """A node whose clock is an hour behind writes keepalive timestamps an hour old, yet is never suspected: the
+    monitor judges keepalives by their znode version on its own monotonic clock. Proven at the moment the monitor
+    suspects another node that was paused meanwhile."""
+    env = {**HA_ENV, **SLOW_SESSION, "PVC_SAVING_THROWS": "8"}
+    c = make_cluster(nodes(4), worker_env=env, fencing=True)
+    boss = primary(c)
+    skew, control = [n for n in ("hv2", "hv3", "hv4") if n != boss][:2]
+    c.workers[skew].stop()
+    c.start_worker(skew, skewed("-1h"))
+    c.wait_worker(skew)
+    assert api(c, "get", f"/nodes/{skew}").json()["keepalive_age"] > 3000  # its timestamps are an hour old
+    with paused(c.workers[control]):
+        wait_until(lambda: any(f["id"] == "keepalive_missed" for f in faults(c, control)), 7, "the suspicion")
+    assert not any(f["id"] == "keepalive_missed" for f in faults(c, skew))
+    assert jobs(c, "fence") == []
+    assert api(c, "get", f"/nodes/{skew}").json()["daemon_state"] == "run"

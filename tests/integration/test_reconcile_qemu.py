@@ -1,0 +1,48 @@
+"""A returning node that still runs a stale copy of a VM that ZooKeeper now places elsewhere destroys that copy.
+
+Only real QEMU nodes can show it: a libvirt test-driver node loses every domain with its worker, but a QEMU guest
+outlives a crashed worker. The path: a node's worker crashes (its guest keeps running), its BMC is gone so the
+fence fails, and ``failed_fence=migrate`` recovers the VM elsewhere after the node's self-fence interval (a
+crashed worker cannot self-fence: that policy's known risk, docs/fencing.md). When the worker comes back, its
+reconcile must destroy and undefine the stale copy: ZooKeeper is the truth, and a VM never runs twice for longer
+than that.
+"""
+
+from pvc_dev.cluster import NodeSpec
+from pvc_dev.guests import qemu_domain_xml
+from pvc_dev.invariants import libvirt_domains
+from pvc_dev.services import wait_until
+from tests.integration.test_fencing import HA_ENV, fence_of, jobs, primary, vms
+from tests.integration.test_migration_qemu import qemu_pid
+
+NODES = [NodeSpec(f"hq{i}", hypervisor="qemu") for i in (1, 2, 3)]
+
+
+def test_returning_node_destroys_its_stale_running_copy(make_cluster):
+    """After its VM was recovered elsewhere, a node whose guest survived its worker's crash destroys that guest
+    when its worker returns; the VM then runs on exactly one node, as both nodes' libvirt say."""
+    env = {**HA_ENV, "PVC_FAILED_FENCE": "migrate", "PVC_SELF_FENCE_AFTER": "2"}
+    c = make_cluster(NODES, worker_env=env, fencing=True)
+    victim = next(n for n in ("hq2", "hq3") if n != primary(c))
+    assert c.define_vm("twin", node=victim, start=True, xml=qemu_domain_xml("twin"))["state"] == "succeeded"
+    stale_pid = qemu_pid(c, victim, "twin")
+    assert stale_pid
+    c.bmc[victim].stop()
+    c.workers[victim].kill()  # the worker crashes; its QEMU guest keeps running
+    fence = fence_of(c, victim)
+    assert fence["result"]["fence"]["ok"] is False, fence
+    (recovered,) = [j for j in jobs(c, "recover") if j["vm"] == "twin"]
+    assert recovered["state"] == "succeeded", recovered
+    target = vms(c)["twin"]["node"]
+    assert target not in (victim, "") and qemu_pid(c, target, "twin")
+    assert qemu_pid(c, victim, "twin") == stale_pid  # running twice now: what the returning worker must end
+
+    c.start_worker(victim)
+    c.wait_worker(victim)
+    wait_until(lambda: qemu_pid(c, victim, "twin") is None, 30, "the stale copy to be destroyed")
+    log = c.workers[victim].log_path.read_text()
+    assert f"VM twin runs here but ZooKeeper places it on {target}: destroying this copy" in log
+    assert "'stale_removed': 1" in log
+    domains = libvirt_domains(c)[0]
+    assert [n for n, d in domains.items() if d and "twin" in d] == [target]
+    assert domains[target]["twin"]["state"] == "running"
