@@ -117,7 +117,9 @@ def slot_peaks(c, parents: list[str]) -> dict[str, int]:
 
 
 def test_parallel_flushes_of_two_nodes_respect_the_limits(make_cluster):
-    """Two nodes flushed at once: the slots never exceed 2 out per node, 2 in per node, 3 in the cluster."""
+    """Two nodes flushed at once: the slots never exceed 2 out per node, 2 in per node, 3 in the cluster, and the
+    limit that binds is reached (every VM goes to hv3, the node with the most free memory, so "2 in per node" is
+    the bound: a check of "at most" alone would pass for a flush that never ran two at once)."""
     c = make_cluster(NODES)
     assert api(c, "put", "/cluster/limits", json={"migrate_out_per_node": 2, "migrate_in_per_node": 2,
                                                   "migrate_cluster": 3}).status_code == 200
@@ -128,9 +130,8 @@ def test_parallel_flushes_of_two_nodes_respect_the_limits(make_cluster):
     ended = [c.wait_job(j["id"], timeout=180) for j in jobs]
     assert [e["state"] for e in ended] == ["succeeded", "succeeded"], ended
     peaks = slot_peaks(c, [j["id"] for j in jobs])
-    assert peaks["cluster"] <= 3 and peaks["out"] <= 2 and peaks["in"] <= 2, peaks
-    assert peaks["cluster"] >= 2  # the limits, not the engine, were the bound
-    assert all(v["node"] in ("hv3", "hv4") for v in vms(c).values())
+    assert peaks["cluster"] <= 3 and peaks["out"] <= 2 and peaks["in"] == 2, peaks
+    assert all(v["node"] == "hv3" for v in vms(c).values())
     assert_consistent(c)
 
 

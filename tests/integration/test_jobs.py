@@ -15,20 +15,27 @@ def test_parallel_requests_on_one_vm_make_exactly_one_job(make_cluster):
     """Eight simultaneous start requests on one stopped VM: exactly one 202, the seven others 409 vm_busy.
 
     The node's worker is paused while they race, so the winner's job is still active when every loser is
-    answered: a loser can only be refused by the marker's version check, never by arriving after the job ended
-    (which would make it ``invalid_state`` and prove nothing about the race)."""
+    answered. A loser refused by the pre-check (the marker was already set when it looked) proves nothing about the
+    race; one refused at commit ("at the same moment": it read an empty marker too, and the transaction's version
+    check stopped it) proves two requests really raced. Rounds repeat, on fresh VMs, until one such loss is seen."""
     c = make_cluster(worker_env=SLOW_SESSION)
-    assert c.define_vm("par", node="hv1")["state"] == "succeeded"
-    base, answers = f"{c.api_url}/api/v1", []
-    with paused(c.workers["hv1"]):
-        answers = race(8, lambda _i: c.session().post(f"{base}/vms/par/state", json={"state": "start"}, timeout=10))
-        statuses = sorted(r.status_code for r in answers)
-        assert statuses == [202] + [409] * 7, [r.text for r in answers]
-        assert {r.json()["error"] for r in answers if r.status_code == 409} == {"vm_busy"}
-    winner = next(r.json() for r in answers if r.status_code == 202)
-    assert c.wait_job(winner["id"])["state"] == "succeeded"
-    assert len(c.session().get(f"{base}/jobs", params={"vm": "par", "kind": "start"}).json()) == 1
-    assert invariants.libvirt_domains(c)[0]["hv1"]["par"]["state"] == "running"
+    base = f"{c.api_url}/api/v1"
+    for round_ in range(6):
+        vm = f"par{round_}"
+        assert c.define_vm(vm, node="hv1")["state"] == "succeeded"
+        with paused(c.workers["hv1"]):
+            answers = race(8, lambda _i, vm=vm: c.session().post(f"{base}/vms/{vm}/state", json={"state": "start"},
+                                                                 timeout=10))
+            statuses = sorted(r.status_code for r in answers)
+            assert statuses == [202] + [409] * 7, [r.text for r in answers]
+            assert {r.json()["error"] for r in answers if r.status_code == 409} == {"vm_busy"}
+        winner = next(r.json() for r in answers if r.status_code == 202)
+        assert c.wait_job(winner["id"])["state"] == "succeeded"
+        assert len(c.session().get(f"{base}/jobs", params={"vm": vm, "kind": "start"}).json()) == 1
+        assert invariants.libvirt_domains(c)[0]["hv1"][vm]["state"] == "running"
+        if any("at the same moment" in r.json()["message"] for r in answers if r.status_code == 409):
+            return  # the version check decided a real race
+    raise AssertionError("in 6 rounds no two requests raced to the commit: the check was never exercised")
 
 
 def test_busy_vm_gets_409_naming_the_active_job(make_cluster):
