@@ -205,9 +205,9 @@ def finish(run: JobRun) -> None:
         message=f"{vm} is now on {node}; removing its old definition from {params['source']}")
 
 
-@step_task(CLEANUP)
+@step_task(CLEANUP, cancellable=False)
 def cleanup(run: JobRun) -> None:
-    """Runs on S: remove S's copy of the definition and end the job."""
+    """Runs on S: remove S's copy of the definition and end the job (after the commit: a cancel is too late)."""
     vm, source, target = run.vm, run.ctx.node, run.job.params["reserved_on"]
     note = ""
     try:
@@ -307,8 +307,8 @@ def orphaned(store: JobStore, job: Job, reason: str) -> None:
     zk, schema = store.zk, store.schema
     source, target = job.params["source"], job.params["reserved_on"]
     if job.stage == CLEANUP:  # committed: the VM runs on T; S's leftover copy is removed when S's worker starts
-        store.finish(job.id, JobState.SUCCEEDED, "", {"node": target, "from": source})
-        store.update(job.id, lambda j: (j.note(f"cleanup on {source} deferred: {reason}"), True)[1])
+        store.finish(job.id, JobState.SUCCEEDED, "", {"node": target, "from": source},
+                     notes=[f"cleanup on {source} deferred: {reason}"])
         return
     route = [(ABORT_SOURCE, source)] if job.stage == ABORT_SOURCE else [(ABORT_TARGET, target), (ABORT_SOURCE, source)]
     for stage, node in route:
@@ -320,7 +320,7 @@ def orphaned(store: JobStore, job: Job, reason: str) -> None:
             nonlocal moved
             if j.terminal or j.stage != job.stage or j.node != job.node:
                 return False  # another janitor got there first
-            j.stage, j.node, moved = stage, node, True
+            j.stage, j.node, j.stage_taken, moved = stage, node, "", True  # a re-drive: the step may run again
             j.params["abort"] = {"outcome": "failed", "reason": reason}
             j.note(f"rolling back from {node}: {reason}")
             return True

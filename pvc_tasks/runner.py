@@ -239,7 +239,8 @@ def hop(run: JobRun, task_name: str, node: str, ops: Callable[[], list[Op]] | No
 
 
 def step_task(name: str, *, claims: tuple[str, Callable[[Job], str]] | None = None,
-              on_error: Callable[[JobRun, JobState, str], None] | None = None) -> Callable:
+              on_error: Callable[[JobRun, JobState, str], None] | None = None,
+              cancellable: bool = True) -> Callable:
     """Declare one step of a multi-step job: a Celery task ``name`` whose body is ``fn(run)``.
 
     The step acts only if the job is not terminal and its ``stage`` names this task on this node (else the message
@@ -247,7 +248,8 @@ def step_task(name: str, *, claims: tuple[str, Callable[[Job], str]] | None = No
     ``queued -> running`` and enters that phase in the same write; later steps' phases are entered by the ``hop``
     that hands the job to them. An exception
     calls ``on_error(run, outcome, reason)`` (cancelled on ``JobCancelled``, failed otherwise), which starts the
-    family's rollback."""
+    family's rollback. A step after the family's commit is not ``cancellable``: the change has happened, and a
+    cancel arriving then must neither call it undone nor skip the step's tidying up."""
 
     def decorate(fn: Callable) -> Callable:
         @app.task(name=name)
@@ -259,7 +261,7 @@ def step_task(name: str, *, claims: tuple[str, Callable[[Job], str]] | None = No
                 return {"job": job_id, "state": "skipped"}
             run = JobRun(ctx, job)
             try:
-                if run.job.cancel_requested:
+                if cancellable and run.job.cancel_requested:
                     raise JobCancelled(f"cancelled by request before {name}")
                 fn(run)
             except JobCancelled as exc:

@@ -10,6 +10,7 @@ import pytest
 from pvc_dev.cluster import NodeSpec
 from pvc_dev.guests import busy_boot_image, qemu_domain_xml, running_boot_code, virt_type
 from pvc_dev.services import wait_until
+from tests.conftest import SLOW_SESSION, paused, step_returned
 
 QEMU_NODES = [NodeSpec("hq1", hypervisor="qemu"), NodeSpec("hq2", hypervisor="qemu")]
 
@@ -147,3 +148,24 @@ def test_convergence_timeout_fallback_and_cancel_of_a_running_migration(capped_p
     assert qemu_pid(c, "hq1", "slow") and qemu_pid(c, "hq2", "slow") is None
     vm = api(c, "get", "/vms/slow").json()
     assert (vm["node"], vm["state"], vm["active_job"]) == ("hq1", "running", "")
+
+
+def test_cancel_after_the_guest_arrived_rolls_forward(make_cluster):
+    """A cancel that reaches the migration after libvirt moved the guest (finish waits on T): rolling back would
+    kill the only running copy, so the job commits forward instead; the VM is recorded on T and runs only there."""
+    c = make_cluster(QEMU_NODES, worker_env=SLOW_SESSION)
+    assert c.define_vm("fwd", node="hq1", start=True, xml=qemu_domain_xml("fwd"))["state"] == "succeeded"
+    source, target = c.workers["hq1"], c.workers["hq2"]
+    job = api(c, "post", "/vms/fwd/migrate", json={"target": "hq2", "method": "live"}).json()
+    wait_until(lambda: step_returned(target, "pvc.migrate.prepare", job["id"]), 30, "prepare on hq2")
+    with paused(target):  # finish will wait in hq2's queue
+        wait_until(lambda: step_returned(source, "pvc.migrate.perform", job["id"]), 7, "the live migration")
+        assert qemu_pid(c, "hq2", "fwd") and qemu_pid(c, "hq1", "fwd") is None  # the guest has arrived
+        assert api(c, "post", f"/jobs/{job['id']}/cancel").json()["cancel_requested"] is True
+    ended = c.wait_job(job["id"])
+    assert ended["state"] == "succeeded", (ended["reason"], ended["messages"])
+    assert any("already runs on hq2: the migration is committed instead of rolled back" in m["text"]
+               for m in ended["messages"])
+    vm = api(c, "get", "/vms/fwd").json()
+    assert (vm["node"], vm["state"], vm["active_job"]) == ("hq2", "running", "")
+    assert qemu_pid(c, "hq2", "fwd") and qemu_pid(c, "hq1", "fwd") is None
