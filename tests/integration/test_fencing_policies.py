@@ -183,3 +183,35 @@ def test_a_node_with_a_skewed_clock_is_never_suspected(make_cluster):
     assert not any(f["id"] == "keepalive_missed" for f in faults(c, skew))
     assert jobs(c, "fence") == []
     assert api(c, "get", f"/nodes/{skew}").json()["daemon_state"] == "run"
+
+
+def test_worker_declared_dead_while_cut_off_exits_with_status_4(make_cluster):
+    """A worker cut off from ZooKeeper long enough to be declared dead (its fence failing: BMC gone) exits with
+    status 4 when the link returns, so that its service manager restarts it into the returning-node path; the
+    restarted worker starts none of its VMs (the failed fence marked them failed)."""
+    from pvc_dev.netcut import Link
+    from pvc_workers.session import EXIT_DECLARED_DEAD
+
+    c = make_cluster(nodes(3), worker_env=HA_ENV, fencing=True)
+    victim = victim_of(c)
+    link = Link(int(c.zookeeper.info["port"]))
+    try:
+        c.workers[victim].stop()
+        c.start_worker(victim, {"PVC_ZOOKEEPER": f"127.0.0.1:{link.port}{c.chroot}"})
+        c.wait_worker(victim)
+        assert c.define_vm("cut1", 256, node=victim, start=True)["state"] == "succeeded"
+        c.bmc[victim].stop()
+        link.cut()
+        fence = fence_of(c, victim)
+        assert fence["state"] == "failed" and "power off failed" in fence["result"]["fence"]["reason"], fence
+        link.restore()
+        worker = c.workers[victim]
+        wait_until(lambda: not worker.alive(), 30, "the worker to exit")
+        assert worker.proc.returncode == EXIT_DECLARED_DEAD
+        assert "declared dead while its ZooKeeper session was lost" in worker.log_path.read_text()
+    finally:
+        link.close()
+    c.start_worker(victim)  # what systemd would do
+    c.wait_worker(victim)
+    assert libvirt_domains(c)[0][victim]["cut1"]["state"] == "stopped"
+    assert vms(c)["cut1"]["state"] == "failed"

@@ -168,3 +168,48 @@ def test_two_racing_vf_changes_leave_the_nic_with_the_winners_config(make_cluste
     assert vf["in_sync"] and (applied["vlan_id"], applied["vlan_qos"]) == (str(vf["config"]["vlan_id"]),
                                                                           str(vf["config"]["vlan_qos"]))
     assert vf["config"]["vlan_id"] in (10, 11)
+
+
+def test_a_shrunk_nic_keeps_used_and_missing_pf_records(make_cluster):
+    """After a restart with fewer VFs on ens1f0 and ens1f1 gone from the system (still configured): a vanished
+    free VF is removed, a vanished VF a VM uses is kept, and the missing PF is left alone (a driver reload must
+    not wipe its VFs' config)."""
+    from dataclasses import replace
+
+    from pvc_dev.cluster import domain_xml
+
+    c = make_cluster(flower=False)
+    s, base = c.session(), f"{c.api_url}/api/v1"
+    xml = domain_xml("vfkeep").replace("</domain>", "<devices><interface type='direct'><source dev='ens1f0v3' "
+                                                    "mode='passthrough'/></interface></devices></domain>")
+    assert c.wait_job(s.post(f"{base}/vms", json={"xml": xml, "node": "hv1"}).json()["id"])["state"] == "succeeded"
+    ens1f1 = zk_snapshot(c.zk, c.schema.root("sriov_pf", "hv1", "ens1f1"))
+    c.workers["hv1"].stop()
+    c.nodes = [replace(n, sriov=(("ens1f0", 2),)) if n.name == "hv1" else n for n in c.nodes]
+    c.start_worker("hv1", {"PVC_SRIOV_PFS": "ens1f0,ens1f1"})
+    c.wait_worker("hv1")
+    vfs = sorted(c.zk.get_children(c.schema.path("node.sriov.vf", "hv1")))
+    assert vfs == ["ens1f0v0", "ens1f0v1", "ens1f0v3", "ens1f1v0", "ens1f1v1"]  # v2 gone, v3 kept for vfkeep
+    assert s.get(f"{base}/sriov/vfs/hv1/ens1f0v3").json()["used_by"] == "vfkeep"
+    assert zk_snapshot(c.zk, c.schema.root("sriov_pf", "hv1", "ens1f1")) == ens1f1
+    assert "ens1f0v3" in c.workers["hv1"].log_path.read_text()  # the kept VF is reported
+
+
+def test_a_duplicated_vf_change_message_does_nothing(make_cluster):
+    """The configure message of a finished VF change, delivered again, is ignored: the NIC is not touched."""
+    from celery import Celery
+
+    from pvc_tasks.routing import node_queue
+
+    c = make_cluster(flower=False)
+    s, base = c.session(), f"{c.api_url}/api/v1"
+    job = s.put(f"{base}/sriov/vfs/hv3/ens1f0v0", json={"vlan_id": 7}).json()
+    assert c.wait_job(job["id"])["state"] == "succeeded"
+    before = nic_state(c, "hv3")
+    Celery("duplicate", broker=c.redis_url).send_task(
+        "pvc.sriov.configure", kwargs={"job_id": job["id"], "vm": "", "node": "hv3", "vf": "ens1f0v0"},
+        queue=node_queue("hv3"))
+    wait_until(lambda: f"job {job['id']} is no longer queued; message ignored" in c.workers["hv3"].log_tail(100), 15,
+               "the duplicate to be ignored")
+    assert nic_state(c, "hv3") == before
+    assert s.get(f"{base}/jobs/{job['id']}").json()["state"] == "succeeded"
