@@ -257,6 +257,7 @@ class JobStore:
 
         def mutate(job: Job) -> bool:
             nonlocal ended
+            ended = False  # decided afresh on each attempt of update()
             if job.terminal:
                 return False
             for note in notes or []:

@@ -318,6 +318,7 @@ def orphaned(store: JobStore, job: Job, reason: str) -> None:
 
         def mutate(j: Job, stage: str = stage, node: str = node) -> bool:
             nonlocal moved
+            moved = False  # decided afresh on each attempt of update()
             if j.terminal or j.stage != job.stage or j.node != job.node:
                 return False  # another janitor got there first
             j.stage, j.node, j.stage_taken, moved = stage, node, "", True  # a re-drive: the step may run again

@@ -112,6 +112,7 @@ def _claim(ctx: NodeContext, job_id: str) -> Job | None:
 
     def mutate(job: Job) -> bool:
         nonlocal claimed
+        claimed = False  # update() may call this again after a lost race: decide afresh each time
         if job.state != JobState.QUEUED:
             return False
         job.state, job.started, job.phase = JobState.RUNNING, time.time(), "starting"
@@ -287,6 +288,7 @@ def _take_stage(ctx: NodeContext, job_id: str, name: str, node: str,
 
     def mutate(job: Job) -> bool:
         nonlocal taken
+        taken = False  # update() calls this again after a lost race: the second look must see the winner's take
         if node != ctx.node or job.terminal or job.stage != name or job.node != node or job.stage_taken == name:
             log.info("stale %s message for job %s (stage %s on %s, taken: %s); ignored", name, job_id, job.stage,
                      job.node, job.stage_taken == name)

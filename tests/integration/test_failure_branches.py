@@ -16,6 +16,13 @@ from pvc_tasks.routing import node_queue
 from tests.conftest import SLOW_SESSION, paused
 
 
+def skipped(worker, task: str, job_id: str) -> int:
+    """How many ``task`` messages for the job the worker's tasks returned from without acting (Celery logs each
+    task's return value: ``'state': 'skipped'``)."""
+    return sum(f"Task {task}[" in line and job_id in line and "'state': 'skipped'" in line
+               for line in worker.log_tail(400).splitlines())
+
+
 def api(c, method, path, **kw):
     return c.session().request(method, f"{c.api_url}/api/v1{path}", timeout=30, **kw)
 
@@ -57,8 +64,8 @@ def test_lost_task_message_fails_the_job_after_queue_timeout(make_cluster):
 
 
 def test_duplicated_step_message_runs_the_step_once(make_cluster):
-    """A migration's perform message delivered twice while the job waits for it: the step runs once, the VM ends
-    on the target only, and the duplicate is logged as stale."""
+    """A migration's perform message delivered four times while the job waits for it: the step runs once, the VM
+    ends on the target only, and each duplicate is logged as stale."""
     c = make_cluster([NodeSpec("hv1"), NodeSpec("hv2")], worker_env=SLOW_SESSION)
     assert c.define_vm("dup", node="hv1", start=True)["state"] == "succeeded"
     sender = Celery("duplicate", broker=c.redis_url)
@@ -66,14 +73,35 @@ def test_duplicated_step_message_runs_the_step_once(make_cluster):
         job = api(c, "post", "/vms/dup/migrate", json={"target": "hv2"}).json()
         wait_until(lambda: json.loads(c.zk.get(f"/jobs/{job['id']}")[0])["stage"] == "pvc.migrate.perform", 6,
                    "prepare on hv2")
-        sender.send_task("pvc.migrate.perform", kwargs={"job_id": job["id"], "vm": "dup", "node": "hv1"},
-                         queue=node_queue("hv1"))
+        for _ in range(3):  # four messages for one step, taken by the pool's threads at the same moment
+            sender.send_task("pvc.migrate.perform", kwargs={"job_id": job["id"], "vm": "dup", "node": "hv1"},
+                             queue=node_queue("hv1"))
     ended = c.wait_job(job["id"])
     assert ended["state"] == "succeeded", ended
-    wait_until(lambda: f"stale pvc.migrate.perform message for job {job['id']}" in c.workers["hv1"].log_tail(400),
-               15, "the duplicate to be ignored")
+    wait_until(lambda: skipped(c.workers["hv1"], "pvc.migrate.perform", job["id"]) == 3, 15,
+               "the three duplicates to be ignored")
+    assert sum("is now on hv2" in m["text"] for m in ended["messages"]) == 1  # finish committed once
     assert {n: d.get("dup", {}).get("state") for n, d in libvirt_domains(c)[0].items()} == \
         {"hv1": None, "hv2": "running"}
+
+
+def test_duplicated_job_message_runs_the_job_once(make_cluster):
+    """A start job's message delivered four times at once (all reach the paused worker's pool together): exactly
+    one claims the job and runs it; the others are ignored."""
+    c = make_cluster([NodeSpec("hv1")], worker_env=SLOW_SESSION)
+    assert c.define_vm("dupstart", node="hv1")["state"] == "succeeded"
+    sender = Celery("duplicate", broker=c.redis_url)
+    with paused(c.workers["hv1"]):
+        job = api(c, "post", "/vms/dupstart/state", json={"state": "start"}).json()
+        for _ in range(3):
+            sender.send_task("pvc.vm.start", kwargs={"job_id": job["id"], "vm": "dupstart", "node": "hv1"},
+                             queue=node_queue("hv1"))
+    ended = c.wait_job(job["id"])
+    assert ended["state"] == "succeeded", ended
+    wait_until(lambda: skipped(c.workers["hv1"], "pvc.vm.start", job["id"]) == 3, 15,
+               "the three duplicates to be ignored")
+    assert [m["text"] for m in ended["messages"]].count("starting dupstart on hv1") == 1
+    assert libvirt_domains(c)[0]["hv1"]["dupstart"]["state"] == "running"
 
 
 def test_define_refused_by_libvirt_releases_its_vfs(make_cluster):

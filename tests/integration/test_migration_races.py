@@ -139,14 +139,12 @@ def test_source_worker_killed_before_perform(trio):
     assert where(c, "sx") == {"hv1": "running"}  # restored from ZooKeeper by the reconciler; no copy on hv2
 
 
-def test_source_dead_before_cleanup_commits_and_defers_the_cleanup(trio):
-    """S dies after the commit on T, with only its cleanup left: the migration has happened, so the janitor ends the
-    job succeeded with the cleanup deferred, and the VM runs on T alone (S's copy went with S's worker)."""
-    c = trio
-    assert c.define_vm("cl", 256, node="hv1", start=True)["state"] == "succeeded"
+def migrate_until_only_cleanup_is_left(c, vm: str) -> dict:
+    """Migrate ``vm`` hv1 -> hv2 step by step until the commit on hv2 is done and only the cleanup is left, waiting
+    in hv1's queue; hv1's worker is left STOPPED (SIGSTOP) for the caller to kill or resume. Returns the job."""
     source, target = c.workers["hv1"], c.workers["hv2"]
     with paused(source):  # perform waits in hv1's queue
-        job = api(c, "post", "/vms/cl/migrate", json={"target": "hv2"}).json()
+        job = api(c, "post", f"/vms/{vm}/migrate", json={"target": "hv2"}).json()
         wait_until(lambda: step_returned(target, "pvc.migrate.prepare", job["id"]), 6, "prepare on hv2")
         os.kill(target.pid, signal.SIGSTOP)  # finish will wait in hv2's queue
     try:
@@ -154,8 +152,21 @@ def test_source_dead_before_cleanup_commits_and_defers_the_cleanup(trio):
         os.kill(source.pid, signal.SIGSTOP)  # cleanup will wait in hv1's queue
     finally:
         os.kill(target.pid, signal.SIGCONT)
-    wait_until(lambda: step_returned(target, "pvc.migrate.finish", job["id"]), 6, "the commit on hv2")
-    source.kill()
+    try:
+        wait_until(lambda: step_returned(target, "pvc.migrate.finish", job["id"]), 6, "the commit on hv2")
+    except BaseException:
+        os.kill(source.pid, signal.SIGCONT)
+        raise
+    return job
+
+
+def test_source_dead_before_cleanup_commits_and_defers_the_cleanup(trio):
+    """S dies after the commit on T, with only its cleanup left: the migration has happened, so the janitor ends the
+    job succeeded with the cleanup deferred, and the VM runs on T alone (S's copy went with S's worker)."""
+    c = trio
+    assert c.define_vm("cl", 256, node="hv1", start=True)["state"] == "succeeded"
+    job = migrate_until_only_cleanup_is_left(c, "cl")
+    c.workers["hv1"].kill()
     ended = c.wait_job(job["id"], timeout=60)
     assert ended["state"] == "succeeded", (ended["reason"], ended["messages"])
     notes = [m["text"] for m in ended["messages"]]
@@ -173,21 +184,11 @@ def test_cancel_after_the_commit_is_too_late(trio):
     succeeds and the cleanup still removes S's copy (it used to end "cancelled" and leave S's copy defined)."""
     c = trio
     assert c.define_vm("late", 256, node="hv1", start=True)["state"] == "succeeded"
-    source, target = c.workers["hv1"], c.workers["hv2"]
-    with paused(source):  # perform waits in hv1's queue
-        job = api(c, "post", "/vms/late/migrate", json={"target": "hv2"}).json()
-        wait_until(lambda: step_returned(target, "pvc.migrate.prepare", job["id"]), 6, "prepare on hv2")
-        os.kill(target.pid, signal.SIGSTOP)  # finish will wait in hv2's queue
+    job = migrate_until_only_cleanup_is_left(c, "late")
     try:
-        wait_until(lambda: step_returned(source, "pvc.migrate.perform", job["id"]), 6, "perform on hv1")
-        os.kill(source.pid, signal.SIGSTOP)  # cleanup will wait in hv1's queue
-    finally:
-        os.kill(target.pid, signal.SIGCONT)
-    try:
-        wait_until(lambda: step_returned(target, "pvc.migrate.finish", job["id"]), 6, "the commit on hv2")
         assert api(c, "post", f"/jobs/{job['id']}/cancel").json()["cancel_requested"] is True
     finally:
-        os.kill(source.pid, signal.SIGCONT)
+        os.kill(c.workers["hv1"].pid, signal.SIGCONT)
     ended = c.wait_job(job["id"])
     assert ended["state"] == "succeeded", (ended["reason"], ended["messages"])
     assert where(c, "late") == {"hv2": "running"}
