@@ -39,6 +39,8 @@ class PowerSwitch:
         #: Nodes whose board ignores power commands (a stuck relay): the BMC says "ok", the power stays as it was,
         #: so a fence's "verify off" fails. Tests add node names here.
         self.stuck: set[str] = set()
+        #: Nodes whose "power on" fails (a broken PSU): the BMC answers with an error, the node stays off.
+        self.refuse_on: set[str] = set()
         self.lock = threading.Lock()
         switch = self
 
@@ -58,6 +60,8 @@ class PowerSwitch:
             return f"power:{int(self.powered.get(words[0], True))}"
         if len(words) >= 4 and words[1:3] == ["set", "power"]:
             node, want = words[0], words[3] == "1"
+            if want and node in self.refuse_on:
+                return "error"
             with self.lock:  # one power change at a time per cluster: start/kill are not reentrant
                 if node not in self.stuck and self.powered.get(node, True) != want:
                     self.powered[node] = want

@@ -23,6 +23,13 @@ def skipped(worker, task: str, job_id: str) -> int:
                for line in worker.log_tail(400).splitlines())
 
 
+def send_duplicates(c, task: str, job_id: str, vm: str, node: str, times: int = 3) -> None:
+    """Deliver ``task``'s message for the job ``times`` more, as a broker redelivery or a re-send would."""
+    sender = Celery("duplicate", broker=c.redis_url)
+    for _ in range(times):
+        sender.send_task(task, kwargs={"job_id": job_id, "vm": vm, "node": node}, queue=node_queue(node))
+
+
 def api(c, method, path, **kw):
     return c.session().request(method, f"{c.api_url}/api/v1{path}", timeout=30, **kw)
 
@@ -68,14 +75,12 @@ def test_duplicated_step_message_runs_the_step_once(make_cluster):
     ends on the target only, and each duplicate is logged as stale."""
     c = make_cluster([NodeSpec("hv1"), NodeSpec("hv2")], worker_env=SLOW_SESSION)
     assert c.define_vm("dup", node="hv1", start=True)["state"] == "succeeded"
-    sender = Celery("duplicate", broker=c.redis_url)
     with paused(c.workers["hv1"]):  # perform waits in hv1's queue
         job = api(c, "post", "/vms/dup/migrate", json={"target": "hv2"}).json()
         wait_until(lambda: json.loads(c.zk.get(f"/jobs/{job['id']}")[0])["stage"] == "pvc.migrate.perform", 6,
                    "prepare on hv2")
-        for _ in range(3):  # four messages for one step, taken by the pool's threads at the same moment
-            sender.send_task("pvc.migrate.perform", kwargs={"job_id": job["id"], "vm": "dup", "node": "hv1"},
-                             queue=node_queue("hv1"))
+        # Four messages for one step, taken by the pool's threads at the same moment.
+        send_duplicates(c, "pvc.migrate.perform", job["id"], "dup", "hv1")
     ended = c.wait_job(job["id"])
     assert ended["state"] == "succeeded", ended
     wait_until(lambda: skipped(c.workers["hv1"], "pvc.migrate.perform", job["id"]) == 3, 15,
@@ -90,12 +95,9 @@ def test_duplicated_job_message_runs_the_job_once(make_cluster):
     one claims the job and runs it; the others are ignored."""
     c = make_cluster([NodeSpec("hv1")], worker_env=SLOW_SESSION)
     assert c.define_vm("dupstart", node="hv1")["state"] == "succeeded"
-    sender = Celery("duplicate", broker=c.redis_url)
     with paused(c.workers["hv1"]):
         job = api(c, "post", "/vms/dupstart/state", json={"state": "start"}).json()
-        for _ in range(3):
-            sender.send_task("pvc.vm.start", kwargs={"job_id": job["id"], "vm": "dupstart", "node": "hv1"},
-                             queue=node_queue("hv1"))
+        send_duplicates(c, "pvc.vm.start", job["id"], "dupstart", "hv1")
     ended = c.wait_job(job["id"])
     assert ended["state"] == "succeeded", ended
     wait_until(lambda: skipped(c.workers["hv1"], "pvc.vm.start", job["id"]) == 3, 15,

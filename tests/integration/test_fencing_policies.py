@@ -215,3 +215,41 @@ def test_worker_declared_dead_while_cut_off_exits_with_status_4(make_cluster):
     c.wait_worker(victim)
     assert libvirt_domains(c)[0][victim]["cut1"]["state"] == "stopped"
     assert vms(c)["cut1"]["state"] == "failed"
+
+
+def test_a_node_that_does_not_power_on_again_is_still_fenced(make_cluster):
+    """The fence's last step, power on, fails (a broken power supply): the node was seen off, so the fence holds,
+    the failure is recorded among its steps, each VM is recovered exactly once, and the node stays down."""
+    c = make_cluster(nodes(3), worker_env=HA_ENV, fencing=True)
+    victim = victim_of(c)
+    for i in range(2):
+        assert c.define_vm(f"p{i}", 256, node=victim, start=True)["state"] == "succeeded"
+    c.power.refuse_on.add(victim)
+    chassis_power(bmc(c, victim), "off")
+    fence = fence_of(c, victim)
+    assert fence["state"] == "succeeded" and fence["result"]["fence"]["ok"] is True, fence
+    steps = fence["result"]["fence"]["steps"]
+    assert steps[:2] == ["power off sent", "verified off"] and steps[2].startswith("power on failed:"), steps
+    recovered = [j for j in jobs(c, "recover") if j["parent"] == fence["id"]]
+    assert sorted(j["vm"] for j in recovered) == ["p0", "p1"] and all(j["state"] == "succeeded" for j in recovered)
+    assert not c.workers[victim].alive()
+    assert all(v["node"] != victim and v["state"] == "running" for v in vms(c).values())
+
+
+def test_a_node_that_never_finished_starting_is_never_judged(make_cluster):
+    """A worker that registered and then failed to start (daemon_state init: here, a libvirt URI that does not
+    open) is not judged: by the time the monitor suspects a node paused later, the starting one has no fault and
+    no fence."""
+    env = {**HA_ENV, **SLOW_SESSION, "PVC_SAVING_THROWS": "8"}
+    c = make_cluster(nodes(4), worker_env=env, fencing=True)
+    boss = primary(c)
+    starting, control = [n for n in ("hv2", "hv3", "hv4") if n != boss][:2]
+    c.workers[starting].stop()
+    failed = c.start_worker(starting, {"PVC_LIBVIRT_URI": "test:///no/such/node.xml"})
+    wait_until(lambda: not failed.alive(), 30, "the worker to give up")
+    assert failed.proc.returncode == 2 and "cannot open libvirt" in failed.log_path.read_text()
+    assert api(c, "get", f"/nodes/{starting}").json()["daemon_state"] == "init"
+    with paused(c.workers[control]):
+        wait_until(lambda: any(f["id"] == "keepalive_missed" for f in faults(c, control)), 7, "the suspicion")
+    assert not any(f["id"] == "keepalive_missed" for f in faults(c, starting))
+    assert jobs(c, "fence") == []
