@@ -66,12 +66,11 @@ class InvariantViolation(AssertionError):
 
 @dataclass
 class Observed:
-    """One reading of the cluster: ZooKeeper's VMs and every node's libvirt domains (None: node down)."""
+    """One reading of the cluster: ZooKeeper's VMs and every node's libvirt domains (None: unreadable; a
+    test-driver node whose worker is down is absent, its hypervisor died with the worker)."""
 
     vms: dict[str, dict]
     libvirt: dict[str, dict[str, dict] | None]
-    #: Test-driver (or embedded QEMU) nodes whose worker is down: their hypervisor died with it, nothing runs.
-    down: set[str] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
 
 
@@ -108,13 +107,12 @@ def _broker(cluster: LocalCluster) -> Celery:
 
 
 def libvirt_domains(cluster: LocalCluster, timeout: float = 5, only: Iterable[str] | None = None
-                    ) -> tuple[dict[str, dict[str, dict] | None], set[str]]:
-    """node -> {domain name: {"uuid", "state"}} as each node's libvirt reports it (None: it could not be read),
-    and the nodes whose hypervisor is down with their worker (test driver, embedded QEMU). ``only``: ask just
+                    ) -> dict[str, dict[str, dict] | None]:
+    """node -> {domain name: {"uuid", "state"}} as each node's libvirt reports it (None: it could not be read).
+    A node whose hypervisor died with its worker (test driver, embedded QEMU) is left out. ``only``: ask just
     these nodes (a paused worker would cost the whole ``timeout``)."""
     schema = cluster.schema
     out: dict[str, dict[str, dict] | None] = {}
-    down: set[str] = set()
     asking = []
     for spec in (s for s in cluster.nodes if only is None or s.name in only):
         worker = cluster.workers.get(spec.name)
@@ -124,8 +122,6 @@ def libvirt_domains(cluster: LocalCluster, timeout: float = 5, only: Iterable[st
             out[spec.name] = _read_libvirtd(str(cluster.libvirtds[spec.name].info["uri"]))
         elif worker is not None and worker.alive():
             out[spec.name] = None  # a worker that runs but is not registered (starting, or cut off)
-        else:
-            down.add(spec.name)
     if asking:
         replies = _broker(cluster).control.broadcast(
             "pvc_domains", destination=[worker_hostname(n) for n in asking], reply=True, timeout=timeout,
@@ -134,7 +130,7 @@ def libvirt_domains(cluster: LocalCluster, timeout: float = 5, only: Iterable[st
         for node in asking:
             answer = by_host.get(worker_hostname(node)) or {}
             out[node] = answer.get("domains") if "domains" in answer else None
-    return out, down
+    return out
 
 
 def _read_libvirtd(uri: str) -> dict[str, dict] | None:
@@ -155,7 +151,7 @@ def observe(cluster: LocalCluster) -> Observed:
     """Read ZooKeeper and every node's libvirt once and list what is wrong (jobs aside)."""
     zk, schema = cluster.zk, cluster.schema
     vms = {r["name"]: r for r in domain_records(zk, schema)}
-    seen = Observed(vms, *libvirt_domains(cluster))
+    seen = Observed(vms, libvirt_domains(cluster))
     _check_libvirt(seen)
     seen.problems += _check_markers(zk, schema, vms)
     seen.problems += _check_vfs(zk, schema, vms)

@@ -92,6 +92,11 @@ class Job:
         raw = json.loads(data)
         return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
 
+    def hand_to(self, stage: str, node: str) -> None:
+        """Make ``stage`` on ``node``'s queue the step that may act next; it is not taken yet (a new stage, or the same
+        one driven again after its worker died, may run once more)."""
+        self.stage, self.node, self.stage_taken = stage, node, ""
+
     def note(self, text: str) -> None:
         self.messages.append({"time": time.time(), "text": text})
         del self.messages[:-MAX_MESSAGES]

@@ -321,7 +321,8 @@ def orphaned(store: JobStore, job: Job, reason: str) -> None:
             moved = False  # decided afresh on each attempt of update()
             if j.terminal or j.stage != job.stage or j.node != job.node:
                 return False  # another janitor got there first
-            j.stage, j.node, j.stage_taken, moved = stage, node, "", True  # a re-drive: the step may run again
+            j.hand_to(stage, node)  # a re-drive: the step may run again, even the one that was running
+            moved = True
             j.params["abort"] = {"outcome": "failed", "reason": reason}
             j.note(f"rolling back from {node}: {reason}")
             return True

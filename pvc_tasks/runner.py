@@ -106,18 +106,24 @@ def _raise_percent(job: Job, target: int) -> bool:
     return True
 
 
+def _begin(job: Job) -> bool:
+    """queued -> running, in the caller's compare-and-set; False when the job is no longer queued."""
+    if job.state != JobState.QUEUED:
+        return False
+    job.state, job.started = JobState.RUNNING, time.time()
+    return True
+
+
 def _claim(ctx: NodeContext, job_id: str) -> Job | None:
     """queued -> running (compare-and-set)."""
     claimed = False
 
     def mutate(job: Job) -> bool:
         nonlocal claimed
-        claimed = False  # update() may call this again after a lost race: decide afresh each time
-        if job.state != JobState.QUEUED:
-            return False
-        job.state, job.started, job.phase = JobState.RUNNING, time.time(), "starting"
-        claimed = True
-        return True
+        claimed = _begin(job)  # update() may call this again after a lost race: decided afresh each time
+        if claimed:
+            job.phase = "starting"
+        return claimed
 
     job = ctx.jobs.update(job_id, mutate)
     return job if claimed else None
@@ -227,7 +233,7 @@ def hop(run: JobRun, task_name: str, node: str, ops: Callable[[], list[Op]] | No
     def mutate(job: Job) -> bool:
         if job.terminal:
             raise JobFailed(f"job ended meanwhile ({job.state})")
-        job.stage, job.node, job.stage_taken = task_name, node, ""
+        job.hand_to(task_name, node)
         job.params.update(params or {})
         if phase:
             job.advance(phase[0], phase[1], job.steps)
@@ -294,9 +300,8 @@ def _take_stage(ctx: NodeContext, job_id: str, name: str, node: str,
                      job.node, job.stage_taken == name)
             return False
         if claims:
-            if job.state != JobState.QUEUED:
+            if not _begin(job):
                 return False
-            job.state, job.started = JobState.RUNNING, time.time()
             job.advance(claims[0], 1, job.steps)
             job.note(claims[1](job))
         job.stage_taken, taken = name, True

@@ -40,10 +40,10 @@ from pvc_tasks.context import HypervisorError, NicError, NodeContext, install
 from pvc_tasks.jobs import commit
 from pvc_tasks.routing import CLUSTER_QUEUE, worker_hostname, worker_queues
 from pvc_tasks.sriov import apply_all
+from pvc_workers import inspect  # noqa: F401 - importing registers the remote-control command pvc_domains
 from pvc_workers.election import Election
 from pvc_workers.health import check_own_bmc
 from pvc_workers.hypervisor import LibvirtHypervisor
-from pvc_workers.inspect import pvc_domains
 from pvc_workers.ipmi import fencer
 from pvc_workers.janitor import Janitor
 from pvc_workers.keepalive import Inventory, Keepalive
@@ -54,9 +54,6 @@ from pvc_workers.vf_inventory import VfInventory
 from zk_schema import Schema, SchemaError, cluster_version
 
 __all__ = ["main"]
-
-#: Registered with Celery's remote control at import: ``pvc_domains`` reads this node's libvirt on request.
-_CONTROL_COMMANDS = (pvc_domains,)
 
 log = logging.getLogger("pvc_workers")
 

@@ -154,10 +154,16 @@ def paused(worker, max_seconds: float = 8) -> Iterator[None]:
     assert held < max_seconds, f"{worker.name} was paused {held:.1f} s, long enough to look absent"
 
 
+def task_returns(worker, task: str, job_id: str) -> list[str]:
+    """The worker's log lines of ``task`` messages for the job that returned (Celery logs each with its return
+    value: ``Task <task>[<id>] succeeded in <s>: {'job': ..., 'state': ...}``)."""
+    return [line for line in worker.log_tail(400).splitlines()
+            if f"Task {task}[" in line and " succeeded in " in line and job_id in line]
+
+
 def step_returned(worker, task: str, job_id: str) -> bool:
-    """The worker's log shows ``task`` for ``job_id`` returned: a step that hands over has sent the next message."""
-    return any(f"Task {task}[" in line and " succeeded in " in line and job_id in line
-               for line in worker.log_tail(200).splitlines())
+    """``task`` returned for the job: a step that hands over has sent the next message."""
+    return bool(task_returns(worker, task, job_id))
 
 
 def race(n: int, request: Callable[[int], object], timeout: float = 30) -> list:

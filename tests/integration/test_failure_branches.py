@@ -13,14 +13,12 @@ from pvc_dev.cluster import NodeSpec, domain_xml
 from pvc_dev.invariants import libvirt_domains, zk_state
 from pvc_dev.services import wait_until
 from pvc_tasks.routing import node_queue
-from tests.conftest import SLOW_SESSION, paused
+from tests.conftest import SLOW_SESSION, paused, task_returns
 
 
 def skipped(worker, task: str, job_id: str) -> int:
-    """How many ``task`` messages for the job the worker's tasks returned from without acting (Celery logs each
-    task's return value: ``'state': 'skipped'``)."""
-    return sum(f"Task {task}[" in line and job_id in line and "'state': 'skipped'" in line
-               for line in worker.log_tail(400).splitlines())
+    """How many ``task`` messages for the job returned without acting."""
+    return sum("'state': 'skipped'" in line for line in task_returns(worker, task, job_id))
 
 
 def send_duplicates(c, task: str, job_id: str, vm: str, node: str, times: int = 3) -> None:
@@ -67,7 +65,7 @@ def test_lost_task_message_fails_the_job_after_queue_timeout(make_cluster):
     ended = c.wait_job(job["id"], timeout=30)
     assert ended["state"] == "failed" and "not started within 3 s: the task message was lost" in ended["reason"]
     assert api(c, "get", "/vms/lost").json()["active_job"] == ""
-    assert libvirt_domains(c)[0]["hv1"]["lost"]["state"] == "stopped"
+    assert libvirt_domains(c)["hv1"]["lost"]["state"] == "stopped"
 
 
 def test_duplicated_step_message_runs_the_step_once(make_cluster):
@@ -86,7 +84,7 @@ def test_duplicated_step_message_runs_the_step_once(make_cluster):
     wait_until(lambda: skipped(c.workers["hv1"], "pvc.migrate.perform", job["id"]) == 3, 15,
                "the three duplicates to be ignored")
     assert sum("is now on hv2" in m["text"] for m in ended["messages"]) == 1  # finish committed once
-    assert {n: d.get("dup", {}).get("state") for n, d in libvirt_domains(c)[0].items()} == \
+    assert {n: d.get("dup", {}).get("state") for n, d in libvirt_domains(c).items()} == \
         {"hv1": None, "hv2": "running"}
 
 
@@ -103,7 +101,7 @@ def test_duplicated_job_message_runs_the_job_once(make_cluster):
     wait_until(lambda: skipped(c.workers["hv1"], "pvc.vm.start", job["id"]) == 3, 15,
                "the three duplicates to be ignored")
     assert [m["text"] for m in ended["messages"]].count("starting dupstart on hv1") == 1
-    assert libvirt_domains(c)[0]["hv1"]["dupstart"]["state"] == "running"
+    assert libvirt_domains(c)["hv1"]["dupstart"]["state"] == "running"
 
 
 def test_define_refused_by_libvirt_releases_its_vfs(make_cluster):
@@ -123,4 +121,4 @@ def test_define_refused_by_libvirt_releases_its_vfs(make_cluster):
     good = domain_xml("vfuser").replace("</domain>", "<devices><interface type='direct'><source dev='ens1f0v1' "
                                                      "mode='passthrough'/></interface></devices></domain>")
     assert c.wait_job(api(c, "post", "/vms", json={"xml": good, "node": "hv1"}).json()["id"])["state"] == "succeeded"
-    assert "badarch" not in libvirt_domains(c)[0]["hv1"]
+    assert "badarch" not in libvirt_domains(c)["hv1"]

@@ -54,7 +54,7 @@ def fence_of(c, node: str, timeout: float = 60) -> dict:
 def running_per_node(c) -> dict[str, int]:
     """What each node's own libvirt reports running (read through its worker), not what ZooKeeper records."""
     return {n: sum(d["state"] == "running" for d in (domains or {}).values())
-            for n, domains in libvirt_domains(c)[0].items()}
+            for n, domains in libvirt_domains(c).items()}
 
 
 def test_dead_node_is_fenced_and_each_vm_recovered_exactly_once(make_cluster):
@@ -93,7 +93,7 @@ def test_dead_node_is_fenced_and_each_vm_recovered_exactly_once(make_cluster):
     c.wait_worker(victim)  # powered on again by the fence: a new worker, whose reconcile ran before "run"
     info = api(c, "get", f"/nodes/{victim}").json()
     assert info["domain_state"] == "flushed" and info["fence"]["state"] == "fenced"
-    domains = libvirt_domains(c)[0]
+    domains = libvirt_domains(c)
     assert {n: d["state"] for n, d in domains[victim].items()} == {"idle": "stopped"}  # started nothing
     assert sum(d["state"] == "running" for node in domains.values() for d in node.values()) == 5
     assert vms(c)["idle"]["state"] == "stopped"

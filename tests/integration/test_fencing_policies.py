@@ -39,7 +39,7 @@ def test_slow_but_healthy_node_is_suspected_then_forgiven(make_cluster):
     assert jobs(c, "fence") == []
     node = api(c, "get", f"/nodes/{victim}").json()
     assert node["daemon_state"] == "run" and node["fence"] == {}
-    assert libvirt_domains(c)[0][victim]["slow1"]["state"] == "running"
+    assert libvirt_domains(c)[victim]["slow1"]["state"] == "running"
 
 
 def test_successful_fence_none_marks_vms_failed_and_starts_nothing(make_cluster):
@@ -58,7 +58,7 @@ def test_successful_fence_none_marks_vms_failed_and_starts_nothing(make_cluster)
         assert (placed[f"n{i}"]["node"], placed[f"n{i}"]["state"]) == (victim, "failed")
         assert "never runs twice" in placed[f"n{i}"]["failed_reason"]
     c.wait_worker(victim)  # powered on by the fence
-    domains = libvirt_domains(c)[0]
+    domains = libvirt_domains(c)
     assert {n: d["state"] for n, d in domains[victim].items()} == {"n0": "stopped", "n1": "stopped"}
     assert not any("n0" in d or "n1" in d for node, d in domains.items() if node != victim)
 
@@ -80,7 +80,7 @@ def test_vm_with_no_recovery_target_stays_stopped_with_autostart(make_cluster):
     c.wait_worker(victim)
     back = c.wait_job(api(c, "post", f"/nodes/{victim}/ready").json()["id"], timeout=60)
     assert back["state"] == "succeeded", back
-    assert libvirt_domains(c)[0][victim]["pinned"]["state"] == "running"
+    assert libvirt_domains(c)[victim]["pinned"]["state"] == "running"
 
 
 def test_storage_hook_that_refuses_keeps_the_vm_down(make_cluster):
@@ -99,7 +99,7 @@ def test_storage_hook_that_refuses_keeps_the_vm_down(make_cluster):
     vm = vms(c)["locked"]
     assert (vm["node"], vm["state"]) == (victim, "failed")
     c.wait_worker(victim)
-    domains = libvirt_domains(c)[0]
+    domains = libvirt_domains(c)
     assert [node for node, d in domains.items() if "locked" in d] == [victim]  # no copy on the target
     assert domains[victim]["locked"]["state"] == "stopped"
 
@@ -140,7 +140,7 @@ def test_failed_fence_with_policy_migrate_recovers_after_the_self_fence_interval
     placed = vms(c)
     assert all(placed[f"m{i}"]["node"] not in ("", victim) and placed[f"m{i}"]["state"] == "running"
                for i in range(2))
-    assert sum("m0" in d for d in libvirt_domains(c)[0].values() if d) == 1
+    assert sum("m0" in d for d in libvirt_domains(c).values() if d) == 1
 
 
 def test_cleanly_stopped_node_is_never_judged(make_cluster):
@@ -213,7 +213,7 @@ def test_worker_declared_dead_while_cut_off_exits_with_status_4(make_cluster):
         link.close()
     c.start_worker(victim)  # what systemd would do
     c.wait_worker(victim)
-    assert libvirt_domains(c)[0][victim]["cut1"]["state"] == "stopped"
+    assert libvirt_domains(c)[victim]["cut1"]["state"] == "stopped"
     assert vms(c)["cut1"]["state"] == "failed"
 
 

@@ -32,7 +32,7 @@ def test_parallel_requests_on_one_vm_make_exactly_one_job(make_cluster):
         winner = next(r.json() for r in answers if r.status_code == 202)
         assert c.wait_job(winner["id"])["state"] == "succeeded"
         assert len(c.session().get(f"{base}/jobs", params={"vm": vm, "kind": "start"}).json()) == 1
-        assert invariants.libvirt_domains(c)[0]["hv1"][vm]["state"] == "running"
+        assert invariants.libvirt_domains(c)["hv1"][vm]["state"] == "running"
         if any("at the same moment" in r.json()["message"] for r in answers if r.status_code == 409):
             return  # the version check decided a real race
     raise AssertionError("in 6 rounds no two requests raced to the commit: the check was never exercised")
@@ -69,7 +69,7 @@ def test_cancel_a_queued_job(make_cluster):
     wait_until(lambda: "no longer queued" in worker.log_path.read_text(), 20, "the late message to be ignored")
     assert s.get(f"{base}/jobs/{job['id']}").json()["state"] == "cancelled"
     assert s.get(f"{base}/vms/cq").json()["state"] == "stopped"
-    assert invariants.libvirt_domains(c)[0]["hv2"]["cq"]["state"] == "stopped"
+    assert invariants.libvirt_domains(c)["hv2"]["cq"]["state"] == "stopped"
 
 
 def test_job_for_an_absent_node_fails_fast(make_cluster):
@@ -100,7 +100,7 @@ def test_restarted_worker_reconciles_from_zookeeper(make_cluster):
     c.workers["hv1"].kill()
     c.start_worker("hv1")
     c.wait_worker("hv1", timeout=30)
-    domains = invariants.libvirt_domains(c)[0]["hv1"]
+    domains = invariants.libvirt_domains(c)["hv1"]
     assert {n: d["state"] for n, d in domains.items()} == {"keep-running": "running", "keep-stopped": "stopped"}
     assert "reconciled VMs of hv1: {'redefined': 2, 'restarted': 1," in c.workers["hv1"].log_path.read_text()
     s, base = c.session(), f"{c.api_url}/api/v1"
@@ -108,7 +108,7 @@ def test_restarted_worker_reconciles_from_zookeeper(make_cluster):
     assert s.get(f"{base}/vms/keep-stopped").json()["state"] == "stopped"
     job = s.post(f"{base}/vms/keep-running/state", json={"state": "stop"}).json()
     assert c.wait_job(job["id"])["state"] == "succeeded"
-    assert invariants.libvirt_domains(c)[0]["hv1"]["keep-running"]["state"] == "stopped"
+    assert invariants.libvirt_domains(c)["hv1"]["keep-running"]["state"] == "stopped"
 
 
 def test_bounded_shutdown_of_a_cooperative_guest_succeeds(cluster, api, vm_name):

@@ -33,7 +33,7 @@ def trio(make_cluster):
 
 def where(c, vm, *only: str) -> dict[str, str]:
     """Node -> state of ``vm`` on every node (or ``only`` these) whose libvirt has it, as the node reports."""
-    return {node: domains[vm]["state"] for node, domains in libvirt_domains(c, only=only or None)[0].items()
+    return {node: domains[vm]["state"] for node, domains in libvirt_domains(c, only=only or None).items()
             if domains and vm in domains}
 
 

@@ -43,6 +43,6 @@ def test_returning_node_destroys_its_stale_running_copy(make_cluster):
     log = c.workers[victim].log_path.read_text()
     assert f"VM twin runs here but ZooKeeper places it on {target}: destroying this copy" in log
     assert "'stale_removed': 1" in log
-    domains = libvirt_domains(c)[0]
+    domains = libvirt_domains(c)
     assert [n for n, d in domains.items() if d and "twin" in d] == [target]
     assert domains[target]["twin"]["state"] == "running"
