@@ -216,6 +216,23 @@ class LocalCluster:
             raise
         return self
 
+    def restart_redis(self, *, kill: bool = True, down: float = 0.0, lose: bool = False) -> Service:
+        """Kill (or stop) Redis, keep it down ``down`` s, and start it again on the same port. ``lose``: remove its
+        append-only files first, so every queued message is gone, as with a Redis without persistence."""
+        assert self.redis is not None
+        old, port = self.redis, int(self.redis.info["port"])
+        if kill:
+            old.kill()
+        else:
+            old.stop()
+        old.log_file.close()
+        if lose:
+            shutil.rmtree(self.workdir / "redis" / "appendonlydir", ignore_errors=True)
+        time.sleep(down)
+        self.redis = start_redis(self.workdir / "redis", port)
+        self.services[self.services.index(old)] = self.redis
+        return self.redis
+
     def start_flower(self) -> Service:
         if self.flower_service is None:
             self.flower_service = start_flower(self.redis_url, self.flower_user, self.flower_password,

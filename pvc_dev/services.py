@@ -142,11 +142,13 @@ def start_zookeeper(workdir: Path, *, tick_ms: int = 500) -> Service:
     return _await(svc, lambda: _zk_ok(port), 30, "ZooKeeper to answer ruok")
 
 
-def start_redis(workdir: Path) -> Service:
+def start_redis(workdir: Path, port: int | None = None) -> Service:
+    """Redis with its append-only file (``appendfsync everysec``), as docs/configuration.md recommends: a restart
+    keeps the queued messages but the last second's. ``port``: restart on the port clients already use."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--daemonize", "no", "--dir", str(workdir)]
+    port = port or free_port()
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+            "--appendfsync", "everysec", "--daemonize", "no", "--dir", str(workdir)]
     svc = Service("redis", argv, workdir / "redis.log", port=port, url=f"redis://127.0.0.1:{port}/0")
 
     def ping() -> bool:

@@ -46,8 +46,8 @@ app.conf.update(
     redis_socket_connect_timeout=3,
     redis_socket_timeout=10,
     worker_hijack_root_logger=False,
-    include=["pvc_tasks.lifecycle", "pvc_tasks.migration", "pvc_tasks.flush", "pvc_tasks.recovery",
-             "pvc_tasks.fencing", "pvc_tasks.sriov"],
+    # Every task module, through the one table of job kinds that imports them explicitly.
+    include=["pvc_tasks.kinds"],
 )
 
 
@@ -55,4 +55,5 @@ def configure(settings: Settings) -> Celery:
     """Point the app at the cluster's Redis; call once at process start, before sending or consuming."""
     app.conf.broker_url = settings.redis
     app.conf.result_backend = settings.redis
+    app.conf.pvc_publish_copies = settings.publish_copies
     return app

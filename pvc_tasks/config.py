@@ -33,6 +33,10 @@ class Settings:
     janitor_interval: float = defaults.JANITOR_INTERVAL
     absent_after_intervals: int = defaults.ABSENT_AFTER_INTERVALS
     queue_timeout: float = defaults.QUEUE_TIMEOUT
+    redrive_after: float = defaults.REDRIVE_AFTER
+    redrive_limit: int = defaults.REDRIVE_LIMIT
+    #: Fault tests only: every task message is published this many times (a duplicate must be harmless).
+    publish_copies: int = 1
     job_retention: float = defaults.JOB_RETENTION
     shutdown_timeout: float = defaults.SHUTDOWN_TIMEOUT
     migration_timeout: float = defaults.MIGRATION_TIMEOUT

@@ -43,8 +43,20 @@ JANITOR_INTERVAL = 5.0
 #: A node whose presence is gone and whose keepalive is older than this many intervals is absent: its
 #: non-terminal jobs fail with a reason instead of waiting forever.
 ABSENT_AFTER_INTERVALS = 3
-#: A queued job whose message nobody took within this many seconds fails ("message lost or node stuck").
+#: A queued job whose message nobody took within this many seconds fails ("message lost or node stuck"): the
+#: outer bound, whatever the re-driver did.
 QUEUE_TIMEOUT = 3600.0
+#: The outbox (pvc_tasks.redrive). A step nobody took this many seconds after its message was published, while its
+#: queue is empty and no worker holds the message, is published again from the job record. 10 s is two janitor
+#: passes: long past a publish's round trip, short against any timeout a user waits on.
+REDRIVE_AFTER = 10.0
+#: ... at most this many times in a row; then the job's kind ends or rolls it back with the reason (a node that
+#: takes nothing from its queue is stuck, not slow).
+REDRIVE_LIMIT = 5
+#: Seconds between an engine's safety passes (flush, unflush, fence; a child's end triggers a pass at once) ...
+ENGINE_TICK = 1.0
+#: ... and the lifetime of a pass's lease: a pass that died holding it blocks the next one at most this long.
+ENGINE_LEASE = 10.0
 #: Terminal jobs are kept this long (s) for `pvc job list`, then pruned by the janitor.
 JOB_RETENTION = 7 * 24 * 3600.0
 #: Graceful shutdown bound (s) before a shutdown job fails with a reason; PVC's default is 180 s.

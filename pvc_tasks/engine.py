@@ -2,27 +2,27 @@
 
 Such a job never waits inside a task. A pass reads ZooKeeper, submits or checks child jobs, records its progress
 and either ends the job or schedules the next pass. Three things trigger a pass: the first message, a child's end
-(``CHILD_ENDED`` -> the parent's task at once), and one periodic safety pass every ``TICK_INTERVAL`` s.
+(``child_ended`` -> the parent's task at once), and one periodic safety pass every ``ENGINE_TICK`` s.
 
 Passes are serialised by a lease in the job record (``params.lease``: a token and an expiry): a pass that finds
 the lease held marks the job ``dirty`` and returns, and the holder passes once more when it is done, so a
 child's end is never missed and two passes never submit for one VM. A lease outlives a crashed holder by at most
-``LEASE`` s. ``params.scheduled`` says that a periodic pass is already on its way, so there is only ever one.
+``ENGINE_LEASE`` s. ``params.scheduled`` says that a periodic pass is already on its way, so there is only ever one.
+
+The outbox (``pvc_tasks.redrive``) sees an engine job like a step job: a pass takes the stage (``stage_taken``)
+and scheduling the next periodic pass hands it on (``sent``). A periodic pass lost with the broker is published
+again by the re-driver, which clears ``scheduled`` first; a restarted worker or a new primary resumes the job
+with ``resume_passes``.
 """
 
 from __future__ import annotations
 
 import time
 
-from pvc_tasks.app import app
-from pvc_tasks.jobs import CHILD_ENDED, Job, JobState, JobStore
+from pvc_tasks import defaults, dispatch
+from pvc_tasks.jobs import Job, JobState, JobStore
 
-__all__ = ["ENGINE_TASKS", "LEASE", "TICK_INTERVAL", "collect_ended", "continue_job", "record_outcome", "take_lease"]
-
-#: Seconds between safety passes (children's ends trigger one at once) and the lifetime of a pass's lease.
-TICK_INTERVAL, LEASE = 1.0, 10.0
-#: Job kind -> the task that makes a pass over it.
-ENGINE_TASKS: dict[str, str] = {}
+__all__ = ["child_ended", "collect_ended", "continue_job", "record_outcome", "resume_passes", "take_lease"]
 
 
 def take_lease(store: JobStore, job_id: str, token: str, periodic: bool) -> Job | None:
@@ -44,7 +44,8 @@ def take_lease(store: JobStore, job_id: str, token: str, periodic: bool) -> Job 
         if job.state == JobState.QUEUED:
             job.state, job.started = JobState.RUNNING, time.time()
             job.advance(job.kind, 1, 1)
-        job.params["lease"] = {"token": token, "until": time.time() + LEASE}
+        job.params["lease"] = {"token": token, "until": time.time() + defaults.ENGINE_LEASE}
+        job.stage_taken, job.resends = job.stage, 0
         taken = True
         return True
 
@@ -74,16 +75,17 @@ def continue_job(store: JobStore, job_id: str, token: str, result: dict, notes: 
         flags["again"], job.params["dirty"] = bool(job.params.get("dirty")), False
         flags["schedule"] = not job.params.get("scheduled")
         job.params["scheduled"] = True
+        job.stage_taken = ""  # this pass is over; the outbox counts from the last message sent
+        if flags["schedule"] or flags["again"]:
+            job.sent = time.time()
         return True
 
     job = store.update(job_id, mutate)
     if not job.terminal:
-        task = ENGINE_TASKS[job.kind]
-        kwargs = {"job_id": job_id, "vm": "", "node": job.node}
         if flags.get("again"):  # a child ended while this pass ran
-            app.send_task(task, kwargs=kwargs)
+            dispatch.publish(job)
         if flags.get("schedule"):  # the one periodic safety pass
-            app.send_task(task, kwargs=dict(kwargs, periodic=True), countdown=TICK_INTERVAL)
+            dispatch.publish(job, periodic=True, countdown=defaults.ENGINE_TICK)
     return {"job": job_id, "state": "running", "waiting": waiting}
 
 
@@ -120,12 +122,23 @@ def record_outcome(result: dict, notes: list[str], name: str, outcome: str, deta
     return ""
 
 
-def _child_ended(store: JobStore, child: Job) -> None:
+def child_ended(store: JobStore, child: Job) -> None:
     """A child's end makes its parent pass at once (on the parent's queue)."""
     parent = store.get(child.parent)
-    task = ENGINE_TASKS.get(parent.kind)
-    if task is not None and not parent.terminal:
-        app.send_task(task, kwargs={"job_id": parent.id, "vm": "", "node": parent.node})
+    if not parent.terminal:
+        dispatch.publish(parent)
 
 
-CHILD_ENDED.append(_child_ended)
+def resume_passes(store: JobStore, job: Job) -> None:
+    """A worker restarted or a primary took over: free the lease of a pass that died with its process, and pass."""
+
+    def mutate(j: Job) -> bool:
+        if j.terminal:
+            return False
+        j.params.update(lease={}, scheduled=False)
+        j.hand_to(j.stage, j.node)
+        return True
+
+    job = store.update(job.id, mutate)
+    if not job.terminal:
+        dispatch.publish(job)

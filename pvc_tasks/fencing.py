@@ -35,12 +35,12 @@ import uuid
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError
 
+from pvc_tasks import dispatch
 from pvc_tasks.app import app
-from pvc_tasks.engine import ENGINE_TASKS, collect_ended, continue_job, record_outcome, take_lease
+from pvc_tasks.engine import collect_ended, continue_job, record_outcome, resume_passes, take_lease
 from pvc_tasks.errors import Conflict, NotFound
-from pvc_tasks.jobs import Job, JobState, JobStore, commit
+from pvc_tasks.jobs import Job, JobState, JobStore, commit, orphan
 from pvc_tasks.recovery import submit_recovery
-from pvc_tasks.runner import handle_orphan
 from pvc_tasks.state import domain_record, domain_records, keepalive_age
 from zk_schema import Schema
 
@@ -58,7 +58,7 @@ def declare_dead(zk: KazooClient, schema: Schema, node: str, why: str) -> Job | 
     data, stat = zk.get(path)
     if data.decode() != "run":
         return None
-    job = Job.new("fence", "", "", {"target": node, "why": why})
+    job = Job.new("fence", "", "", {"target": node, "why": why}, stage=FENCE)
     job.steps = 3
     record = {"job": job.id, "state": "fencing", "since": time.time(), "why": why}
     try:
@@ -66,7 +66,7 @@ def declare_dead(zk: KazooClient, schema: Schema, node: str, why: str) -> Job | 
                     ("set", schema.path("node.fence", node), json.dumps(record).encode(), -1)])
     except BadVersionError:
         return None
-    app.send_task(FENCE, kwargs={"job_id": job.id, "vm": "", "node": ""})
+    dispatch.publish(job)
     return job
 
 
@@ -74,10 +74,9 @@ def resume(store: JobStore) -> int:
     """At takeover: send every unfinished cluster job's pass again, freeing leases of the previous primary."""
     count = 0
     for job in store.all():
-        if job.terminal or job.node or job.kind not in ENGINE_TASKS:
+        if job.terminal or job.node or job.kind != "fence":
             continue
-        store.update(job.id, lambda j: (j.params.update(lease={}, scheduled=False), not j.terminal)[1])
-        app.send_task(ENGINE_TASKS[job.kind], kwargs={"job_id": job.id, "vm": "", "node": ""})
+        resume_passes(store, job)
         count += 1
     return count
 
@@ -136,7 +135,7 @@ def _end_jobs_of(store: JobStore, target: str, before: float) -> int:
         if other.terminal or other.created >= before:
             continue
         if other.node == target:
-            handle_orphan(store, other, f"node {target} was fenced; the job cannot proceed there")
+            orphan(store, other, f"node {target} was fenced; the job cannot proceed there")
             still_open += 1
         elif target in (other.params.get("source"), other.params.get("reserved_on")):
             still_open += 1
@@ -238,5 +237,3 @@ def _end(ctx, job: Job, result: dict, notes: list[str], policy: str, why: str) -
     ctx.jobs.finish(job.id, outcome, reason, result, ops=lambda _j: ops, release=False, notes=notes)
     return {"job": job.id, "state": str(outcome)}
 
-
-ENGINE_TASKS["fence"] = FENCE

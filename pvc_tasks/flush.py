@@ -32,14 +32,15 @@ import uuid
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError
 
+from pvc_tasks import dispatch
 from pvc_tasks.app import app
-from pvc_tasks.engine import ENGINE_TASKS, collect_ended, continue_job, record_outcome, take_lease
+from pvc_tasks.engine import collect_ended, continue_job, record_outcome, take_lease
 from pvc_tasks.errors import Conflict, NotFound, PvcError
-from pvc_tasks.jobs import END_OPS, Job, JobState, JobStore, Op, commit
+from pvc_tasks.jobs import Job, JobState, JobStore, Op, commit
 from pvc_tasks.state import domain_record, domain_records, node_record
 from zk_schema import Schema
 
-__all__ = ["TICK", "submit_node_action"]
+__all__ = ["TICK", "end_ops", "submit_node_action"]
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ TICK = "pvc.flush.tick"
 
 # ---- API side ---------------------------------------------------------------------------------------------------
 def _noop(store: JobStore, kind: str, node: str, why: str) -> Job:
-    job = Job.new(kind, "", node, {})
+    job = Job.new(kind, "", node, {}, stage=TICK)
     job.end(JobState.SUCCEEDED, "", {"noop": why})
     job.note(why)
     commit(store.zk, [store.create_op(job)])
@@ -83,8 +84,7 @@ def submit_node_action(zk: KazooClient, schema: Schema, node: str, action: str) 
     if not record["alive"]:
         raise Conflict(f"node {node}'s worker is not running", code="node_unavailable", details={"node": node})
     kind, new_state = ("flush", "flush") if action == "flush" else ("unflush", "unflush")
-    job = Job.new(kind, "", node, {})
-    job.stage = TICK
+    job = Job.new(kind, "", node, {}, stage=TICK)
     state_stat = zk.exists(schema.path("node.domain_state", node))
     active_stat = zk.exists(schema.path("node.active_job", node))
     try:
@@ -93,13 +93,13 @@ def submit_node_action(zk: KazooClient, schema: Schema, node: str, action: str) 
                     ("set", schema.path("node.active_job", node), job.id.encode(), active_stat.version)])
     except BadVersionError as exc:
         raise Conflict(f"node {node} changed state at the same moment; retry", code="node_busy") from exc
-    app.send_task(TICK, kwargs={"job_id": job.id, "vm": "", "node": node})
+    dispatch.publish(job)
     return job
 
 
 # ---- the tick, on N's worker ------------------------------------------------------------------------------------
 def _end_node_ops(schema: Schema, node: str, state: str) -> list[Op]:
-    return [("set", schema.path("node.domain_state", node), state.encode(), -1)]  # active_job: END_OPS
+    return [("set", schema.path("node.domain_state", node), state.encode(), -1)]  # active_job: end_ops
 
 
 def _plan(zk: KazooClient, schema: Schema, job: Job) -> list[str]:
@@ -220,7 +220,7 @@ def _pass(ctx, job: Job, token: str) -> dict:
     return continue_job(store, job_id, token, result, notes, waiting)
 
 
-def _end_ops(store: JobStore, job: Job) -> list[Op]:
+def end_ops(store: JobStore, job: Job) -> list[Op]:
     """Whoever ends a flush or unflush (its tick, a cancel, the janitor) clears the node's active job; a cancelled
     one also returns the node to ready (a failed one leaves its state: a later ready or flush takes over)."""
     path = store.schema.path("node.active_job", job.node)
@@ -232,6 +232,3 @@ def _end_ops(store: JobStore, job: Job) -> list[Op]:
         ops.append(("set", store.schema.path("node.domain_state", job.node), b"ready", -1))
     return ops
 
-
-ENGINE_TASKS["flush"] = ENGINE_TASKS["unflush"] = TICK
-END_OPS["flush"] = END_OPS["unflush"] = _end_ops

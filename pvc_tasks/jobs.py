@@ -26,7 +26,7 @@ from kazoo.exceptions import BadVersionError, NoNodeError
 from pvc_tasks.errors import NotFound
 from zk_schema import Schema
 
-__all__ = ["TERMINAL", "Job", "JobState", "JobStore", "Op", "commit"]
+__all__ = ["TERMINAL", "Job", "JobState", "JobStore", "Op", "commit", "end_ops", "notify_parent", "orphan"]
 
 #: Messages kept on a job; older ones are dropped (the API and CLI show the latest).
 MAX_MESSAGES = 50
@@ -74,11 +74,19 @@ class Job:
     #: The ``stage`` whose task has started (compare-and-set): a second message for it, a duplicate the broker or a
     #: re-send delivered, finds it taken and does nothing. Cleared by each hand-over to the next stage.
     stage_taken: str = ""
+    #: The outbox (see pvc_tasks.redrive): when the message for ``stage`` was last published (0: not yet) and how
+    #: many times the re-driver published it again because nobody took it.
+    sent: float = 0.0
+    resends: int = 0
 
     @classmethod
-    def new(cls, kind: str, vm: str, node: str, params: dict | None = None, parent: str = "") -> Job:
-        return cls(id=str(uuid.uuid4()), kind=kind, vm=vm, node=node, params=dict(params or {}),
-                   created=time.time(), parent=parent)
+    def new(cls, kind: str, vm: str, node: str, params: dict | None = None, parent: str = "", *,
+            stage: str) -> Job:
+        """A queued job whose first message is ``stage`` on ``node``'s queue, published right after the record is
+        committed (``sent`` is set now: the re-driver counts from here if that publish never happens)."""
+        now = time.time()
+        return cls(id=str(uuid.uuid4()), kind=kind, vm=vm, node=node, params=dict(params or {}), created=now,
+                   parent=parent, stage=stage, sent=now)
 
     @property
     def terminal(self) -> bool:
@@ -94,8 +102,10 @@ class Job:
 
     def hand_to(self, stage: str, node: str) -> None:
         """Make ``stage`` on ``node``'s queue the step that may act next; it is not taken yet (a new stage, or the same
-        one driven again after its worker died, may run once more)."""
+        one driven again after its worker died, may run once more). Its message is published right after this
+        write commits."""
         self.stage, self.node, self.stage_taken = stage, node, ""
+        self.sent, self.resends = time.time(), 0
 
     def note(self, text: str) -> None:
         self.messages.append({"time": time.time(), "text": text})
@@ -143,25 +153,32 @@ def commit(zk: KazooClient, ops: Iterable[Op]) -> list:
     return results
 
 
-#: Job kind -> ops every END of such a job commits with its terminal write (a migration gives back its slot and
-#: reservation), whoever ends it: its own task, a rollback, the janitor, or a cancel.
-END_OPS: dict[str, Callable[[JobStore, Job], list[Op]]] = {}
-#: Called after a job with a parent ended (a flush learns that a child migration is done).
-CHILD_ENDED: list[Callable[[JobStore, Job], None]] = []
-
-
 def end_ops(store: JobStore, job: Job) -> list[Op]:
-    hook = END_OPS.get(job.kind)
-    return hook(store, job) if hook else []
+    """Ops every END of a job commits with its terminal write, whoever ends it (its own task, a rollback, the
+    janitor, a cancel): the kind's ``end_ops`` in ``pvc_tasks.kinds`` (a migration gives back its slot)."""
+    from pvc_tasks import kinds  # the table imports every task module, and they import this one
+
+    return kinds.get(job.kind).end_ops(store, job)
+
+
+def orphan(store: JobStore, job: Job, reason: str) -> None:
+    """The job's current step cannot run (its node died or restarted during it, its message was lost for good, its
+    node was fenced): its kind ends it or rolls it back (``orphaned`` in ``pvc_tasks.kinds``)."""
+    from pvc_tasks import kinds  # see end_ops
+
+    kinds.get(job.kind).orphaned(store, job, reason)
 
 
 def notify_parent(store: JobStore, job: Job) -> None:
-    if job.parent and job.terminal:
-        for callback in CHILD_ENDED:
-            try:
-                callback(store, job)
-            except Exception:  # best effort: a parent also polls its children
-                logging.getLogger(__name__).exception("parent of job %s not notified", job.id)
+    """A child's end makes its parent pass at once (best effort: a parent also passes periodically)."""
+    if not (job.parent and job.terminal):
+        return
+    from pvc_tasks import engine  # engine publishes through the dispatcher, which imports this module
+
+    try:
+        engine.child_ended(store, job)
+    except Exception:
+        logging.getLogger(__name__).exception("parent of job %s not notified", job.id)
 
 
 class JobStore:

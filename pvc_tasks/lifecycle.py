@@ -22,10 +22,11 @@ Phases and rollback, per task
 
 from __future__ import annotations
 
-from pvc_tasks.jobs import JobState
+from pvc_tasks import vfs
+from pvc_tasks.jobs import Job, JobState, JobStore, Op
 from pvc_tasks.runner import JobFailed, JobRun, job_task
 
-__all__ = ["TASKS"]
+__all__ = ["TASKS", "define_orphaned", "unrecorded"]
 
 
 def _graceful_shutdown(run: JobRun, vm: str, timeout: float, step: int, steps: int) -> None:
@@ -105,3 +106,14 @@ def undefine(run: JobRun, vm: str, node: str, **params) -> dict:
 #: Job kind -> the task that performs it (the API enqueues through this map).
 TASKS = {"define": define, "start": start, "shutdown": shutdown, "stop": stop, "restart": restart,
          "undefine": undefine}
+
+
+def unrecorded(store: JobStore, job: Job) -> list[Op]:
+    """A define that never ran (cancelled while queued) or cannot finish: its VM record goes, as its own rollback
+    would have removed it (its VF claims with it)."""
+    return vfs.remove_vm_ops(store.zk, store.schema, job.vm)
+
+
+def define_orphaned(store: JobStore, job: Job, reason: str) -> None:
+    """A define whose node died or lost its message: ends failed and leaves no half-defined VM behind."""
+    store.finish(job.id, JobState.FAILED, reason, ops=lambda j: unrecorded(store, j), release=False)

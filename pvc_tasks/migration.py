@@ -44,15 +44,14 @@ from __future__ import annotations
 
 import logging
 
-from pvc_tasks import defaults, placement, slots, vfs
-from pvc_tasks.app import app
+from pvc_tasks import defaults, dispatch, placement, slots, vfs
 from pvc_tasks.context import HypervisorError, MigrationAborted
 from pvc_tasks.errors import Conflict, NotFound
-from pvc_tasks.jobs import END_OPS, Job, JobState, JobStore
-from pvc_tasks.runner import ORPHAN_HANDLERS, JobCancelled, JobFailed, JobRun, hop, node_figure_ops, step_task
+from pvc_tasks.jobs import Job, JobState, JobStore
+from pvc_tasks.runner import JobCancelled, JobFailed, JobRun, hop, node_figure_ops, step_task
 from pvc_tasks.state import domain_record, node_alive, vf_record
 
-__all__ = ["KINDS", "METHODS", "PREPARE", "STEPS", "orphaned"]
+__all__ = ["KINDS", "METHODS", "PREPARE", "STEPS", "end_ops", "orphaned"]
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +88,7 @@ def _check_target_unchanged(run: JobRun) -> str:
 def _abort(run: JobRun, outcome: JobState, reason: str) -> None:
     """on_error of every step before the commit: start the rollback on T (which continues on S)."""
     abort = {"abort": {"outcome": str(outcome), "reason": reason}}
-    target = run.job.params["reserved_on"]
-    if run.ctx.node == target:
-        abort_target(run.job.id, run.vm, target, abort_params=abort)
-        return
-    hop(run, ABORT_TARGET, target, params=abort, message=f"rolling back: {reason}")
+    hop(run, ABORT_TARGET, run.job.params["reserved_on"], params=abort, message=f"rolling back: {reason}")
 
 
 @step_task(PREPARE, claims=("prepare", lambda j: f"preparing {j.node} for {j.vm} ({j.params['method']})"),
@@ -226,43 +221,30 @@ def cleanup(run: JobRun) -> None:
         run.ctx.jobs.update(run.job.id, lambda j: (j.note(note.lstrip("; ")), True)[1])
 
 
-@app.task(name=ABORT_TARGET)
-def abort_target(job_id: str, vm: str, node: str, abort_params: dict | None = None) -> dict:
+@step_task(ABORT_TARGET, cancellable=False)
+def abort_target(run: JobRun) -> None:
     """Runs on T: undo T's side (or roll forward when T already runs the VM), then hand over to S."""
-    from pvc_tasks.context import current
-
-    ctx = current()
-    job = ctx.jobs.get(job_id)
-    if job.terminal or (abort_params is None and (job.stage != ABORT_TARGET or job.node != node)):
-        return {"job": job_id, "state": "skipped"}
-    run = JobRun(ctx, job)
-    source = job.params["source"]
+    ctx, vm, node, job_id = run.ctx, run.vm, run.ctx.node, run.job.id
+    source = run.job.params["source"]
     if run.hv.state(vm) == "running" and domain_record(ctx.zk, ctx.schema, vm)["node"] == source:
         # The VM already runs here (a live migration completed, or T started it before a crash): rolling back
         # would kill the only running copy. Commit the migration instead.
         hop(run, CLEANUP, source, ops=lambda: _commit_ops(run, "running"), phase=("cleanup", 4),
             message=f"{vm} already runs on {node}: the migration is committed instead of rolled back")
-        return {"job": job_id, "state": "rolled forward"}
+        return
     if run.hv.state(vm) not in ("missing", "running"):
         try:
             run.hv.undefine(vm)
         except HypervisorError as exc:
             log.warning("abort of job %s: could not undefine %s on %s: %s", job_id, vm, node, exc)
     hop(run, ABORT_SOURCE, source, ops=lambda: placement.release_op(ctx.zk, ctx.schema, node, job_id),
-        params=abort_params, message=f"{node}'s side rolled back")
-    return {"job": job_id, "state": "aborting"}
+        message=f"{node}'s side rolled back")
 
 
-@app.task(name=ABORT_SOURCE)
-def abort_source(job_id: str, vm: str, node: str) -> dict:
+@step_task(ABORT_SOURCE, cancellable=False)
+def abort_source(run: JobRun) -> None:
     """Runs on S: make sure the VM runs here again if it ran before, then end the job with the reason."""
-    from pvc_tasks.context import current
-
-    ctx = current()
-    job = ctx.jobs.get(job_id)
-    if job.terminal or job.stage != ABORT_SOURCE or job.node != node:
-        return {"job": job_id, "state": "skipped"}
-    run = JobRun(ctx, job)
+    ctx, vm, node, job, job_id = run.ctx, run.vm, run.ctx.node, run.job, run.job.id
     abort = job.params.get("abort") or {"outcome": "failed", "reason": "rolled back"}
     reason = abort["reason"]
     try:
@@ -287,10 +269,9 @@ def abort_source(job_id: str, vm: str, node: str) -> dict:
         if on_source and observed != "missing":
             values["state"] = observed
         out = [("set", ctx.schema.path(f"domain.{k}", vm), v.encode(), -1) for k, v in values.items()]
-        return out + node_figure_ops(ctx)  # the reservation and the slot go with END_OPS
+        return out + node_figure_ops(ctx)  # the reservation and the slot go with end_ops
 
-    ctx.jobs.finish(job_id, outcome, reason, ops=ops)
-    return {"job": job_id, "state": str(outcome)}
+    run.job = ctx.jobs.finish(job_id, outcome, reason, ops=ops)
 
 
 def record_state(ctx, vm: str) -> str:
@@ -327,19 +308,14 @@ def orphaned(store: JobStore, job: Job, reason: str) -> None:
             j.note(f"rolling back from {node}: {reason}")
             return True
 
-        store.update(job.id, mutate)
+        moved_job = store.update(job.id, mutate)
         if moved:
-            app.send_task(stage, kwargs={"job_id": job.id, "vm": job.vm, "node": node})
+            dispatch.publish(moved_job)
         return
     store.finish(job.id, JobState.FAILED, f"{reason}; neither {source} nor {target} can roll it back now")
 
 
-def _end_ops(store: JobStore, job: Job) -> list:
+def end_ops(store: JobStore, job: Job) -> list:
     """Whoever ends a migration gives back its reservation (if the commit has not already) and its slot."""
     return (placement.release_op(store.zk, store.schema, job.params["reserved_on"], job.id)
             + slots.release_ops(store.zk, store.schema, job.id))
-
-
-for _kind in KINDS:
-    ORPHAN_HANDLERS[_kind] = orphaned
-    END_OPS[_kind] = _end_ops

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError
-from kombu.exceptions import OperationalError
 
-from pvc_tasks import placement, slots, vfs
-from pvc_tasks.app import app
-from pvc_tasks.errors import Conflict, Invalid, Unavailable
-from pvc_tasks.jobs import Job, JobState, JobStore, commit
+from pvc_tasks import dispatch, placement, slots, vfs
+from pvc_tasks.errors import Conflict, Invalid
+from pvc_tasks.jobs import Job, JobStore, commit
 from pvc_tasks.migration import KINDS, METHODS, PREPARE, STEPS
 from pvc_tasks.state import free_vm, node_alive
 from zk_schema import Schema
@@ -74,8 +72,8 @@ def submit_migration(zk: KazooClient, schema: Schema, vm_name: str, kind: str, t
                                               "target_states": list(target_states),
                                               **({"timeout": timeout} if timeout else {}),
                                               **where.job_params()},
-                      parent=parent)
-        job.stage, job.steps = PREPARE, STEPS
+                      parent=parent, stage=PREPARE)
+        job.steps = STEPS
         if hostdev and resolved == "shutdown" and method != "shutdown":
             job.note(f"{vm_name} uses hostdev VF(s) {', '.join(hostdev)}: shutdown migration (no live)")
         ops = [store.create_op(job), ("set", marker_path, job.id.encode(), marker_stat.version),
@@ -93,10 +91,5 @@ def submit_migration(zk: KazooClient, schema: Schema, vm_name: str, kind: str, t
         break
     else:
         raise Conflict(f"VM {vm_name}: placement kept racing with other requests; retry", code="busy")
-    try:
-        app.send_task(PREPARE, kwargs={"job_id": job.id, "vm": vm_name, "node": chosen})
-    except (OperationalError, OSError) as exc:
-        store.finish(job.id, JobState.FAILED, f"could not enqueue: broker unreachable ({exc})")
-        raise Unavailable("the task broker (Redis) is unreachable; nothing was changed",
-                          code="broker_unavailable") from exc
+    dispatch.publish(job)
     return job

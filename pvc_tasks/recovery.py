@@ -27,16 +27,15 @@ from collections.abc import Callable
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError
 
-from pvc_tasks import placement, vfs
-from pvc_tasks.app import app
+from pvc_tasks import dispatch, placement, vfs
 from pvc_tasks.context import HypervisorError
 from pvc_tasks.errors import Conflict
-from pvc_tasks.jobs import END_OPS, Job, JobStore, commit
+from pvc_tasks.jobs import Job, JobStore, commit
 from pvc_tasks.runner import JobFailed, JobRun, job_task
 from pvc_tasks.state import domain_record, free_vm
 from zk_schema import Schema
 
-__all__ = ["START", "load_hook", "submit_recovery"]
+__all__ = ["START", "end_ops", "load_hook", "submit_recovery"]
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +64,7 @@ def submit_recovery(zk: KazooClient, schema: Schema, vm_name: str, dead: str, pa
             raise Conflict(f"VM {vm_name} is no longer on {dead}", code="moved")
         where = vfs.place(zk, schema, vm, vfs.vm_uses(zk, schema, dead, vm["xml"]))
         target = where.node
-        job = Job.new("recover", vm_name, target, {"dead": dead, **where.job_params()}, parent=parent)
+        job = Job.new("recover", vm_name, target, {"dead": dead, **where.job_params()}, parent=parent, stage=START)
         job.steps = 3
         try:
             commit(zk, [store.create_op(job), ("set", marker_path, job.id.encode(), marker_stat.version),
@@ -74,7 +73,7 @@ def submit_recovery(zk: KazooClient, schema: Schema, vm_name: str, dead: str, pa
                                              list(where.vf_map.values())), *where.checks])
         except BadVersionError:
             continue  # the marker or T's reservations changed: decide again
-        app.send_task(START, kwargs={"job_id": job.id, "vm": vm_name, "node": target})
+        dispatch.publish(job)
         return job
     raise Conflict(f"VM {vm_name}: placement kept racing; retried 10 times", code="busy")
 
@@ -111,9 +110,6 @@ def start(run: JobRun, vm: str, node: str, **_params) -> dict:
     return {"node": node, "from": dead}
 
 
-def _end_ops(store: JobStore, job: Job) -> list:
+def end_ops(store: JobStore, job: Job) -> list:
     """Whoever ends a recovery gives back its reservation on the target."""
     return placement.release_op(store.zk, store.schema, job.node, job.id)
-
-
-END_OPS["recover"] = _end_ops

@@ -19,13 +19,12 @@ import logging
 import time
 from collections.abc import Callable
 
-from pvc_tasks import vfs
+from pvc_tasks import dispatch, vfs
 from pvc_tasks.app import app
 from pvc_tasks.context import NodeContext, current
-from pvc_tasks.jobs import Job, JobState, Op
+from pvc_tasks.jobs import Job, JobState, JobStore, Op
 
-__all__ = ["ORPHAN_HANDLERS", "JobCancelled", "JobFailed", "JobRun", "fail_orphan", "handle_orphan", "hop", "job_task",
-           "node_figure_ops", "step_task"]
+__all__ = ["JobCancelled", "JobFailed", "JobRun", "fail_orphan", "hop", "job_task", "node_figure_ops", "step_task"]
 
 log = logging.getLogger(__name__)
 
@@ -114,21 +113,6 @@ def _begin(job: Job) -> bool:
     return True
 
 
-def _claim(ctx: NodeContext, job_id: str) -> Job | None:
-    """queued -> running (compare-and-set)."""
-    claimed = False
-
-    def mutate(job: Job) -> bool:
-        nonlocal claimed
-        claimed = _begin(job)  # update() may call this again after a lost race: decided afresh each time
-        if claimed:
-            job.phase = "starting"
-        return claimed
-
-    job = ctx.jobs.update(job_id, mutate)
-    return job if claimed else None
-
-
 def node_figure_ops(ctx: NodeContext) -> list[Op]:
     """Ops writing this node's fresh resource figures (empty outside a worker with an inventory)."""
     if ctx.inventory is None:
@@ -163,24 +147,23 @@ def _finish(run: JobRun, outcome: JobState, reason: str = "", result: dict | Non
 
 
 def job_task(name: str) -> Callable:
-    """Declare a Celery task ``name`` whose body is ``fn(run, vm=..., node=..., **params)``."""
+    """Declare a one-step job's Celery task ``name`` whose body is ``fn(run, vm=..., node=..., **job.params)``."""
 
     def decorate(fn: Callable) -> Callable:
-        @app.task(name=name, bind=True)
+        @app.task(name=name)
         @functools.wraps(fn)
-        def task(self, job_id: str, vm: str, node: str, **params) -> dict:
+        def task(job_id: str, vm: str, node: str) -> dict:
             ctx = current()
             if node != ctx.node:
                 # The router put it on the wrong queue: refuse rather than act on the wrong hypervisor.
                 ctx.jobs.finish(job_id, JobState.FAILED, f"task for node {node} reached node {ctx.node}")
                 return {"job": job_id, "state": "failed"}
-            job = _claim(ctx, job_id)
+            job = _take_stage(ctx, job_id, name, node, ("starting", None))
             if job is None:
-                log.info("job %s is no longer queued; message ignored", job_id)
                 return {"job": job_id, "state": "skipped"}
             run = JobRun(ctx, job)
             try:
-                result = fn(run, vm=vm, node=node, **params) or {}
+                result = fn(run, vm=vm, node=node, **job.params) or {}
                 job = _finish(run, JobState.SUCCEEDED, "", result)
             except JobCancelled as exc:
                 job = _finish(run, JobState.CANCELLED, str(exc))
@@ -196,29 +179,11 @@ def job_task(name: str) -> Callable:
     return decorate
 
 
-#: Job kind -> how to end or roll back a job whose current step cannot run (its node died or restarted, or its
-#: message was lost). Families with rollback steps register here; others end ``failed`` through ``fail_orphan``.
-ORPHAN_HANDLERS: dict[str, Callable] = {}
-
-
-def handle_orphan(store, job: Job, reason: str) -> None:
-    handler = ORPHAN_HANDLERS.get(job.kind)
-    if handler is not None:
-        handler(store, job, reason)
-    else:
-        fail_orphan(store, job.id, reason)
-
-
-def fail_orphan(store, job_id: str, reason: str) -> Job:
-    """End a job whose task can no longer end it (its worker died, its message was lost), from any process.
-
-    The VM's marker is released; a ``define`` job's VM record is removed, as its own rollback would have done.
-    The VM's state is left for its node's reconciler, which alone can ask that node's hypervisor."""
-    job = store.get(job_id)
-    if job.kind == "define":
-        return store.finish(job_id, JobState.FAILED, reason,
-                            ops=lambda _j: vfs.remove_vm_ops(store.zk, store.schema, job.vm), release=False)
-    return store.finish(job_id, JobState.FAILED, reason)
+def fail_orphan(store: JobStore, job: Job, reason: str) -> None:
+    """End a job whose task can no longer end it (its worker died, its message was lost), from any process: the
+    default ``orphaned`` of ``pvc_tasks.kinds``. The VM's marker is released; the VM's state is left for its node's
+    reconciler, which alone can ask that node's hypervisor."""
+    store.finish(job.id, JobState.FAILED, reason)
 
 
 def hop(run: JobRun, task_name: str, node: str, ops: Callable[[], list[Op]] | None = None,
@@ -242,7 +207,7 @@ def hop(run: JobRun, task_name: str, node: str, ops: Callable[[], list[Op]] | No
         return True
 
     run.job = run.ctx.jobs.update(run.job.id, mutate, (lambda _j: ops()) if ops else None)
-    app.send_task(task_name, kwargs={"job_id": run.job.id, "vm": run.vm, "node": node})
+    dispatch.publish(run.job)
 
 
 def step_task(name: str, *, claims: tuple[str, Callable[[Job], str]] | None = None,
@@ -286,7 +251,7 @@ def step_task(name: str, *, claims: tuple[str, Callable[[Job], str]] | None = No
 
 
 def _take_stage(ctx: NodeContext, job_id: str, name: str, node: str,
-                claims: tuple[str, Callable[[Job], str]] | None) -> Job | None:
+                claims: tuple[str, Callable[[Job], str] | None] | None) -> Job | None:
     """Compare-and-set: the job's ``stage`` is ``name`` on this node and not yet taken -> taken (the first step also
     moves the job queued -> running and enters its phase in the same write). None for a stale or duplicated
     message: of two messages for one stage, delivered at once to two threads, exactly one runs the step."""
@@ -303,7 +268,8 @@ def _take_stage(ctx: NodeContext, job_id: str, name: str, node: str,
             if not _begin(job):
                 return False
             job.advance(claims[0], 1, job.steps)
-            job.note(claims[1](job))
+            if claims[1]:
+                job.note(claims[1](job))
         job.stage_taken, taken = name, True
         return True
 

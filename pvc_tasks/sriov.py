@@ -31,12 +31,11 @@ from collections import defaultdict
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NoNodeError
-from kombu.exceptions import OperationalError
 
-from pvc_tasks.app import app
+from pvc_tasks import dispatch
 from pvc_tasks.context import NicError, NodeContext
-from pvc_tasks.errors import Conflict, Invalid, NotFound, Unavailable
-from pvc_tasks.jobs import Job, JobState, JobStore, commit
+from pvc_tasks.errors import Conflict, Invalid, NotFound
+from pvc_tasks.jobs import Job, JobStore, commit
 from pvc_tasks.runner import JobFailed, JobRun, job_task
 from pvc_tasks.state import desired_vf_config, node_alive, supported, vf_record, vf_records
 from zk_schema import Schema
@@ -152,7 +151,7 @@ def submit_vf_config(zk: KazooClient, schema: Schema, node: str, vf: str, change
         if not node_alive(zk, schema, node):
             raise Conflict(f"node {node}'s worker is not running, so it cannot apply VF settings; nothing was "
                            f"changed", code="node_unavailable", details={"node": node})
-        job = Job.new("vf_config", "", node, {"vf": vf, "changes": values})
+        job = Job.new("vf_config", "", node, {"vf": vf, "changes": values}, stage=CONFIGURE)
         ops = [store.create_op(job)]
         for key, (_data, stat) in read.items():
             ops.append(("set", paths[key], values[key].encode(), stat.version) if key in values
@@ -164,13 +163,7 @@ def submit_vf_config(zk: KazooClient, schema: Schema, node: str, vf: str, change
         break
     else:
         raise Conflict(f"VF {vf} on {node} kept changing under this request; retry", code="busy")
-    try:
-        app.send_task(CONFIGURE, kwargs={"job_id": job.id, "vm": "", "node": node, "vf": vf}, task_id=job.id)
-    except (OperationalError, OSError) as exc:
-        revert = [("set", paths[key], current[key].encode(), -1) for key in values]
-        store.finish(job.id, JobState.FAILED, f"could not enqueue: broker unreachable ({exc})", ops=lambda _j: revert)
-        raise Unavailable("the task broker (Redis) is unreachable; nothing was changed",
-                          code="broker_unavailable") from exc
+    dispatch.publish(job)
     return job
 
 

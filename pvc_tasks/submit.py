@@ -2,9 +2,9 @@
 
 Each submission validates first and writes nothing until everything checked out; then ONE transaction creates
 the job and records its intent (the VM's ``active_job`` marker, with a version check so that of two racing
-requests exactly one wins; for ``define`` the whole VM record). Only then is the task sent, with the job id as
-its Celery task id. If the broker cannot take the message, the job is ended ``failed`` (and a defined VM record
-removed) before the error is returned, so a rejected request leaves nothing behind.
+requests exactly one wins; for ``define`` the whole VM record). Only then is the task published
+(``pvc_tasks.dispatch``). If the broker cannot take the message the request still succeeds: the job record is the
+outbox, and the re-driver publishes it once the broker answers (``pvc_tasks.redrive``).
 """
 
 from __future__ import annotations
@@ -16,12 +16,10 @@ import xml.etree.ElementTree as ET
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
-from kombu.exceptions import OperationalError
 
-from pvc_tasks import selector, vfs
-from pvc_tasks.errors import Conflict, Invalid, NotFound, Unavailable
-from pvc_tasks.jobs import Job, JobState, JobStore, commit, end_ops, notify_parent
-from pvc_tasks.lifecycle import TASKS
+from pvc_tasks import dispatch, kinds, selector, vfs
+from pvc_tasks.errors import Conflict, Invalid, NotFound
+from pvc_tasks.jobs import Job, JobState, JobStore, commit, notify_parent
 from pvc_tasks.state import node_alive, node_record, node_records
 from zk_schema import Schema, SchemaError
 
@@ -152,21 +150,6 @@ def _choose_node(zk: KazooClient, schema: Schema, memory_mib: int, meta: dict, u
     return chosen
 
 
-def _enqueue(store: JobStore, job: Job, *, remove_vm: bool = False) -> Job:
-    try:
-        TASKS[job.kind].apply_async(kwargs={"job_id": job.id, "vm": job.vm, "node": job.node, **job.params},
-                                    task_id=job.id, retry=True,
-                                    retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.3})
-    except (OperationalError, OSError) as exc:
-        log.error("could not enqueue job %s: %s", job.id, exc)
-        store.finish(job.id, JobState.FAILED, f"could not enqueue: broker unreachable ({exc})",
-                     ops=(lambda _j: vfs.remove_vm_ops(store.zk, store.schema, job.vm)) if remove_vm else None,
-                     release=not remove_vm)
-        raise Unavailable("the task broker (Redis) is unreachable; nothing was changed",
-                          code="broker_unavailable") from exc
-    return job
-
-
 def submit_define(zk: KazooClient, schema: Schema, xml: str, node: str | None = None,
                   meta: dict | None = None) -> Job:
     """Create VM + define job in one transaction and enqueue it on the chosen node."""
@@ -186,7 +169,7 @@ def submit_define(zk: KazooClient, schema: Schema, xml: str, node: str | None = 
     else:
         node = _choose_node(zk, schema, memory_mib, meta, [n for n, v in per_node.items() if isinstance(v, Conflict)])
     found = per_node.get(node) or []
-    job = Job.new("define", name, node, {})
+    job = Job.new("define", name, node, {}, stage=kinds.get("define").first)
     values.update(xml=xml, uuid=vm_uuid, node=node, state="defining", memory=str(memory_mib), vcpus=str(vcpus),
                   active_job=job.id)
     ops = [("create", path, data) for path, data in schema.create_ops("domain", name, values=values)]
@@ -199,7 +182,8 @@ def submit_define(zk: KazooClient, schema: Schema, xml: str, node: str | None = 
         raise Conflict(f"a VM named {name} already exists", code="vm_exists", details={"vm": name}) from exc
     except BadVersionError as exc:
         raise Conflict(f"a VF that VM {name} names was taken at the same moment; retry", code="vf_in_use") from exc
-    return _enqueue(store, job, remove_vm=True)
+    dispatch.publish(job)
+    return job
 
 
 def submit_vm_action(zk: KazooClient, schema: Schema, vm: str, action: str, params: dict | None = None,
@@ -227,14 +211,15 @@ def submit_vm_action(zk: KazooClient, schema: Schema, vm: str, action: str, para
     if not node_alive(zk, schema, node):
         raise Conflict(f"node {node}'s worker is not running, so it cannot {action} {vm}; start pvc-worker "
                        f"--node {node}", code="node_unavailable", details={"node": node})
-    job = Job.new(action, vm, node, params or {}, parent=parent)
+    job = Job.new(action, vm, node, params or {}, parent=parent, stage=kinds.get(action).first)
     store = JobStore(zk, schema)
     try:
         commit(zk, [store.create_op(job), ("set", marker_path, job.id.encode(), stat.version)])
     except BadVersionError as exc:
         raise Conflict(f"VM {vm} got another job at the same moment; retry after it ends",
                        code="vm_busy") from exc
-    return _enqueue(store, job)
+    dispatch.publish(job)
+    return job
 
 
 def cancel_job(zk: KazooClient, schema: Schema, job_id: str) -> Job:
@@ -254,10 +239,7 @@ def cancel_job(zk: KazooClient, schema: Schema, job_id: str) -> Job:
         return True
 
     def extra(job: Job) -> list:
-        ops = store.release_ops(job) + end_ops(store, job) if job.state == JobState.CANCELLED else []
-        if job.kind == "define" and job.state == JobState.CANCELLED:
-            ops = vfs.remove_vm_ops(zk, schema, job.vm)
-        return ops
+        return kinds.get(job.kind).cancel_ops(store, job) if job.state == JobState.CANCELLED else []
 
     job = store.update(job_id, mutate, extra)
     notify_parent(store, job)

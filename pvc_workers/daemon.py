@@ -160,9 +160,8 @@ class Daemon:
         except NicError as exc:
             raise StartupError(f"SR-IOV: {exc}") from exc
         install(ctx)
-        # Import every task module NOW: their orphan handlers and end-of-job ops (slot and reservation release)
-        # must be registered before the reconciler and the janitor end any job, not when Celery starts later.
-        # The queues too: the reconciler's first send fixes Celery's queue map, which must already hold ours.
+        # The task modules and the queues before the reconciler's first send: that send fixes Celery's queue map,
+        # which must already hold ours.
         app = configure(settings)
         app.loader.import_default_modules()
         app.conf.task_queues = [*worker_queues(settings.node), CLUSTER_QUEUE]  # cluster: consumed only as primary
@@ -170,6 +169,10 @@ class Daemon:
         reconcile_jobs(ctx)
         self.zk.DataWatch(schema.path("base.schema.version"), self._on_schema_version(schema.version))
         return ctx
+
+    def _primary(self) -> bool:
+        """True while this worker is the primary coordinator (its janitor then re-drives the cluster queue)."""
+        return self.election is not None and self.election.monitor is not None
 
     def _on_schema_version(self, loaded: int):
         def watch(data: bytes | None, _stat) -> bool:
@@ -187,7 +190,7 @@ class Daemon:
         ctx = self.prepare()
         inventory = Inventory(ctx, self.stop, self.vf_inventory.sync)
         ctx.inventory = inventory.refresh
-        threads = [inventory, Keepalive(ctx, inventory, self.stop), Janitor(ctx, self.stop),
+        threads = [inventory, Keepalive(ctx, inventory, self.stop), Janitor(ctx, self.stop, self._primary),
                    SessionWatch(ctx, self.stop), threading.Thread(target=check_own_bmc, args=(ctx,), daemon=True)]
         for thread in threads:
             thread.start()

@@ -1,14 +1,18 @@
-"""The janitor: every worker ends the jobs nobody else can end, so no job waits forever.
+"""The janitor: every worker ends or re-drives the jobs nobody else would, so no job waits forever.
 
 Each pass (every ``janitor_interval`` s) over all job records:
 
 * a non-terminal job of ANOTHER node whose worker is absent (no presence znode and a keepalive older than
-  ``absent_after`` s) ends ``failed``: "node X's worker is not running";
-* a job still ``queued`` after ``queue_timeout`` s ends ``failed``: its message was lost or its node is stuck;
+  ``absent_after`` s) is orphaned: its kind rolls it back through a live node or ends it ``failed``, with
+  "node X's worker is not running";
+* a job waiting on THIS node's queue (or on the cluster queue, when this worker is primary) for a message nobody
+  took is published again from its record, a bounded number of times (``pvc_tasks.redrive``; this worker alone
+  can see the messages it holds and its queue's length);
+* a job still ``queued`` after ``queue_timeout`` s ends ``failed``: the outer bound, whatever happened;
 * a terminal job older than ``job_retention`` s is deleted.
 
 Every worker runs a janitor; they race harmlessly, because ending a job is a compare-and-set that does nothing
-to a job already ended.
+to a job already ended, and a re-drive counts only while the step is still untaken.
 """
 
 from __future__ import annotations
@@ -16,23 +20,36 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
+from celery.worker import state as worker_state
 from kazoo.exceptions import KazooException, NoNodeError
 
+from pvc_tasks import dispatch, redrive
 from pvc_tasks.context import NodeContext
-from pvc_tasks.jobs import JobState
-from pvc_tasks.runner import handle_orphan
+from pvc_tasks.jobs import JobState, orphan
 from pvc_tasks.state import keepalive_age, node_alive
 
-__all__ = ["Janitor"]
+__all__ = ["Janitor", "held_here"]
 
 log = logging.getLogger(__name__)
 
 
+def held_here() -> set[str]:
+    """Jobs this worker process holds a message for: reserved, waiting for its countdown, or running."""
+    held = set()
+    for request in list(worker_state.requests.values()):
+        try:
+            held.add((request.kwargs or {}).get("job_id"))
+        except Exception:  # noqa: BLE001 - a request whose body cannot be read holds nothing we could re-drive
+            continue
+    return held
+
+
 class Janitor(threading.Thread):
-    def __init__(self, ctx: NodeContext, stop: threading.Event) -> None:
+    def __init__(self, ctx: NodeContext, stop: threading.Event, primary: Callable[[], bool] = lambda: False) -> None:
         super().__init__(name="janitor", daemon=True)
-        self.ctx, self.stop = ctx, stop
+        self.ctx, self.stop, self.primary = ctx, stop, primary
 
     def _absent(self, node: str) -> float | None:
         """Seconds since the node's last keepalive when its worker counts as absent, else None."""
@@ -46,6 +63,8 @@ class Janitor(threading.Thread):
     def sweep(self) -> None:
         settings, now = self.ctx.settings, time.time()
         absent: dict[str, float | None] = {}
+        queue_len: dict[str, int | None] = {}
+        held: set[str] | None = None
         for job in self.ctx.jobs.all():
             if job.terminal:
                 if job.finished and now - job.finished > settings.job_retention:
@@ -60,12 +79,25 @@ class Janitor(threading.Thread):
                 age = absent[job.node]
                 if age is not None:
                     seen = "never" if age == float("inf") else f"{age:.0f} s ago"
-                    handle_orphan(self.ctx.jobs, job, f"node {job.node}'s worker is not running (last keepalive "
-                                                      f"{seen}); the job cannot proceed")
+                    orphan(self.ctx.jobs, job, f"node {job.node}'s worker is not running (last keepalive {seen}); "
+                                               f"the job cannot proceed")
                     continue
             if job.state == JobState.QUEUED and now - job.created > settings.queue_timeout:
-                handle_orphan(self.ctx.jobs, job, f"not started within {settings.queue_timeout:g} s: the task "
-                                                  f"message was lost or node {job.node} is stuck")
+                orphan(self.ctx.jobs, job, f"not started within {settings.queue_timeout:g} s: the task message was "
+                                           f"lost or node {job.node} is stuck")
+                continue
+            mine = job.node == self.ctx.node or (not job.node and self.primary())
+            if not mine or not redrive.overdue(job, now, settings.redrive_after):
+                continue
+            if job.node not in queue_len:
+                queue_len[job.node] = dispatch.waiting(job.node)
+            if queue_len[job.node] != 0:
+                continue  # the queue is behind (or the broker cannot say): its messages are not lost
+            if held is None:
+                held = held_here()
+            if job.id not in held and redrive.redrive(self.ctx.jobs, job, settings.redrive_after,
+                                                      settings.redrive_limit) == "broker":
+                queue_len[job.node] = None  # the broker refused: no more re-sends in this pass
 
     def run(self) -> None:
         while not self.stop.wait(self.ctx.settings.janitor_interval):

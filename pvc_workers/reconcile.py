@@ -14,22 +14,24 @@ VMs (``reconcile_vms``)
 A node returning after it was declared dead (``returning``) starts NOTHING: the fence job decides what happens
 to each of its VMs (recovered elsewhere, or marked failed), and a VM must never run twice.
 
-Jobs (``reconcile_jobs``)
-    * ``running`` on this node: the previous worker died during it, so it ends ``failed`` with that reason
-      (a ``define`` is rolled back);
-    * ``queued`` on this node: sent again. A message still in Redis and this copy cannot both run it: the task
-      claims the job with a compare-and-set first, so correctness never depends on the broker's redelivery.
+Jobs (``reconcile_jobs``), each job whose current step is on this node's queue
+    * its step had started (``stage_taken``): the previous worker died during it, so the job's kind ends it or
+      rolls it back with that reason (``orphaned`` in ``pvc_tasks.kinds``; a ``define`` is removed, a migration
+      rolls back);
+    * its step had not started: its message is published again from the record (``pvc_tasks.dispatch``). A message
+      still in the broker and this copy cannot both run it: the step takes its stage with a compare-and-set first,
+      so correctness never depends on the broker's redelivery;
+    * an engine job (flush, unflush): its lease is freed and a pass is sent (``pvc_tasks.engine.resume_passes``).
 """
 
 from __future__ import annotations
 
 import logging
 
-from pvc_tasks.app import app
+from pvc_tasks import dispatch, kinds
 from pvc_tasks.context import HypervisorError, NodeContext
-from pvc_tasks.jobs import JobState
-from pvc_tasks.lifecycle import TASKS
-from pvc_tasks.runner import handle_orphan
+from pvc_tasks.engine import resume_passes
+from pvc_tasks.jobs import orphan
 from pvc_tasks.state import domain_records
 
 __all__ = ["reconcile_jobs", "reconcile_vms"]
@@ -82,21 +84,20 @@ def reconcile_vms(ctx: NodeContext, returning: bool = False) -> dict[str, int]:
 
 
 def reconcile_jobs(ctx: NodeContext) -> dict[str, int]:
-    """Fail this node's jobs that died with the previous worker; re-send the queued ones."""
-    counts = {"failed": 0, "resent": 0}
+    """End or roll back this node's steps that died with the previous worker; re-send the ones not started."""
+    counts = {"orphaned": 0, "resent": 0, "resumed": 0}
     for job in ctx.jobs.all():
         if job.node != ctx.node or job.terminal:
             continue
-        if job.state == JobState.RUNNING:
-            handle_orphan(ctx.jobs, job, f"the worker of node {ctx.node} restarted while the job was running "
-                                         f"(phase {job.phase}); the job did not finish")
-            counts["failed"] += 1
-        elif job.stage:
-            app.send_task(job.stage, kwargs={"job_id": job.id, "vm": job.vm, "node": job.node})
-            counts["resent"] += 1
-        elif job.kind in TASKS:
-            TASKS[job.kind].apply_async(kwargs={"job_id": job.id, "vm": job.vm, "node": job.node, **job.params},
-                                        task_id=job.id)
+        if kinds.get(job.kind).engine:
+            resume_passes(ctx.jobs, job)
+            counts["resumed"] += 1
+        elif job.stage_taken == job.stage:
+            orphan(ctx.jobs, job, f"the worker of node {ctx.node} restarted during step {job.stage} (phase "
+                                  f"{job.phase}); the step did not finish")
+            counts["orphaned"] += 1
+        else:
+            dispatch.publish(job)
             counts["resent"] += 1
     log.info("reconciled jobs of %s: %s", ctx.node, counts)
     return counts
