@@ -65,8 +65,9 @@ def test_cancel_a_queued_job(make_cluster):
         assert s.get(f"{base}/vms/cq").json()["active_job"] == ""
         again = s.post(f"{base}/jobs/{job['id']}/cancel")
         assert again.status_code == 409 and again.json()["error"] == "job_ended"
-    # The worker now receives the message; its claim fails, so the VM stays stopped and the job cancelled.
-    wait_until(lambda: "no longer queued" in worker.log_path.read_text(), 20, "the late message to be ignored")
+    # The worker now receives the message; it cannot take the stage, so the VM stays stopped and the job cancelled.
+    wait_until(lambda: f"stale pvc.vm.start message for job {job['id']}" in worker.log_path.read_text(), 20,
+               "the late message to be ignored")
     assert s.get(f"{base}/jobs/{job['id']}").json()["state"] == "cancelled"
     assert s.get(f"{base}/vms/cq").json()["state"] == "stopped"
     assert invariants.libvirt_domains(c)["hv2"]["cq"]["state"] == "stopped"

@@ -4,7 +4,8 @@ import ast
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent.parent
-INTEGRATION = sorted((TESTS / "integration").glob("test_*.py"))
+#: Tests on real servers: the integration scenarios and the chaos (fault) scenarios.
+INTEGRATION = sorted((TESTS / "integration").glob("test_*.py")) + sorted((TESTS / "chaos").glob("test_*.py"))
 
 
 def _called(node: ast.AST) -> str:

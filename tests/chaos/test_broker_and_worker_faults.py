@@ -1,0 +1,105 @@
+"""Transient faults during real work: Redis killed with its queued messages, node workers killed mid-flush.
+
+Each scenario runs on real servers and ends with the harness's invariant check (tests/conftest.py): no VM defined or
+running on two nodes as each node's libvirt says, no leaked marker, slot or reservation, every job terminal. Every
+job here must end within ``BOUND`` s of the fault: far below ``queue_timeout`` (one hour), so none of them waited for
+it. Each test prints how long its jobs took to end after the fault (``-s`` shows it).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import redis
+
+from pvc_dev.cluster import NodeSpec
+from pvc_dev.invariants import libvirt_domains
+from pvc_dev.services import wait_until
+from tests.conftest import SLOW_SESSION
+
+#: Seconds within which every job ends after the fault (re-drive after 2 s, a few janitor passes, the work itself).
+BOUND = 120
+NODES = [NodeSpec("hv1", 16384), NodeSpec("hv2", 16384), NodeSpec("hv3", 16384)]
+FAULTY = {**SLOW_SESSION, "PVC_REDRIVE_AFTER": "2"}
+
+
+def api(c, method, path, **kw):
+    return c.session().request(method, f"{c.api_url}/api/v1{path}", timeout=30, **kw)
+
+
+def progress(c, job_id: str) -> int:
+    return len(api(c, "get", f"/jobs/{job_id}").json()["result"].get("done", []))
+
+
+def running_on(c, nodes: set[str]) -> dict[str, str]:
+    """VM -> node for every running VM, as the nodes' libvirt says."""
+    found = {}
+    for node, domains in libvirt_domains(c).items():
+        for name, facts in (domains or {}).items():
+            if node in nodes and facts["state"] == "running":
+                found[name] = node
+    return found
+
+
+def test_redis_killed_with_its_messages_during_a_50_vm_flush(make_cluster):
+    """Redis SIGKILLed mid-flush, every queued message lost with it, and restarted on its port: the flush
+    succeeds, and every VM runs once, on another node."""
+    c = make_cluster(NODES, worker_env=FAULTY)
+    names = [f"f{i:02d}" for i in range(50)]
+    for name in names:
+        assert c.define_vm(name, 64, node="hv1", start=True)["state"] == "succeeded"
+    flush = api(c, "post", "/nodes/hv1/flush").json()
+    wait_until(lambda: progress(c, flush["id"]) >= 10, 120, "ten VMs to leave hv1")
+    fault = time.monotonic()
+    c.restart_redis(kill=True, lose=True)
+    ended = c.wait_job(flush["id"], timeout=BOUND)
+    print(f"\nflush of 50 VMs ended {time.monotonic() - fault:.1f} s after Redis was killed")
+    assert ended["state"] == "succeeded", (ended["reason"], ended["messages"][-5:])
+    placed = running_on(c, {"hv1", "hv2", "hv3"})
+    assert sorted(placed) == names and set(placed.values()) <= {"hv2", "hv3"}, placed
+
+
+def test_redis_killed_with_a_batch_of_starts_queued_on_a_one_thread_worker(make_cluster):
+    """Twenty start jobs queued behind a one-thread worker when Redis is SIGKILLed with them: each is re-sent from
+    its record once Redis is back, and every VM runs; no VM stays busy until queue_timeout."""
+    c = make_cluster([NodeSpec("hv1", 16384)], worker_env={**FAULTY, "PVC_WORKER_CONCURRENCY": "1"})
+    names = [f"s{i:02d}" for i in range(20)]
+    for name in names:
+        assert c.define_vm(name, 64, node="hv1")["state"] == "succeeded"
+    worker, broker = c.workers["hv1"], redis.Redis.from_url(c.redis_url)
+    os.kill(worker.pid, signal.SIGSTOP)
+    try:
+        jobs = [api(c, "post", f"/vms/{name}/state", json={"state": "start"}).json()["id"] for name in names]
+        wait_until(lambda: sum(broker.llen(k) for k in broker.keys("node.hv1*") if broker.type(k) == b"list") >= 19,
+                   10, "the start messages queued in Redis")
+        fault = time.monotonic()
+        c.restart_redis(kill=True, lose=True)
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+    ended = [c.wait_job(job, timeout=BOUND) for job in jobs]
+    print(f"\n20 start jobs ended {time.monotonic() - fault:.1f} s after Redis was killed")
+    assert [job["state"] for job in ended] == ["succeeded"] * 20, [(j["vm"], j["reason"]) for j in ended]
+    assert sorted(running_on(c, {"hv1"})) == names
+
+
+def test_source_then_target_worker_killed_during_a_flush(make_cluster):
+    """The flushing node's worker is SIGKILLed and restarted mid-flush, then a target's: each restart rolls back or
+    re-sends what it held, the flush retries the VMs whose migration failed, and it succeeds."""
+    c = make_cluster(NODES, worker_env=FAULTY)
+    names = [f"k{i:02d}" for i in range(20)]
+    for name in names:
+        assert c.define_vm(name, 64, node="hv1", start=True)["state"] == "succeeded"
+    flush = api(c, "post", "/nodes/hv1/flush").json()
+    fault = time.monotonic()
+    for node, after in (("hv1", 4), ("hv2", 12)):
+        wait_until(lambda after=after: progress(c, flush["id"]) >= after, 120, f"{after} VMs to leave hv1")
+        c.workers[node].kill()
+        c.start_worker(node)
+        c.wait_worker(node)
+    ended = c.wait_job(flush["id"], timeout=BOUND)
+    print(f"\nflush of 20 VMs ended {time.monotonic() - fault:.1f} s after the first kill")
+    assert ended["state"] == "succeeded", (ended["reason"], ended["messages"][-5:])
+    placed = running_on(c, {"hv1", "hv2", "hv3"})
+    assert sorted(placed) == names and set(placed.values()) <= {"hv2", "hv3"}, placed
