@@ -35,6 +35,7 @@ class Settings:
     queue_timeout: float = defaults.QUEUE_TIMEOUT
     redrive_after: float = defaults.REDRIVE_AFTER
     redrive_limit: int = defaults.REDRIVE_LIMIT
+    flush_retries: int = defaults.FLUSH_RETRIES
     #: Fault tests only: every task message is published this many times (a duplicate must be harmless).
     publish_copies: int = 1
     job_retention: float = defaults.JOB_RETENTION

@@ -53,6 +53,9 @@ REDRIVE_AFTER = 10.0
 #: ... at most this many times in a row; then the job's kind ends or rolls it back with the reason (a node that
 #: takes nothing from its queue is stuck, not slow).
 REDRIVE_LIMIT = 5
+#: A flush or unflush submits a VM's failed child again this many times before the VM stays (a worker restart or a
+#: lost connection fails a migration that a second try completes).
+FLUSH_RETRIES = 2
 #: Seconds between an engine's safety passes (flush, unflush, fence; a child's end triggers a pass at once) ...
 ENGINE_TICK = 1.0
 #: ... and the lifetime of a pass's lease: a pass that died holding it blocks the next one at most this long.

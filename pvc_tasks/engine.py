@@ -89,9 +89,12 @@ def continue_job(store: JobStore, job_id: str, token: str, result: dict, notes: 
     return {"job": job_id, "state": "running", "waiting": waiting}
 
 
-def collect_ended(store: JobStore, result: dict, notes: list[str]) -> None:
-    """Move children that ended since the last pass from ``result["running"]`` to ``done`` or ``stayed``."""
-    running = result["running"]
+def collect_ended(store: JobStore, result: dict, notes: list[str], retries: int = 0) -> None:
+    """Move children that ended since the last pass from ``result["running"]`` to ``done`` or ``stayed``. A child
+    that FAILED is forgotten instead, at most ``retries`` times per VM (``result["retried"]``: times and last
+    reason), so the pass submits it again: a worker restart or a lost connection is transient, and a cause that
+    is not fails the same way again."""
+    running, retried = result["running"], result.setdefault("retried", {})
     for name, child_id in list(running.items()):
         child = store.get(child_id)
         if not child.terminal:
@@ -101,6 +104,10 @@ def collect_ended(store: JobStore, result: dict, notes: list[str]) -> None:
             result["done"].append(name)
             notes.append(f"{name}: {child.kind} done" + (f" (now on {child.result['node']})"
                                                           if child.result.get("node") else ""))
+        elif child.state == JobState.FAILED and retried.get(name, {}).get("times", 0) < retries:
+            times = retried.get(name, {}).get("times", 0) + 1
+            retried[name] = {"times": times, "last": child.reason}
+            notes.append(f"{name}: {child.kind} failed ({child.reason}); trying again ({times} of {retries})")
         else:
             result["stayed"][name] = f"{child.kind} {child.state}: {child.reason}"
             notes.append(f"{name} stays: {child.reason}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Conflict", "Invalid", "NotFound", "PvcError", "Unavailable"]
+__all__ = ["Conflict", "Invalid", "NotFound", "PvcError", "Unavailable", "describe"]
 
 
 class PvcError(Exception):
@@ -39,3 +39,9 @@ class Conflict(PvcError):
 class Unavailable(PvcError):
     status = 503
     code = "unavailable"
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as a job's reason: its type and message, never empty (kazoo's ConnectionLoss() has none)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -38,7 +38,7 @@ from kazoo.exceptions import BadVersionError
 from pvc_tasks import dispatch
 from pvc_tasks.app import app
 from pvc_tasks.engine import collect_ended, continue_job, record_outcome, resume_passes, take_lease
-from pvc_tasks.errors import Conflict, NotFound
+from pvc_tasks.errors import Conflict, NotFound, describe
 from pvc_tasks.jobs import Job, JobState, JobStore, commit, orphan
 from pvc_tasks.recovery import submit_recovery
 from pvc_tasks.state import domain_record, domain_records, keepalive_age
@@ -178,7 +178,7 @@ def tick(job_id: str, vm: str, node: str, periodic: bool = False) -> dict:
         return _pass(ctx, job, token)
     except Exception as exc:  # a pass that broke must not stall the job: note it, free the lease, pass again
         log.exception("fence pass of job %s failed", job_id)
-        return continue_job(ctx.jobs, job_id, token, dict(job.result), [f"pass failed: {exc}"], "")
+        return continue_job(ctx.jobs, job_id, token, dict(job.result), [f"pass failed: {describe(exc)}"], "")
 
 
 def _pass(ctx, job: Job, token: str) -> dict:

@@ -19,9 +19,11 @@ records progress, and either ends the job or schedules the next pass; passes are
 Cancel (``pvc node ready N`` during a flush, or ``pvc job cancel`` of the flush): queued children are cancelled,
 running ones asked to stop (they finish or roll back: each VM ends on exactly one node); when none is left running,
 ONE transaction ends the job ``cancelled``, sets N ready and clears its active job.
-Failure: a child that fails leaves its VM on N with the reason in ``result.stayed``; the flush goes on with the
-others and ends ``failed`` listing them. If N's worker dies, the janitor ends the flush with the reason; a later
-``ready`` (an unflush) or flush works, since the node's active job is then ended.
+Failure: a child that fails is submitted again, at most ``flush_retries`` times (its node restarted, a connection
+dropped: most failures are transient); a VM whose last try failed, or whose retry finds no target, stays on N with
+the reason in ``result.stayed``; the flush goes on with the others and ends ``failed`` listing them. If N's worker
+restarts, it resumes the flush (``pvc_workers.reconcile``); if it stays away, the janitor ends the flush with the
+reason, and a later ``ready`` (an unflush) or flush works, since the node's active job is then ended.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from kazoo.exceptions import BadVersionError
 from pvc_tasks import dispatch
 from pvc_tasks.app import app
 from pvc_tasks.engine import collect_ended, continue_job, record_outcome, take_lease
-from pvc_tasks.errors import Conflict, NotFound, PvcError
+from pvc_tasks.errors import Conflict, NotFound, PvcError, describe
 from pvc_tasks.jobs import Job, JobState, JobStore, Op, commit
 from pvc_tasks.state import domain_record, domain_records, node_record
 from zk_schema import Schema
@@ -119,8 +121,9 @@ def _still_concerned(job: Job, vm: dict) -> bool:
         (vm["last_node"] == job.node and vm["node"] != job.node)
 
 
-def _submit_child(zk: KazooClient, schema: Schema, job: Job, vm: dict) -> tuple[str, str]:
-    """Submit the next child for ``vm``: ("child", id) | ("wait", why) | ("stayed", why) | ("done", why)."""
+def _submit_child(zk: KazooClient, schema: Schema, job: Job, vm: dict, failed_before: str) -> tuple[str, str]:
+    """Submit the next child for ``vm``: ("child", id) | ("wait", why) | ("stayed", why) | ("done", why).
+    ``failed_before``: the reason of this VM's previous child, when this is a retry."""
     from pvc_tasks.migration_submit import submit_migration
     from pvc_tasks.submit import set_meta, submit_vm_action
 
@@ -136,6 +139,8 @@ def _submit_child(zk: KazooClient, schema: Schema, job: Job, vm: dict) -> tuple[
     except Conflict as exc:
         if exc.code in ("migration_limit", "vm_busy", "busy"):
             return "wait", exc.message
+        if failed_before:  # a retry finds no way: the VM stays, and the first failure says why
+            return "stayed", f"{failed_before}; then: {exc.message}"
         if exc.code == "no_target" and job.kind == "flush":
             if vm["state"] != "running":
                 return "done", f"{name} is {vm['state']} and has no target: it stays on {job.node}"
@@ -162,7 +167,7 @@ def tick(job_id: str, vm: str, node: str, periodic: bool = False) -> dict:
         return _pass(ctx, job, token)
     except Exception as exc:  # a pass that broke must not stall the job: note it, free the lease, pass again
         log.exception("flush tick of job %s failed", job_id)
-        return continue_job(store, job_id, token, dict(job.result), [f"pass failed: {exc}"], "")
+        return continue_job(store, job_id, token, dict(job.result), [f"pass failed: {describe(exc)}"], "")
 
 
 def _pass(ctx, job: Job, token: str) -> dict:
@@ -174,7 +179,7 @@ def _pass(ctx, job: Job, token: str) -> dict:
         result.update(plan=_plan(zk, schema, job), done=[], stayed={}, running={})
     running: dict[str, str] = result["running"]
     notes: list[str] = []
-    collect_ended(store, result, notes)
+    collect_ended(store, result, notes, ctx.settings.flush_retries)
     if job.cancel_requested:
         for child_id in running.values():
             try:
@@ -201,7 +206,8 @@ def _pass(ctx, job: Job, token: str) -> dict:
         if record["active_job"]:
             waiting = f"{name} has another job ({record['active_job']})"
             continue
-        blocked = record_outcome(result, notes, name, *_submit_child(zk, schema, job, record))
+        failed_before = result.get("retried", {}).get(name, {}).get("last", "")
+        blocked = record_outcome(result, notes, name, *_submit_child(zk, schema, job, record, failed_before))
         if blocked:
             waiting = blocked
             if "limit" in blocked or "migrations" in blocked or "flushed" in blocked:

@@ -22,9 +22,11 @@ from collections.abc import Callable
 from pvc_tasks import dispatch, vfs
 from pvc_tasks.app import app
 from pvc_tasks.context import NodeContext, current
+from pvc_tasks.errors import describe
 from pvc_tasks.jobs import Job, JobState, JobStore, Op
 
-__all__ = ["JobCancelled", "JobFailed", "JobRun", "fail_orphan", "hop", "job_task", "node_figure_ops", "step_task"]
+__all__ = ["JobCancelled", "JobFailed", "JobRun", "StageLost", "fail_orphan", "hop", "job_task", "node_figure_ops",
+           "step_task"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,10 @@ class JobFailed(Exception):
 
 class JobCancelled(Exception):
     """The operator cancelled the job; the body stopped at a safe point."""
+
+
+class StageLost(Exception):
+    """The job left this step's stage while the step ran (the janitor handed it to a rollback): hands off."""
 
 
 class JobRun:
@@ -171,7 +177,7 @@ def job_task(name: str) -> Callable:
                 job = _finish(run, JobState.FAILED, str(exc))
             except Exception as exc:
                 log.exception("job %s (%s) crashed", job_id, name)
-                job = _finish(run, JobState.FAILED, f"internal error in {name}: {exc}")
+                job = _finish(run, JobState.FAILED, f"internal error in {name}: {describe(exc)}")
             return {"job": job_id, "state": str(job.state), "reason": job.reason}
 
         return task
@@ -193,11 +199,21 @@ def hop(run: JobRun, task_name: str, node: str, ops: Callable[[], list[Op]] | No
     The job's ``stage`` (the task that may act next) and ``node`` (whose queue holds it) are written, with ``ops()``
     (a function: version-checked ops are rebuilt from fresh reads when a concurrent write forces a retry)
     (and ``params`` merged into the job's), in one transaction BEFORE the message is sent, so a stale or duplicated
-    message finds a stage that is not its own and does nothing. No task ever waits for another: each hands over."""
+    message finds a stage that is not its own and does nothing. No task ever waits for another: each hands over.
+
+    The write happens only while the job is still at the calling step's stage: if the janitor handed the job to a
+    rollback meanwhile (this node looked absent), ``StageLost`` stops the step without touching the job, whose new
+    owner reads what this step did from the hypervisors. A write that was retried after its first attempt
+    committed (a lost connection) finds the hand-over done and only publishes."""
+    own, here = run.job.stage, run.ctx.node
 
     def mutate(job: Job) -> bool:
         if job.terminal:
             raise JobFailed(f"job ended meanwhile ({job.state})")
+        if (job.stage, job.node) == (task_name, node) and (own, here) != (task_name, node):
+            return False  # our hand-over committed already
+        if (job.stage, job.node) != (own, here):
+            raise StageLost(f"job {job.id} moved from {own} on {here} to {job.stage} on {job.node} meanwhile")
         job.hand_to(task_name, node)
         job.params.update(params or {})
         if phase:
@@ -236,13 +252,15 @@ def step_task(name: str, *, claims: tuple[str, Callable[[Job], str]] | None = No
                 if cancellable and run.job.cancel_requested:
                     raise JobCancelled(f"cancelled by request before {name}")
                 fn(run)
+            except StageLost as exc:
+                log.warning("job %s: %s; step %s stops here", job_id, exc, name)
             except JobCancelled as exc:
                 _step_error(run, on_error, JobState.CANCELLED, str(exc))
             except JobFailed as exc:
                 _step_error(run, on_error, JobState.FAILED, str(exc))
             except Exception as exc:  # every job must end with a reason, whatever went wrong
                 log.exception("job %s step %s crashed", job_id, name)
-                _step_error(run, on_error, JobState.FAILED, f"internal error in {name}: {exc}")
+                _step_error(run, on_error, JobState.FAILED, f"internal error in {name}: {describe(exc)}")
             return {"job": job_id, "stage": run.job.stage, "state": str(run.job.state)}
 
         return task
@@ -283,6 +301,8 @@ def _step_error(run: JobRun, on_error: Callable | None, outcome: JobState, reaso
         return
     try:
         on_error(run, outcome, reason)
+    except StageLost as exc:  # the janitor started the rollback already, from another node
+        log.warning("job %s: %s; its rollback is under way there", run.job.id, exc)
     except Exception:  # the rollback itself failed: end the job, loudly, rather than leave it open
         log.exception("rollback of job %s failed", run.job.id)
         run.job = run.ctx.jobs.finish(run.job.id, JobState.FAILED, f"{reason}; rollback failed, see the worker log")
