@@ -2,9 +2,15 @@
 
 Configuration follows Celery's own advice for this shape of work: explicit task names, routes decided by one
 router (``pvc_tasks.routing``) with ``task_create_missing_queues`` off so that a misspelt queue fails loudly,
-one message in flight per worker thread, acks on receipt (correctness never depends on redelivery: ZooKeeper
-records every job and the worker janitor finishes the ones whose message or node vanished), and task events on
-so that Flower sees every task from "sent" to its end.
+one message in flight per worker thread, and task events on so that Flower sees every task from "sent" to its
+end.
+
+Acks on receipt, not ``task_acks_late``: correctness never depends on redelivery (each job record is the outbox,
+and the re-driver publishes again a step whose message was lost, ``pvc_tasks.redrive``), and a late ack would not
+help on Redis, which hands an unacknowledged message out again only after its visibility timeout (an hour), long
+after the re-driver (seconds) or a restarted worker's reconciler. ``reject_on_worker_lost`` concerns prefork
+children; our workers run threads. A Redis broker uses our transport (``pvc_tasks.broker``), which survives
+Redis going away while messages are reserved.
 """
 
 from __future__ import annotations
@@ -26,8 +32,14 @@ class _App(Celery):
         return super().send_task(name, args, kwargs, **options)
 
 
+def _transport(url: str) -> str | None:
+    """Our Redis transport for a Redis broker (see pvc_tasks.broker); the URL's own for any other."""
+    return "pvc_tasks.broker:Transport" if url.startswith(("redis://", "rediss://")) else None
+
+
 app = _App("pvc", broker=defaults.REDIS, backend=defaults.REDIS)
 app.conf.update(
+    broker_transport=_transport(defaults.REDIS),
     task_ignore_result=True,
     task_create_missing_queues=False,
     task_routes=("pvc_tasks.routing.route_task",),
@@ -54,6 +66,7 @@ app.conf.update(
 def configure(settings: Settings) -> Celery:
     """Point the app at the cluster's Redis; call once at process start, before sending or consuming."""
     app.conf.broker_url = settings.redis
+    app.conf.broker_transport = _transport(settings.redis)
     app.conf.result_backend = settings.redis
     app.conf.pvc_publish_copies = settings.publish_copies
     return app

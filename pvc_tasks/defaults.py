@@ -48,7 +48,8 @@ ABSENT_AFTER_INTERVALS = 3
 QUEUE_TIMEOUT = 3600.0
 #: The outbox (pvc_tasks.redrive). A step nobody took this many seconds after its message was published, while its
 #: queue is empty and no worker holds the message, is published again from the job record. 10 s is two janitor
-#: passes: long past a publish's round trip, short against any timeout a user waits on.
+#: passes: long past a publish's round trip, short against any timeout a user waits on. 0 turns re-driving off
+#: (bench/redrive.py measures what it costs; nothing else should).
 REDRIVE_AFTER = 10.0
 #: ... at most this many times in a row; then the job's kind ends or rolls it back with the reason (a node that
 #: takes nothing from its queue is stuck, not slow).

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import logging
 
-from kombu.exceptions import ChannelError, OperationalError
+from kombu.exceptions import ChannelError
 
 from pvc_tasks.app import app
+from pvc_tasks.errors import describe
 from pvc_tasks.jobs import Job, JobState
 from pvc_tasks.routing import CLUSTER_QUEUE, node_queue
 
@@ -49,9 +50,9 @@ def publish(job: Job, *, countdown: float | None = None, periodic: bool = False)
         # Fault tests set pvc_publish_copies to 2 to prove that a duplicated message is harmless.
         for _copy in range(max(int(app.conf.get("pvc_publish_copies") or 1), 1)):
             app.send_task(name, kwargs=kwargs, **options)
-    except (OperationalError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - kombu and the Redis client raise many kinds; none may escape
         log.warning("job %s: the broker did not take %s for %s (%s); the re-driver publishes it again",
-                    job.id, name, job.node or "the cluster queue", exc)
+                    job.id, name, job.node or "the cluster queue", describe(exc))
         return False
     return True
 
@@ -67,6 +68,6 @@ def waiting(node: str) -> int | None:
                 return channel.queue_declare(queue=queue.name, passive=True).message_count
             except ChannelError:
                 return 0  # Redis deletes an empty list: a queue that does not exist holds nothing
-    except (OperationalError, OSError) as exc:
-        log.warning("cannot read the length of queue %s: %s", queue.name, exc)
+    except Exception as exc:  # noqa: BLE001 - as in publish: the broker cannot say, so nothing is re-sent now
+        log.warning("cannot read the length of queue %s: %s", queue.name, describe(exc))
         return None

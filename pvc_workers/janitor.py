@@ -87,7 +87,7 @@ class Janitor(threading.Thread):
                                            f"lost or node {job.node} is stuck")
                 continue
             mine = job.node == self.ctx.node or (not job.node and self.primary())
-            if not mine or not redrive.overdue(job, now, settings.redrive_after):
+            if not mine or settings.redrive_after <= 0 or not redrive.overdue(job, now, settings.redrive_after):
                 continue
             if job.node not in queue_len:
                 queue_len[job.node] = dispatch.waiting(job.node)
