@@ -109,6 +109,8 @@ class LocalCluster:
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     flower_password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
     worker_env: dict[str, str] = field(default_factory=dict)
+    #: More ``PVC_*`` settings for the API process (e.g. ``PVC_PUBLISH_COPIES`` in the duplicate-message tests).
+    api_env: dict[str, str] = field(default_factory=dict)
     #: One ipmi_sim per node whose chassis power kills / starts that node's worker (``pvc_dev.bmc``).
     bmcs: bool = True
     #: False: the cluster starts in maintenance mode, so no node is ever fenced (tests that restart or pause
@@ -207,7 +209,7 @@ class LocalCluster:
                 self.start_worker(spec.name)
             for spec in self.nodes:
                 self.wait_worker(spec.name)
-            self.api = start_api(self.env(), self.workdir / "api")
+            self.api = start_api({**self.env(), **self.api_env}, self.workdir / "api")
             self.services.append(self.api)
             if self.flower:
                 self.start_flower()

@@ -2,9 +2,11 @@
 
 Each pass (every ``janitor_interval`` s) over all job records:
 
-* a non-terminal job of ANOTHER node whose worker is absent (no presence znode and a keepalive older than
-  ``absent_after`` s) is orphaned: its kind rolls it back through a live node or ends it ``failed``, with
-  "node X's worker is not running";
+* a non-terminal job of ANOTHER node whose worker is absent (no presence znode, seen so by this janitor for
+  ``absent_after`` s of its own clock, and a keepalive older than that) is orphaned: its kind rolls it back through
+  a live node or ends it ``failed``, with "node X's worker is not running". The janitor's own clock matters: a
+  worker killed and restarted at once takes its presence back the moment the old session expires, and a pass
+  falling into that instant must not end the jobs the new worker is about to reconcile;
 * a job waiting on THIS node's queue (or on the cluster queue, when this worker is primary) for a message nobody
   took is published again from its record, a bounded number of times (``pvc_tasks.redrive``; this worker alone
   can see the messages it holds and its queue's length);
@@ -50,10 +52,16 @@ class Janitor(threading.Thread):
     def __init__(self, ctx: NodeContext, stop: threading.Event, primary: Callable[[], bool] = lambda: False) -> None:
         super().__init__(name="janitor", daemon=True)
         self.ctx, self.stop, self.primary = ctx, stop, primary
+        #: Node -> when (this process's monotonic clock) its presence was first seen missing.
+        self.gone_since: dict[str, float] = {}
 
     def _absent(self, node: str) -> float | None:
         """Seconds since the node's last keepalive when its worker counts as absent, else None."""
         if node_alive(self.ctx.zk, self.ctx.schema, node):
+            self.gone_since.pop(node, None)
+            return None
+        gone = time.monotonic() - self.gone_since.setdefault(node, time.monotonic())
+        if gone < self.ctx.settings.absent_after:
             return None
         age = keepalive_age(self.ctx.zk, self.ctx.schema, node)
         if age is None or age > self.ctx.settings.absent_after:
