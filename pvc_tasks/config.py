@@ -36,6 +36,7 @@ class Settings:
     redrive_after: float = defaults.REDRIVE_AFTER
     redrive_limit: int = defaults.REDRIVE_LIMIT
     flush_retries: int = defaults.FLUSH_RETRIES
+    job_bound: float = defaults.JOB_BOUND
     #: Fault tests only: every task message is published this many times (a duplicate must be harmless).
     publish_copies: int = 1
     job_retention: float = defaults.JOB_RETENTION

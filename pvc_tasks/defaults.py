@@ -54,6 +54,11 @@ REDRIVE_AFTER = 10.0
 #: ... at most this many times in a row; then the job's kind ends or rolls it back with the reason (a node that
 #: takes nothing from its queue is stuck, not slow).
 REDRIVE_LIMIT = 5
+#: How long a job may stay unfinished before it counts as stuck (a cluster fault ``jobs_over_bound`` names it): this
+#: much for a one-step job, plus the shutdown timeout for kinds that wait for a guest, plus the migration timeout
+#: for migrations; 12 times as much for a flush, unflush or fence (pvc_tasks.kinds). Generous: it flags stuck
+#: work, it never ends any.
+JOB_BOUND = 300.0
 #: A flush or unflush submits a VM's failed child again this many times before the VM stays (a worker restart or a
 #: lost connection fails a migration that a second try completes).
 FLUSH_RETRIES = 2

@@ -14,6 +14,8 @@ Columns
                   (VM marker released, ``end_ops``).
     ``engine``    a parent job driven by passes (``pvc_tasks.engine``) rather than steps: it is re-driven by
                   publishing a pass, and a worker restart resumes it instead of failing it.
+    ``bound``     seconds after its creation past which an unfinished job of this kind counts as stuck (reported
+                  as the cluster fault ``jobs_over_bound``; see ``pvc_tasks.backlog``), from the settings.
 
 How a step is re-sent is the same for every kind: ``pvc_tasks.dispatch.publish(job)`` rebuilds the message from
 the record (``pvc_tasks.redrive``). Every task module is imported here explicitly; nothing registers itself as a
@@ -26,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pvc_tasks import fencing, flush, lifecycle, migration, recovery, sriov
+from pvc_tasks.config import Settings
 from pvc_tasks.jobs import Job, JobStore, Op
 from pvc_tasks.runner import fail_orphan
 
@@ -33,6 +36,7 @@ __all__ = ["KINDS", "Kind", "UnknownKind", "get"]
 
 EndOps = Callable[[JobStore, Job], list[Op]]
 Orphaned = Callable[[JobStore, Job, str], None]
+Bound = Callable[[Settings], float]
 
 
 class UnknownKind(LookupError):
@@ -58,6 +62,7 @@ class Kind:
     orphaned: Orphaned = fail_orphan
     cancel_ops: EndOps = released
     engine: bool = False
+    bound: Bound = lambda s: s.job_bound
 
     @property
     def first(self) -> str:
@@ -66,6 +71,19 @@ class Kind:
 
 
 _VM_NODE = "node.<VM's node>: the VM's libvirt domain lives there"
+
+
+def _waits_for_guest(s: Settings) -> float:
+    return s.shutdown_timeout + s.job_bound
+
+
+def _migrates(s: Settings) -> float:
+    return s.shutdown_timeout + s.migration_timeout + s.job_bound
+
+
+def _engine(s: Settings) -> float:
+    return 12 * s.job_bound
+
 _MIGRATION = (migration.PREPARE, migration.PERFORM, migration.FINISH, migration.CLEANUP, migration.ABORT_TARGET,
               migration.ABORT_SOURCE)
 
@@ -73,19 +91,19 @@ KINDS: dict[str, Kind] = {kind.name: kind for kind in [
     Kind("define", (lifecycle.define.name,), "node.<chosen node>: the domain is defined in its libvirt",
          orphaned=lifecycle.define_orphaned, cancel_ops=lifecycle.unrecorded),
     Kind("start", (lifecycle.start.name,), _VM_NODE),
-    Kind("shutdown", (lifecycle.shutdown.name,), _VM_NODE),
+    Kind("shutdown", (lifecycle.shutdown.name,), _VM_NODE, bound=_waits_for_guest),
     Kind("stop", (lifecycle.stop.name,), _VM_NODE),
-    Kind("restart", (lifecycle.restart.name,), _VM_NODE),
+    Kind("restart", (lifecycle.restart.name,), _VM_NODE, bound=_waits_for_guest),
     Kind("undefine", (lifecycle.undefine.name,), _VM_NODE),
     *(Kind(name, _MIGRATION, "node.<target> for prepare/finish/abort_target, node.<source> for perform/cleanup/"
                              "abort_source: each step on the node that owns what it touches",
-           end_ops=migration.end_ops, orphaned=migration.orphaned) for name in migration.KINDS),
+           end_ops=migration.end_ops, orphaned=migration.orphaned, bound=_migrates) for name in migration.KINDS),
     Kind("recover", (recovery.START,), "node.<target>: never the fenced node; the VM is defined and started there",
          end_ops=recovery.end_ops),
     Kind("vf_config", (sriov.CONFIGURE,), "node.<VF's node>: its NIC holds the VF"),
     *(Kind(name, (flush.TICK,), "node.<node>: the engine of a node's flush or unflush runs beside its hypervisor",
-           end_ops=flush.end_ops, engine=True) for name in ("flush", "unflush")),
-    Kind("fence", (fencing.FENCE,), "cluster: run by the primary, whoever that is now", engine=True),
+           end_ops=flush.end_ops, engine=True, bound=_engine) for name in ("flush", "unflush")),
+    Kind("fence", (fencing.FENCE,), "cluster: run by the primary, whoever that is now", engine=True, bound=_engine),
 ]}
 
 

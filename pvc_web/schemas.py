@@ -26,6 +26,8 @@ class HealthSchema(Schema):
     redis = fields.Boolean()
     cluster_initialised = fields.Boolean()
     schema_version = fields.Integer(allow_none=True)
+    jobs = fields.Dict(allow_none=True, metadata={
+        "description": "unfinished jobs: queued/running {count, oldest_s}, resends, over_bound (a count)"})
 
 
 class LimitsSchema(Schema):
@@ -56,6 +58,9 @@ class ClusterSchema(Schema):
     nodes = fields.Dict(keys=fields.String(), values=fields.Integer(), metadata={"description": "count by state"})
     vms = fields.Dict(keys=fields.String(), values=fields.Integer(), metadata={"description": "count by state"})
     jobs = fields.Dict(keys=fields.String(), values=fields.Integer(), metadata={"description": "count by state"})
+    backlog = fields.Dict(metadata={
+        "description": "unfinished jobs: queued/running {count, oldest_s}, resends (steps re-sent by the "
+                       "re-driver), over_bound (jobs past their kind's bound, oldest first)"})
 
 
 class ClusterInitSchema(Schema):

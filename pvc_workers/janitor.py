@@ -11,7 +11,9 @@ Each pass (every ``janitor_interval`` s) over all job records:
   took is published again from its record, a bounded number of times (``pvc_tasks.redrive``; this worker alone
   can see the messages it holds and its queue's length);
 * a job still ``queued`` after ``queue_timeout`` s ends ``failed``: the outer bound, whatever happened;
-* a terminal job older than ``job_retention`` s is deleted.
+* a terminal job older than ``job_retention`` s is deleted;
+* on the primary: the cluster fault ``jobs_over_bound`` is set, or cleared, from the unfinished jobs' ages
+  (``pvc_tasks.backlog``).
 
 Every worker runs a janitor; they race harmlessly, because ending a job is a compare-and-set that does nothing
 to a job already ended, and a re-drive counts only while the step is still untaken.
@@ -28,9 +30,11 @@ from celery.worker import state as worker_state
 from kazoo.exceptions import KazooException, NoNodeError
 
 from pvc_tasks import dispatch, redrive
+from pvc_tasks.backlog import backlog, fault_message
 from pvc_tasks.context import NodeContext
 from pvc_tasks.jobs import JobState, orphan
 from pvc_tasks.state import keepalive_age, node_alive
+from pvc_workers.health import set_fault
 
 __all__ = ["Janitor", "held_here"]
 
@@ -73,7 +77,10 @@ class Janitor(threading.Thread):
         absent: dict[str, float | None] = {}
         queue_len: dict[str, int | None] = {}
         held: set[str] | None = None
-        for job in self.ctx.jobs.all():
+        jobs = self.ctx.jobs.all()
+        if self.primary():
+            set_fault(self.ctx, "base.faults", "jobs_over_bound", fault_message(backlog(jobs, now, settings)))
+        for job in jobs:
             if job.terminal:
                 if job.finished and now - job.finished > settings.job_retention:
                     try:

@@ -16,6 +16,13 @@ def _counts(counts: dict) -> str:
     return ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none"
 
 
+def _backlog(b: dict) -> str:
+    ages = [f"oldest {state} {b[state]['oldest_s']:.0f} s" for state in ("queued", "running")
+            if b[state]["oldest_s"] is not None]
+    over = f"{len(b['over_bound'])} past their bound (see faults)" if b["over_bound"] else "none past their bound"
+    return ", ".join(ages + [f"{b['resends']} step(s) re-sent", over])
+
+
 @group.command("status")
 @output_option
 @click.pass_obj
@@ -34,6 +41,7 @@ def status(client, output) -> None:
         f"         nodes: {_counts(c['nodes'])}",
         f"           VMs: {_counts(c['vms'])}",
         f"          jobs: {_counts(c['jobs'])}",
+        f"       backlog: {_backlog(c['backlog'])}",
         *[f"{'faults' if i == 0 else '':>14}: {f['message']}" for i, f in enumerate(c["faults"])],
         *([] if c["faults"] else ["        faults: none"])]))
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
+from flask import current_app
+
 from pvc_tasks import slots
+from pvc_tasks.backlog import backlog
 from pvc_tasks.errors import Invalid
 from pvc_tasks.jobs import JobStore, commit
 from pvc_tasks.state import domain_records, node_records
@@ -28,6 +32,7 @@ def status():
         return zk.get(schema.path(key))[0].decode()
 
     nodes = node_records(zk, schema)
+    jobs = JobStore(zk, schema).all()
     maintenance = value("base.config.maintenance") == "true"
     return {
         "schema_version": schema.version,
@@ -46,7 +51,8 @@ def status():
         "migrations": len(slots.read_slots(zk, schema)[0]),
         "nodes": dict(Counter("alive" if n["alive"] else "absent" for n in nodes)),
         "vms": dict(Counter(d["state"] or "unknown" for d in domain_records(zk, schema))),
-        "jobs": dict(Counter(str(j.state) for j in JobStore(zk, schema).all())),
+        "jobs": dict(Counter(str(j.state) for j in jobs)),
+        "backlog": backlog(jobs, time.time(), current_app.extensions["pvc_settings"]),
     }
 
 

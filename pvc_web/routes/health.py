@@ -1,11 +1,18 @@
-"""``GET /health``: the one unauthenticated endpoint; 200 when ZooKeeper and Redis answer, else 503."""
+"""``GET /health``: the one unauthenticated endpoint; 200 when ZooKeeper and Redis answer, else 503.
+
+It also shows how old the oldest unfinished jobs are, how often steps were re-sent and how many jobs are past
+their kind's bound (figures only: job ids and VM names need a token, ``GET /cluster``)."""
 
 from __future__ import annotations
+
+import time
 
 import redis
 from flask import current_app
 from kazoo.exceptions import KazooException
 
+from pvc_tasks.backlog import backlog
+from pvc_tasks.jobs import JobStore
 from pvc_web.blueprint import Blueprint, handle
 from pvc_web.schemas import HealthSchema
 
@@ -28,15 +35,18 @@ def health():
     """Health of the API, ZooKeeper and Redis."""
     h = handle()
     zk_ok = h.zk.connected
-    version = None
+    version, jobs = None, None
     if zk_ok:
         try:
             schema = h.refresh()
             version = schema.version if schema else None
+            if schema:
+                figures = backlog(JobStore(h.zk, schema).all(), time.time(), current_app.extensions["pvc_settings"])
+                jobs = dict(figures, over_bound=len(figures["over_bound"]))
         except KazooException:
             zk_ok = False
     redis_ok = _redis_ok(current_app.extensions["pvc_settings"].redis)
     ok = zk_ok and redis_ok
     body = {"status": "ok" if ok else "degraded", "zookeeper": zk_ok, "redis": redis_ok,
-            "cluster_initialised": version is not None, "schema_version": version}
+            "cluster_initialised": version is not None, "schema_version": version, "jobs": jobs}
     return body, 200 if ok else 503

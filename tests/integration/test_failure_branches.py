@@ -4,8 +4,13 @@ message, a define that libvirt refuses. Each is caused for real, on real servers
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import redis
+import requests
 from celery import Celery
 
 from pvc_dev.cluster import NodeSpec, domain_xml
@@ -169,3 +174,32 @@ def test_define_refused_by_libvirt_releases_its_vfs(make_cluster):
                                                      "mode='passthrough'/></interface></devices></domain>")
     assert c.wait_job(api(c, "post", "/vms", json={"xml": good, "node": "hv1"}).json()["id"])["state"] == "succeeded"
     assert "badarch" not in libvirt_domains(c)["hv1"]
+
+
+def test_a_stuck_job_is_shown_and_raises_a_cluster_fault_until_it_ends(make_cluster):
+    """A job waiting past its kind's bound shows in /health (figures only), /cluster and `pvc cluster status`, with
+    the cluster fault jobs_over_bound naming it; the fault clears once the job ends."""
+    env = {"PVC_JOB_BOUND": "2"}
+    c = make_cluster([NodeSpec("hv1")], worker_env=env, api_env=env)
+    assert c.define_vm("slow", node="hv1")["state"] == "succeeded"
+    consumer(c, "hv1", on=False)  # the message waits in a queue nobody reads: behind, so never re-sent
+    job = api(c, "post", "/vms/slow/state", json={"state": "start"}).json()
+
+    def fault() -> dict | None:
+        return next((f for f in api(c, "get", "/cluster").json()["faults"] if f["id"] == "jobs_over_bound"), None)
+
+    stuck = wait_until(fault, 20, "the fault jobs_over_bound")
+    assert f"start job {job['id']} of VM slow on hv1, queued for" in stuck["message"], stuck
+    backlog = api(c, "get", "/cluster").json()["backlog"]
+    assert backlog["queued"]["count"] == 1 and backlog["queued"]["oldest_s"] > 2, backlog
+    assert [j["id"] for j in backlog["over_bound"]] == [job["id"]] and backlog["over_bound"][0]["bound_s"] == 2
+    health = requests.get(f"{c.api_url}/api/v1/health", timeout=10)  # no token
+    assert health.status_code == 200 and health.json()["jobs"]["over_bound"] == 1, health.text
+    assert job["id"] not in health.text and "slow" not in health.text
+    shown = subprocess.run([str(Path(sys.executable).with_name("pvc")), "cluster", "status"], capture_output=True,
+                           text=True, env={**os.environ, **c.client_env()}, timeout=60)
+    assert "1 past their bound (see faults)" in shown.stdout and job["id"] in shown.stdout, shown.stdout
+    consumer(c, "hv1", on=True)
+    assert c.wait_job(job["id"], timeout=30)["state"] == "succeeded"
+    wait_until(lambda: fault() is None, 20, "the fault to clear")
+    assert api(c, "get", "/cluster").json()["backlog"]["over_bound"] == []

@@ -76,3 +76,22 @@ def _job(**fields) -> Job:
 def test_overdue_means_untaken_long_after_the_last_publish(fields, now, expected):
     """A step is overdue when it is untaken ``after`` s past its last publish (or its creation)."""
     assert overdue(_job(**fields), now, 10.0) is expected
+
+
+def test_backlog_counts_ages_resends_and_jobs_past_their_bound():
+    """The oldest unfinished job per state, the re-sends, and the jobs past their kind's bound, oldest first."""
+    from pvc_tasks.backlog import backlog, fault_message
+    from pvc_tasks.config import Settings
+
+    settings = Settings(job_bound=10, shutdown_timeout=100, migration_timeout=200)
+    jobs = [_job(created=95.0), _job(created=50.0, state=JobState.RUNNING, resends=2),
+            _job(created=0.0, state=JobState.SUCCEEDED)]
+    migration = Job.new("migrate", "m", "hv2", stage="pvc.migrate.prepare")
+    migration.created = 0.0  # 100 s old, but a migration's bound is 100 + 200 + 10 s
+    figures = backlog([*jobs, migration], 100.0, settings)
+    assert figures["queued"] == {"count": 2, "oldest_s": 100.0}
+    assert figures["running"] == {"count": 1, "oldest_s": 50.0}
+    assert figures["resends"] == 2
+    assert [(j["age_s"], j["bound_s"]) for j in figures["over_bound"]] == [(50.0, 10)]
+    assert fault_message(figures).startswith("1 job(s) unfinished past their bound; oldest: start job ")
+    assert fault_message(backlog(jobs[:1], 100.0, settings)) is None
