@@ -3,12 +3,18 @@
 Connection, first found wins: ``--api-url`` / ``--token`` flags, ``PVC_API_URL`` / ``PVC_API_TOKEN``, then the
 config file (``--config``, ``$PVC_CLI_CONFIG`` or ``~/.config/pvc/cli.toml``, keys ``api_url`` and ``token``),
 then ``http://127.0.0.1:7370`` with no token.
+
+Every mutation carries an ``Idempotency-Key`` (one per request of this invocation), and a request whose connection
+broke or timed out is sent once more with the same key: the API answers a retry with the job the first attempt
+created, so a retried command never makes two jobs.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import tomllib
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,15 +68,28 @@ class Client:
         self.session = requests.Session()
         if connection.token:
             self.session.headers["X-Api-Key"] = connection.token
+        self._keys = (f"{uuid.uuid4()}-{n}" for n in itertools.count(1))
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """One request, sent again once when the connection broke or timed out (a mutation with the same
+        ``Idempotency-Key``, so the API answers the retry with the job the first attempt created)."""
+        if method != "GET":
+            kwargs["headers"] = {**kwargs.get("headers", {}), "Idempotency-Key": next(self._keys)}
+        url = f"{self.base}{path}"
         try:
-            response = self.session.request(method, f"{self.base}{path}", timeout=self.timeout, **kwargs)
+            return self.session.request(method, url, timeout=self.timeout, **kwargs)
+        except (requests.ConnectionError, requests.Timeout):
+            pass  # once more, with the same key
+        try:
+            return self.session.request(method, url, timeout=self.timeout, **kwargs)
         except requests.ConnectionError as exc:
             raise Unreachable(f"cannot reach the pvc API at {self.base}: is pvc-api running? "
                               f"(set --api-url or PVC_API_URL)") from exc
         except requests.Timeout as exc:
             raise Unreachable(f"the pvc API at {self.base} did not answer within {self.timeout:g} s") from exc
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._send(method, path, **kwargs)
         if response.status_code >= 400:
             try:
                 body = response.json()

@@ -218,6 +218,16 @@ class LocalCluster:
             raise
         return self
 
+    def restart_api(self) -> Service:
+        """SIGKILL the API, as a crash would, and start a new one (on a new port: ``api_url`` follows it)."""
+        assert self.api is not None
+        old = self.api
+        old.kill()
+        old.log_file.close()
+        self.api = start_api({**self.env(), **self.api_env}, self.workdir / "api")
+        self.services[self.services.index(old)] = self.api
+        return self.api
+
     def restart_redis(self, *, kill: bool = True, down: float = 0.0, lose: bool = False) -> Service:
         """Kill (or stop) Redis, keep it down ``down`` s, and start it again on the same port. ``lose``: remove its
         append-only files first, so every queued message is gone, as with a Redis without persistence."""

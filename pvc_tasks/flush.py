@@ -38,7 +38,7 @@ from pvc_tasks import dispatch
 from pvc_tasks.app import app
 from pvc_tasks.engine import collect_ended, continue_job, record_outcome, take_lease
 from pvc_tasks.errors import Conflict, NotFound, PvcError, describe
-from pvc_tasks.jobs import Job, JobState, JobStore, Op, commit
+from pvc_tasks.jobs import Job, JobState, JobStore, Op, Origin, commit
 from pvc_tasks.state import domain_record, domain_records, node_record
 from zk_schema import Schema
 
@@ -50,15 +50,15 @@ TICK = "pvc.flush.tick"
 
 
 # ---- API side ---------------------------------------------------------------------------------------------------
-def _noop(store: JobStore, kind: str, node: str, why: str) -> Job:
-    job = Job.new(kind, "", node, {}, stage=TICK)
+def _noop(store: JobStore, kind: str, node: str, why: str, origin: Origin | None) -> Job:
+    job = Job.new(kind, "", node, {}, stage=TICK, origin=origin)
     job.end(JobState.SUCCEEDED, "", {"noop": why})
     job.note(why)
     commit(store.zk, [store.create_op(job)])
     return job
 
 
-def submit_node_action(zk: KazooClient, schema: Schema, node: str, action: str) -> Job:
+def submit_node_action(zk: KazooClient, schema: Schema, node: str, action: str, origin: Origin | None = None) -> Job:
     """``flush`` or ``ready`` node N: the job that does it (possibly an already-running or a no-op one)."""
     from pvc_tasks.submit import cancel_job
 
@@ -75,18 +75,18 @@ def submit_node_action(zk: KazooClient, schema: Schema, node: str, action: str) 
             raise Conflict(f"node {node} is being made ready by job {active.id}; wait for it or cancel it",
                            code="node_busy", details={"job": active.id})
         if state == "flushed":
-            return _noop(store, "flush", node, f"{node} is already flushed")
+            return _noop(store, "flush", node, f"{node} is already flushed", origin)
     else:
         if active is not None and active.kind == "flush":
             return cancel_job(zk, schema, active.id)  # ready during a flush cancels it; N returns to ready
         if active is not None:
             return active
         if state == "ready":
-            return _noop(store, "unflush", node, f"{node} is already ready")
+            return _noop(store, "unflush", node, f"{node} is already ready", origin)
     if not record["alive"]:
         raise Conflict(f"node {node}'s worker is not running", code="node_unavailable", details={"node": node})
     kind, new_state = ("flush", "flush") if action == "flush" else ("unflush", "unflush")
-    job = Job.new(kind, "", node, {}, stage=TICK)
+    job = Job.new(kind, "", node, {}, stage=TICK, origin=origin)
     state_stat = zk.exists(schema.path("node.domain_state", node))
     active_stat = zk.exists(schema.path("node.active_job", node))
     try:

@@ -26,7 +26,7 @@ from kazoo.exceptions import BadVersionError, NoNodeError
 from pvc_tasks.errors import NotFound
 from zk_schema import Schema
 
-__all__ = ["TERMINAL", "Job", "JobState", "JobStore", "Op", "commit", "end_ops", "notify_parent", "orphan"]
+__all__ = ["TERMINAL", "Job", "JobState", "JobStore", "Op", "Origin", "commit", "end_ops", "notify_parent", "orphan"]
 
 #: Messages kept on a job; older ones are dropped (the API and CLI show the latest).
 MAX_MESSAGES = 50
@@ -41,6 +41,15 @@ class JobState(StrEnum):
 
 
 TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+@dataclass(frozen=True)
+class Origin:
+    """What an API request with an ``Idempotency-Key`` fixes about the job it creates: its id (derived from the
+    client's token and key) and the request's fingerprint."""
+
+    job_id: str
+    request: str
+
 
 #: A transaction step: ("create", path, data[, "ephemeral"]) | ("set", path, data, version)
 #: | ("delete", path, version) | ("check", path, version). ``version`` -1 means unconditional.
@@ -78,15 +87,20 @@ class Job:
     #: many times the re-driver published it again because nobody took it.
     sent: float = 0.0
     resends: int = 0
+    #: The fingerprint (method, path, body) of the API request that created the job with an ``Idempotency-Key``
+    #: (pvc_web.idempotency): a retry with the same key and request gets this job back.
+    request: str = ""
 
     @classmethod
     def new(cls, kind: str, vm: str, node: str, params: dict | None = None, parent: str = "", *,
-            stage: str) -> Job:
+            stage: str, origin: Origin | None = None) -> Job:
         """A queued job whose first message is ``stage`` on ``node``'s queue, published right after the record is
-        committed (``sent`` is set now: the re-driver counts from here if that publish never happens)."""
+        committed (``sent`` is set now: the re-driver counts from here if that publish never happens). ``origin``:
+        the id and request fingerprint an API request with an ``Idempotency-Key`` asks for."""
         now = time.time()
-        return cls(id=str(uuid.uuid4()), kind=kind, vm=vm, node=node, params=dict(params or {}), created=now,
-                   parent=parent, stage=stage, sent=now)
+        return cls(id=origin.job_id if origin else str(uuid.uuid4()), kind=kind, vm=vm, node=node,
+                   params=dict(params or {}), created=now, parent=parent, stage=stage, sent=now,
+                   request=origin.request if origin else "")
 
     @property
     def terminal(self) -> bool:

@@ -14,7 +14,7 @@ from kazoo.exceptions import BadVersionError
 
 from pvc_tasks import dispatch, placement, slots, vfs
 from pvc_tasks.errors import Conflict, Invalid
-from pvc_tasks.jobs import Job, JobStore, commit
+from pvc_tasks.jobs import Job, JobStore, Origin, commit
 from pvc_tasks.migration import KINDS, METHODS, PREPARE, STEPS
 from pvc_tasks.state import free_vm, node_alive
 from zk_schema import Schema
@@ -38,7 +38,8 @@ def _method(vm: dict, method: str | None, force_live: bool, hostdev: list[str]) 
 
 def submit_migration(zk: KazooClient, schema: Schema, vm_name: str, kind: str, target: str | None = None,
                      method: str | None = None, force_live: bool = False, timeout: float | None = None,
-                     parent: str = "", priority: str = "user", target_states: tuple[str, ...] = ("ready",)) -> Job:
+                     parent: str = "", priority: str = "user", target_states: tuple[str, ...] = ("ready",),
+                     origin: Origin | None = None) -> Job:
     """Validate, place, and create the job (one transaction with the VM marker, T's reservation and a migration
     slot, each version-checked); enqueue. ``priority`` "node" for flush/unflush/fence work (pvc_tasks.slots)."""
     if kind not in KINDS:
@@ -72,7 +73,7 @@ def submit_migration(zk: KazooClient, schema: Schema, vm_name: str, kind: str, t
                                               "target_states": list(target_states),
                                               **({"timeout": timeout} if timeout else {}),
                                               **where.job_params()},
-                      parent=parent, stage=PREPARE)
+                      parent=parent, stage=PREPARE, origin=origin)
         job.steps = STEPS
         if hostdev and resolved == "shutdown" and method != "shutdown":
             job.note(f"{vm_name} uses hostdev VF(s) {', '.join(hostdev)}: shutdown migration (no live)")

@@ -35,7 +35,7 @@ from kazoo.exceptions import BadVersionError, NoNodeError
 from pvc_tasks import dispatch
 from pvc_tasks.context import NicError, NodeContext
 from pvc_tasks.errors import Conflict, Invalid, NotFound
-from pvc_tasks.jobs import Job, JobStore, commit
+from pvc_tasks.jobs import Job, JobStore, Origin, commit
 from pvc_tasks.runner import JobFailed, JobRun, job_task
 from pvc_tasks.state import desired_vf_config, node_alive, supported, vf_record, vf_records
 from zk_schema import Schema
@@ -133,7 +133,8 @@ def validate_config(changes: dict, current: dict[str, str], pf_mtu: int) -> dict
 
 
 # ---- API side ---------------------------------------------------------------------------------------------------
-def submit_vf_config(zk: KazooClient, schema: Schema, node: str, vf: str, changes: dict) -> Job:
+def submit_vf_config(zk: KazooClient, schema: Schema, node: str, vf: str, changes: dict,
+                     origin: Origin | None = None) -> Job:
     """Validate, then ONE transaction: job + changed config keys (all config keys version-checked); enqueue."""
     store = JobStore(zk, schema)
     for _attempt in range(5):
@@ -151,7 +152,7 @@ def submit_vf_config(zk: KazooClient, schema: Schema, node: str, vf: str, change
         if not node_alive(zk, schema, node):
             raise Conflict(f"node {node}'s worker is not running, so it cannot apply VF settings; nothing was "
                            f"changed", code="node_unavailable", details={"node": node})
-        job = Job.new("vf_config", "", node, {"vf": vf, "changes": values}, stage=CONFIGURE)
+        job = Job.new("vf_config", "", node, {"vf": vf, "changes": values}, stage=CONFIGURE, origin=origin)
         ops = [store.create_op(job)]
         for key, (_data, stat) in read.items():
             ops.append(("set", paths[key], values[key].encode(), stat.version) if key in values

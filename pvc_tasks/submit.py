@@ -19,7 +19,7 @@ from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
 from pvc_tasks import dispatch, kinds, selector, vfs
 from pvc_tasks.errors import Conflict, Invalid, NotFound
-from pvc_tasks.jobs import Job, JobState, JobStore, commit, notify_parent
+from pvc_tasks.jobs import Job, JobState, JobStore, Origin, commit, notify_parent
 from pvc_tasks.state import node_alive, node_record, node_records
 from zk_schema import Schema, SchemaError
 
@@ -151,7 +151,7 @@ def _choose_node(zk: KazooClient, schema: Schema, memory_mib: int, meta: dict, u
 
 
 def submit_define(zk: KazooClient, schema: Schema, xml: str, node: str | None = None,
-                  meta: dict | None = None) -> Job:
+                  meta: dict | None = None, origin: Origin | None = None) -> Job:
     """Create VM + define job in one transaction and enqueue it on the chosen node."""
     meta = meta or {}
     name, memory_mib, vcpus = parse_domain_xml(xml)
@@ -169,7 +169,7 @@ def submit_define(zk: KazooClient, schema: Schema, xml: str, node: str | None = 
     else:
         node = _choose_node(zk, schema, memory_mib, meta, [n for n, v in per_node.items() if isinstance(v, Conflict)])
     found = per_node.get(node) or []
-    job = Job.new("define", name, node, {}, stage=kinds.get("define").first)
+    job = Job.new("define", name, node, {}, stage=kinds.get("define").first, origin=origin)
     values.update(xml=xml, uuid=vm_uuid, node=node, state="defining", memory=str(memory_mib), vcpus=str(vcpus),
                   active_job=job.id)
     ops = [("create", path, data) for path, data in schema.create_ops("domain", name, values=values)]
@@ -187,7 +187,7 @@ def submit_define(zk: KazooClient, schema: Schema, xml: str, node: str | None = 
 
 
 def submit_vm_action(zk: KazooClient, schema: Schema, vm: str, action: str, params: dict | None = None,
-                     parent: str = "") -> Job:
+                     parent: str = "", origin: Origin | None = None) -> Job:
     """Create a lifecycle job for an existing VM (one transaction with its marker) and enqueue it."""
     if action not in ACTIONS:
         raise Invalid(f"state: {action!r} is not one of {', '.join(ACTIONS)}", details={"state": [action]})
@@ -211,7 +211,7 @@ def submit_vm_action(zk: KazooClient, schema: Schema, vm: str, action: str, para
     if not node_alive(zk, schema, node):
         raise Conflict(f"node {node}'s worker is not running, so it cannot {action} {vm}; start pvc-worker "
                        f"--node {node}", code="node_unavailable", details={"node": node})
-    job = Job.new(action, vm, node, params or {}, parent=parent, stage=kinds.get(action).first)
+    job = Job.new(action, vm, node, params or {}, parent=parent, stage=kinds.get(action).first, origin=origin)
     store = JobStore(zk, schema)
     try:
         commit(zk, [store.create_op(job), ("set", marker_path, job.id.encode(), stat.version)])

@@ -14,12 +14,13 @@ from flask import Flask, request
 
 from pvc_web.errors import error_response
 
-__all__ = ["install"]
+__all__ = ["install", "presented"]
 
 OPEN_ENDPOINTS = frozenset({"/api/v1/health"})
 
 
-def _presented() -> str | None:
+def presented() -> str | None:
+    """The token the request presents (X-Api-Key, or the password of HTTP Basic), unchecked."""
     token = request.headers.get("X-Api-Key")
     if token:
         return token
@@ -44,7 +45,7 @@ def install(app: Flask, tokens: list[str]) -> None:
     def _authenticate():
         if request.path.rstrip("/") in OPEN_ENDPOINTS:
             return None
-        if _valid(_presented(), tokens):
+        if _valid(presented(), tokens):
             return None
         message = ("no API token is configured on the server (set PVC_API_TOKENS)" if not tokens else
                    "missing or invalid API token: send it in the X-Api-Key header")

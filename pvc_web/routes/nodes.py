@@ -5,6 +5,7 @@ from __future__ import annotations
 from pvc_tasks.flush import submit_node_action
 from pvc_tasks.state import node_record, node_records
 from pvc_web.blueprint import Blueprint, accepted, handle
+from pvc_web.idempotency import idempotent, origin
 from pvc_web.schemas import JobSchema, NodeSchema
 from pvc_web.views import job_view, node_view
 
@@ -31,17 +32,19 @@ def show_node(node: str):
 @blp.route("/<string:node>/flush", methods=["POST"])
 @blp.response(202, JobSchema)
 @blp.alt_response(409, description="the node's worker is absent, or it is being made ready")
+@idempotent
 def flush(node: str):
     """Flush (drain) a node: every VM leaves by a child migration job; the node ends ``flushed``. On a node that
     is already flushed (or flushing) this answers that job."""
     h = handle()
-    return accepted(job_view(submit_node_action(h.zk, h.schema, node, "flush")))
+    return accepted(job_view(submit_node_action(h.zk, h.schema, node, "flush", origin=origin())))
 
 
 @blp.route("/<string:node>/ready", methods=["POST"])
 @blp.response(202, JobSchema)
+@idempotent
 def ready(node: str):
     """Make a node ready: during a flush, cancel it; on a flushed node, unflush (start its autostart VMs, bring
     back the VMs whose last node it is). On a ready node, a no-op job."""
     h = handle()
-    return accepted(job_view(submit_node_action(h.zk, h.schema, node, "ready")))
+    return accepted(job_view(submit_node_action(h.zk, h.schema, node, "ready", origin=origin())))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pvc_tasks.sriov import submit_vf_config
 from pvc_tasks.state import pf_records, vf_record, vf_records
 from pvc_web.blueprint import Blueprint, accepted, handle
+from pvc_web.idempotency import idempotent, origin
 from pvc_web.schemas import JobSchema, PfSchema, VfConfigSchema, VfQuerySchema, VfSchema
 from pvc_web.views import job_view, pf_view, vf_view
 
@@ -44,8 +45,9 @@ def show_vf(node: str, vf: str):
 @blp.arguments(VfConfigSchema)
 @blp.response(202, JobSchema)
 @blp.alt_response(409, description="the node's worker is absent")
+@idempotent
 def set_vf(changes: dict, node: str, vf: str):
     """Change some of a VF's settings: validated (400 naming each bad field, nothing written), stored in
     ZooKeeper with a ``vf_config`` job in one transaction, then applied by the node's worker."""
     h = handle()
-    return accepted(job_view(submit_vf_config(h.zk, h.schema, node, vf, changes)))
+    return accepted(job_view(submit_vf_config(h.zk, h.schema, node, vf, changes, origin=origin())))

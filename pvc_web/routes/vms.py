@@ -6,6 +6,7 @@ from pvc_tasks.migration_submit import submit_migration
 from pvc_tasks.state import domain_record, domain_records
 from pvc_tasks.submit import set_meta, submit_define, submit_vm_action
 from pvc_web.blueprint import Blueprint, accepted, handle
+from pvc_web.idempotency import idempotent, origin
 from pvc_web.schemas import (
     JobSchema,
     MetaSchema,
@@ -33,10 +34,11 @@ def list_vms():
 @blp.arguments(VmDefineSchema)
 @blp.response(202, JobSchema, headers={"Location": {"schema": {"type": "string"}, "description": "the job"}})
 @blp.alt_response(409, description="a VM of that name exists, the node is not available, or nothing fits")
+@idempotent
 def define_vm(args: dict):
     """Define a VM from libvirt XML on ``node`` or on the node the selector picks."""
     h = handle()
-    job = submit_define(h.zk, h.schema, args["xml"], args.get("node"), args.get("meta"))
+    job = submit_define(h.zk, h.schema, args["xml"], args.get("node"), args.get("meta"), origin=origin())
     return accepted(job_view(job))
 
 
@@ -52,20 +54,22 @@ def show_vm(vm: str):
 @blp.arguments(VmStateSchema)
 @blp.response(202, JobSchema)
 @blp.alt_response(409, description="the VM has an active job, is in the wrong state, or its node is absent")
+@idempotent
 def change_state(args: dict, vm: str):
     """Start, shut down (graceful, bounded), stop (force off) or restart a VM."""
     h = handle()
     params = {"timeout": args["timeout"]} if "timeout" in args else {}
-    return accepted(job_view(submit_vm_action(h.zk, h.schema, vm, args["state"], params)))
+    return accepted(job_view(submit_vm_action(h.zk, h.schema, vm, args["state"], params, origin=origin())))
 
 
 @blp.route("/<string:vm>", methods=["DELETE"])
 @blp.response(202, JobSchema)
 @blp.alt_response(409, description="the VM has an active job or is running")
+@idempotent
 def undefine_vm(vm: str):
     """Undefine a stopped VM (removes it from its node's libvirt and from the cluster)."""
     h = handle()
-    return accepted(job_view(submit_vm_action(h.zk, h.schema, vm, "undefine")))
+    return accepted(job_view(submit_vm_action(h.zk, h.schema, vm, "undefine", origin=origin())))
 
 
 @blp.route("/<string:vm>/meta", methods=["PUT"])
@@ -83,10 +87,11 @@ def _migration(kind: str, doc: str):
     @blp.arguments(MigrateSchema, required=False)
     @blp.response(202, JobSchema)
     @blp.alt_response(409, description="busy VM, same node, no target that fits, node not ready or absent")
+    @idempotent
     def endpoint(args: dict, vm: str):
         h = handle()
         job = submit_migration(h.zk, h.schema, vm, kind, args.get("target"), args.get("method"),
-                               args.get("force_live", False), args.get("timeout"))
+                               args.get("force_live", False), args.get("timeout"), origin=origin())
         return accepted(job_view(job))
 
     endpoint.__doc__ = doc
