@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -133,6 +134,10 @@ class LocalCluster:
         self.worker_extra_env: dict[str, dict[str, str]] = {}
         self.power: PowerSwitch | None = None
         self._workers_lock = threading.RLock()
+        #: Processes the supervisor restarted because they exited by themselves (name -> count), as systemd's
+        #: ``Restart=always`` would (deploy/systemd/); logged in ``supervisor.log``.
+        self.restarts: dict[str, int] = {}
+        self._supervising = threading.Event()
 
     # ---- addresses ------------------------------------------------------------------------------------------
     @property
@@ -213,18 +218,19 @@ class LocalCluster:
             self.services.append(self.api)
             if self.flower:
                 self.start_flower()
+            threading.Thread(target=self._supervise, name="supervisor", daemon=True).start()
         except BaseException:
             self.stop()
             raise
         return self
 
     def restart_api(self) -> Service:
-        """SIGKILL the API, as a crash would, and start a new one (on a new port: ``api_url`` follows it)."""
+        """SIGKILL the API, as a crash would, and start a new one on the same port."""
         assert self.api is not None
         old = self.api
         old.kill()
         old.log_file.close()
-        self.api = start_api({**self.env(), **self.api_env}, self.workdir / "api")
+        self.api = start_api({**self.env(), **self.api_env}, self.workdir / "api", int(old.info["port"]))
         self.services[self.services.index(old)] = self.api
         return self.api
 
@@ -327,8 +333,43 @@ class LocalCluster:
 
         wait_until(ready, timeout, f"worker {node} to run")
 
+    def _supervise(self) -> None:
+        """Restart a worker or the API that exited by itself (not one we stopped or killed on purpose), as systemd
+        would; exit status 2 (a configuration error) is not restarted, as with ``RestartPreventExitStatus=2``."""
+        self._supervising.set()
+        while self._supervising.is_set():
+            time.sleep(0.5)
+            with self._workers_lock:
+                if not self._supervising.is_set():
+                    return
+                crashed = [(n, w) for n, w in self.workers.items() if self._crashed(w)]
+                for node, worker in crashed:
+                    self._restarted(node, worker)
+                    self.start_worker(node, self.worker_extra_env.get(node))
+                if self.api is not None and self._crashed(self.api):
+                    self._restarted("api", self.api)
+                    old = self.api
+                    self.api = start_api({**self.env(), **self.api_env}, self.workdir / "api", int(old.info["port"]))
+                    self.services[self.services.index(old)] = self.api
+
+    @staticmethod
+    def _crashed(service: Service) -> bool:
+        return not service.expected_exit and not service.alive() and service.proc.returncode != 2
+
+    def _restarted(self, name: str, service: Service) -> None:
+        self.restarts[name] = self.restarts.get(name, 0) + 1
+        line = (f"{time.strftime('%H:%M:%S')} {name} exited by itself (status {service.proc.returncode}); "
+                f"restart {self.restarts[name]}\n")
+        with open(self.workdir / "supervisor.log", "a") as log:
+            log.write(line)
+        print(f"supervisor: {line}", end="", file=sys.stderr, flush=True)
+        service.expected_exit = True
+        service.log_file.close()
+
     def stop(self) -> None:
         """Stop every process this cluster started, newest first, each by its PID."""
+        with self._workers_lock:
+            self._supervising.clear()
         if self._zk is not None:
             try:
                 self._zk.stop()

@@ -68,6 +68,8 @@ class Service:
     def __init__(self, name: str, argv: list[str], log: Path, env: dict[str, str] | None = None,
                  cwd: Path | None = None, **info: object) -> None:
         self.name, self.argv, self.log_path, self.info = name, argv, log, info
+        #: True once we stopped or killed it on purpose: a supervisor restarts only a process that exited by itself.
+        self.expected_exit = False
         self.log_file = open(log, "ab")
         self.proc = subprocess.Popen(argv, stdout=self.log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True)
@@ -91,12 +93,14 @@ class Service:
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""
+        self.expected_exit = True
         if self.alive():
             self.proc.kill()
             self.proc.wait()
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout`` s; only this PID (its own session) is signalled."""
+        self.expected_exit = True
         if self.alive():
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -166,9 +170,10 @@ def start_worker(node: str, env: dict[str, str], workdir: Path) -> Service:
                    workdir / f"worker-{node}.log", env=env, node=node)
 
 
-def start_api(env: dict[str, str], workdir: Path) -> Service:
+def start_api(env: dict[str, str], workdir: Path, port: int | None = None) -> Service:
+    """pvc-api on ``port`` (default: a free one; a restart keeps the port its clients use)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     svc = Service("api", [_bin("pvc-api")], workdir / "api.log",
                   env={**env, "PVC_API_LISTEN": f"127.0.0.1:{port}"}, port=port, url=f"http://127.0.0.1:{port}")
     return _await(svc, lambda: urllib.request.urlopen(f"{svc.info['url']}/api/v1/health", timeout=2), 30,

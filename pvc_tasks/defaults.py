@@ -54,6 +54,11 @@ REDRIVE_AFTER = 10.0
 #: ... at most this many times in a row; then the job's kind ends or rolls it back with the reason (a node that
 #: takes nothing from its queue is stuck, not slow).
 REDRIVE_LIMIT = 5
+#: A worker pings itself through its own queue this often (s) ...
+CONSUMER_CHECK_INTERVAL = 15.0
+#: ... and when no ping came back for this long (s) while it had idle threads, its Celery consumer is stuck (alive
+#: but taking nothing): it records a node fault and exits, and its supervisor (systemd) starts it again. 0: off.
+CONSUMER_STALL_AFTER = 90.0
 #: How long a job may stay unfinished before it counts as stuck (a cluster fault ``jobs_over_bound`` names it): this
 #: much for a one-step job, plus the shutdown timeout for kinds that wait for a guest, plus the migration timeout
 #: for migrations; 12 times as much for a flush, unflush or fence (pvc_tasks.kinds). Generous: it flags stuck

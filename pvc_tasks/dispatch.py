@@ -19,6 +19,7 @@ queue.
 from __future__ import annotations
 
 import logging
+import time
 
 from kombu.exceptions import ChannelError
 
@@ -27,7 +28,10 @@ from pvc_tasks.errors import describe
 from pvc_tasks.jobs import Job, JobState
 from pvc_tasks.routing import CLUSTER_QUEUE, node_queue
 
-__all__ = ["message", "publish", "waiting"]
+__all__ = ["PING", "message", "ping", "publish", "waiting"]
+
+#: A worker's ping through its own queue (``pvc_workers.watchdog``): the one message that is not a job's.
+PING = "pvc.node.ping"
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,16 @@ def publish(job: Job, *, countdown: float | None = None, periodic: bool = False)
     except Exception as exc:  # noqa: BLE001 - kombu and the Redis client raise many kinds; none may escape
         log.warning("job %s: the broker did not take %s for %s (%s); the re-driver publishes it again",
                     job.id, name, job.node or "the cluster queue", describe(exc))
+        return False
+    return True
+
+
+def ping(node: str) -> bool:
+    """Publish a ping to ``node``'s own queue; False when the broker did not take it."""
+    try:
+        app.send_task(PING, kwargs={"node": node, "sent": time.time()})
+    except Exception as exc:  # noqa: BLE001 - as in publish
+        log.warning("ping of %s not published: %s", node, describe(exc))
         return False
     return True
 

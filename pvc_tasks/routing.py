@@ -19,6 +19,8 @@ Families (task name prefix -> queue, and why)
     ``pvc.sriov.*``  ``node.<node>``, the node whose NIC holds the VF: its settings are applied there with
                      ``ip link`` (or to that node's simulated NIC).
     ``pvc.cluster.*`` ``cluster``: work for the cluster as a whole (fencing a node), run by the primary.
+    ``pvc.node.*``   ``node.<node>``: a worker's ping through its own queue, which proves that it still consumes
+                     it (``pvc_workers.watchdog``); not a job.
 
 Callers never pass a queue: they call a task with its keyword arguments and the router below picks the queue
 from the task's family. A task name outside every family is an error, never a silent default queue.
@@ -49,6 +51,7 @@ FAMILIES: dict[str, tuple[str | None, str]] = {
     "pvc.recover.": ("node", "a fenced node's VM is recovered by its target node, which defines and starts it"),
     "pvc.sriov.": ("node", "a VF's settings are applied by the node whose NIC holds the VF"),
     "pvc.cluster.": (None, "cluster-wide work (fencing) runs on the primary coordinator, whoever that is now"),
+    "pvc.node.": ("node", "a worker pings itself through its own queue to prove that it still consumes it"),
 }
 
 

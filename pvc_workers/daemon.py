@@ -8,9 +8,10 @@ Start-up, in order
     4. Open ONE libvirt connection for the process's life. Write the node's SR-IOV inventory and apply every VF's
        desired config from ZooKeeper to the NIC (``pvc_tasks.sriov``). Reconcile VMs and jobs
        (``pvc_workers.reconcile``).
-    5. Start the keepalive, inventory, janitor and session-watch (presence after a session loss, self-fence)
-       threads, a check of this node's own BMC (a fault when fencing it would fail), and a watch on the cluster's
-       schema version.
+    5. Start the keepalive, inventory, janitor, session-watch (presence after a session loss, self-fence) and
+       watchdog (a consumer that stopped taking messages restarts the process, ``pvc_workers.watchdog``) threads,
+       a check of this node's own BMC (a fault when fencing it would fail), and a watch on the cluster's schema
+       version.
     6. Consume ``node.<NAME>`` with a thread pool (the test driver's state is per process; threads share it);
        once Celery is ready, a coordinator contends for primary (``pvc_workers.election``), which adds the
        ``cluster`` queue while it is primary. The remote-control command ``pvc_domains`` answers what this
@@ -51,6 +52,7 @@ from pvc_workers.reconcile import reconcile_jobs, reconcile_vms
 from pvc_workers.session import SessionWatch
 from pvc_workers.sriov import nic_for
 from pvc_workers.vf_inventory import VfInventory
+from pvc_workers.watchdog import Watchdog
 from zk_schema import Schema, SchemaError, cluster_version
 
 __all__ = ["main"]
@@ -191,7 +193,8 @@ class Daemon:
         inventory = Inventory(ctx, self.stop, self.vf_inventory.sync)
         ctx.inventory = inventory.refresh
         threads = [inventory, Keepalive(ctx, inventory, self.stop), Janitor(ctx, self.stop, self._primary),
-                   SessionWatch(ctx, self.stop), threading.Thread(target=check_own_bmc, args=(ctx,), daemon=True)]
+                   SessionWatch(ctx, self.stop), Watchdog(ctx, self.stop),
+                   threading.Thread(target=check_own_bmc, args=(ctx,), daemon=True)]
         for thread in threads:
             thread.start()
         app = configure(self.settings)
