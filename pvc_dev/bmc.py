@@ -91,7 +91,7 @@ def power_client(argv: list[str]) -> int:
 def start_bmc(node: str, switch: PowerSwitch, workdir: Path) -> Service:
     """An ``ipmi_sim`` for ``node`` on a free loopback port; ``info["hostname"]`` is ``127.0.0.1:<port>``."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = free_port(udp=True)  # ipmi_sim serves IPMI over UDP (RMCP+)
     script = workdir / "chassis-control"
     script.write_text(f"#!/bin/sh\nexec {sys.executable} -m pvc_dev.bmc {switch.path} \"$@\"\n")
     script.chmod(0o755)

@@ -224,6 +224,18 @@ class LocalCluster:
             raise
         return self
 
+    def restart_zookeeper(self, *, down: float = 0.0) -> Service:
+        """SIGKILL this cluster's own ZooKeeper server, keep it down ``down`` s, start it again on its port with its
+        data: the clients' sessions survive an outage shorter than their timeout."""
+        assert self.own_zookeeper and self.zookeeper is not None, "only a cluster's own ZooKeeper is restarted"
+        old = self.zookeeper
+        old.kill()
+        old.log_file.close()
+        time.sleep(down)
+        self.zookeeper = start_zookeeper(self.workdir / "zookeeper", port=int(old.info["port"]))
+        self.services[self.services.index(old)] = self.zookeeper
+        return self.zookeeper
+
     def restart_api(self) -> Service:
         """SIGKILL the API, as a crash would, and start a new one on the same port."""
         assert self.api is not None

@@ -28,9 +28,9 @@ ZK_CLASSPATH = ":".join(f"/usr/share/java/{jar}" for jar in (
     "metrics-core.jar", "snappy-java.jar", "commons-cli.jar"))
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on at the moment of asking (the OS picks it)."""
-    with socket.socket() as sock:
+def free_port(udp: bool = False) -> int:
+    """A TCP (or ``udp``) port nobody uses at the moment of asking (the OS picks it)."""
+    with socket.socket(type=socket.SOCK_DGRAM if udp else socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
@@ -127,10 +127,12 @@ def _zk_ok(port: int) -> bool:
         return sock.recv(8) == b"imok"
 
 
-def start_zookeeper(workdir: Path, *, tick_ms: int = 500) -> Service:
-    """One ZooKeeper server; ``tick_ms`` 500 allows 1 s sessions for tests (forceSync off: data is disposable)."""
+def start_zookeeper(workdir: Path, *, tick_ms: int = 500, port: int | None = None) -> Service:
+    """One ZooKeeper server; ``tick_ms`` 500 allows 1 s sessions for tests (forceSync off: data is disposable, but
+    it survives a SIGKILL of the server, which the OS has already been given). ``port``: restart a server on the
+    port its clients use, with the data it had."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     cfg = workdir / "zoo.cfg"
     cfg.write_text(f"tickTime={tick_ms}\ndataDir={workdir / 'data'}\nclientPort={port}\nclientPortAddress=127.0.0.1\n"
                    "admin.enableServer=false\nforceSync=no\nmaxSessionTimeout=60000\n"

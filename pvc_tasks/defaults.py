@@ -7,6 +7,9 @@ Settings (``pvc_tasks.config``) read these; nothing else hard-codes a timing or 
 ZOOKEEPER = "127.0.0.1:2181"
 #: Celery broker and result backend.
 REDIS = "redis://127.0.0.1:6379/0"
+#: How long (s) a job transition waits for ZooKeeper to answer again after a connection loss before it gives up:
+#: three session timeouts, longer than a server restart or an ensemble's leader election.
+ZK_RETRY_DEADLINE = 30.0
 #: ZooKeeper session timeout (s). A worker's presence vanishes this long after it dies; 10 s keeps false
 #: absences rare on a loaded node while still noticing a dead process quickly.
 ZK_SESSION_TIMEOUT = 10.0

@@ -60,7 +60,7 @@ def declare_dead(zk: KazooClient, schema: Schema, node: str, why: str) -> Job | 
         return None
     job = Job.new("fence", "", "", {"target": node, "why": why}, stage=FENCE)
     job.steps = 3
-    record = {"job": job.id, "state": "fencing", "since": time.time(), "why": why}
+    record = {"job": job.id, "state": "fencing", "since": time.time(), "reason": why}
     try:
         commit(zk, [JobStore(zk, schema).create_op(job), ("set", path, b"dead", stat.version),
                     ("set", schema.path("node.fence", node), json.dumps(record).encode(), -1)])

@@ -21,12 +21,21 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import BadVersionError, NoNodeError
+from kazoo.exceptions import (
+    BadVersionError,
+    ConnectionClosedError,
+    ConnectionLoss,
+    NoNodeError,
+    OperationTimeoutError,
+    SessionExpiredError,
+)
 
+from pvc_tasks import defaults
 from pvc_tasks.errors import NotFound
 from zk_schema import Schema
 
-__all__ = ["TERMINAL", "Job", "JobState", "JobStore", "Op", "Origin", "commit", "end_ops", "notify_parent", "orphan"]
+__all__ = ["TERMINAL", "TRANSIENT", "Job", "JobState", "JobStore", "Op", "Origin", "commit", "end_ops", "notify_parent",
+           "orphan", "patient"]
 
 #: Messages kept on a job; older ones are dropped (the API and CLI show the latest).
 MAX_MESSAGES = 50
@@ -141,6 +150,26 @@ class Job:
             self.percent = 100
 
 
+#: ZooKeeper errors after which the same request may work a moment later: the connection dropped (the session
+#: survives a short outage and kazoo reconnects by itself), or the session expired and kazoo opens a new one.
+TRANSIENT = (ConnectionLoss, OperationTimeoutError, SessionExpiredError, ConnectionClosedError)
+
+
+def patient(fn: Callable, *args, deadline: float = defaults.ZK_RETRY_DEADLINE):
+    """``fn(*args)``, tried again with backoff while ZooKeeper is unreachable, for at most ``deadline`` s. Only for
+    reads, and for writes whose retry decides afresh (a compare-and-set re-reads first): a write that may have
+    applied before its answer was lost must not simply be sent again."""
+    delay, end = 0.1, time.monotonic() + deadline
+    while True:
+        try:
+            return fn(*args)
+        except TRANSIENT:
+            if time.monotonic() > end:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
 def commit(zk: KazooClient, ops: Iterable[Op]) -> list:
     """Run ops as one ZooKeeper transaction; raises the first failure (BadVersionError, NodeExistsError, ...)."""
     tx = zk.transaction()
@@ -214,7 +243,7 @@ class JobStore:
 
     def get_versioned(self, job_id: str) -> tuple[Job, int]:
         try:
-            data, stat = self.zk.get(self.path(job_id))
+            data, stat = patient(self.zk.get, self.path(job_id))
         except (NoNodeError, ValueError) as exc:
             raise NotFound(f"no job {job_id}", code="job_not_found") from exc
         return Job.from_bytes(data), stat.version
@@ -241,7 +270,7 @@ class JobStore:
         """Every job record, read in parallel."""
         base = self.schema.path("base.job")
         try:
-            ids = self.zk.get_children(base)
+            ids = patient(self.zk.get_children, base)
         except NoNodeError:
             return []
         pending = [self.zk.get_async(f"{base}/{i}") for i in ids]
@@ -258,17 +287,25 @@ class JobStore:
         """Compare-and-set: ``mutate`` edits the job in place and returns False to skip the write.
 
         ``extra`` returns more ops committed in the same transaction. On a concurrent write the job is re-read
-        and ``mutate`` decides again, so the last writer never overwrites what it did not see."""
+        and ``mutate`` decides again, so the last writer never overwrites what it did not see.
+
+        ZooKeeper unreachable for a moment: reads wait (``patient``); a transaction whose answer was lost is judged
+        by reading the job again: if it holds exactly what we wrote, the transaction applied (it is atomic, so
+        ``extra`` did too); else ``mutate`` decides again on what is there."""
         for _ in range(attempts):
             job, version = self.get_versioned(job_id)
             if not mutate(job):
                 return job
-            ops = [("set", self.path(job_id), job.to_bytes(), version)] + (extra(job) if extra else [])
+            written = job.to_bytes()
+            ops = [("set", self.path(job_id), written, version)] + (extra(job) if extra else [])
             try:
                 commit(self.zk, ops)
                 return job
             except BadVersionError:
                 continue
+            except TRANSIENT:
+                if patient(self.zk.get, self.path(job_id))[0] == written:
+                    return job
         raise RuntimeError(f"job {job_id}: too many concurrent updates")
 
     def release_ops(self, job: Job) -> list[Op]:

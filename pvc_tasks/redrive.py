@@ -11,9 +11,10 @@ Re-drive protocol (one pass of each worker's janitor; ``pvc_workers.janitor``)
        Only that node can tell a lost message from a held one: it sees its own Celery worker's reserved and
        running messages, and its queue's length. A node whose worker is gone is the janitor's other case: its
        jobs are orphaned (rolled back through a live node, or failed) by the other nodes.
-    2. When: the step is not taken ``redrive_after`` s after ``sent``, the node's queue is empty (a queue that is
-       not empty is behind, not lossy) and this worker holds no message for the job (reserved, waiting for its
-       countdown, or running).
+    2. When: the step is not taken ``redrive_after`` s after ``sent`` (or, for an engine job, the lease of the pass
+       that took it lapsed that long ago: the pass died before scheduling the next), the node's queue is empty (a
+       queue that is not empty is behind, not lossy) and this worker holds no message for the job (reserved,
+       waiting for its countdown, or running).
     3. What: record ``sent`` and ``resends`` + 1 (compare-and-set: not if the step was taken meanwhile), then
        publish the stage again. The broker answered the queue-length question just before, so a re-send it refuses
        is rare; it is counted, and the next pass tries again.
@@ -41,9 +42,13 @@ log = logging.getLogger(__name__)
 
 
 def overdue(job: Job, now: float, after: float) -> bool:
-    """True when ``job`` waits for a step nobody took ``after`` s after its message was published."""
-    if job.terminal or not job.stage or job.stage_taken == job.stage:
+    """True when ``job`` waits for a step nobody took ``after`` s after its message was published, or for an
+    engine pass whose lease lapsed ``after`` s ago (the pass died before it could schedule the next one)."""
+    if job.terminal or not job.stage:
         return False
+    if job.stage_taken == job.stage:
+        until = (job.params.get("lease") or {}).get("until") if kinds.get(job.kind).engine else None
+        return bool(until) and now - until > after
     return now - (job.sent or job.created) > after
 
 
@@ -62,7 +67,7 @@ def redrive(store: JobStore, job: Job, after: float, limit: int) -> str:
 
     def mutate(j: Job) -> bool:
         nonlocal counted
-        counted = not (j.terminal or j.stage != job.stage or j.node != job.node or j.stage_taken == j.stage)
+        counted = j.stage == job.stage and j.node == job.node and overdue(j, time.time(), after)
         if counted:
             j.sent, j.resends = time.time(), j.resends + 1
             j.note(f"{j.stage} re-sent to {_where(j)}: not taken {after:g} s after it was published "

@@ -9,8 +9,6 @@ from pvc_tasks.jobs import JobState
 from pvc_tasks.selector import METHODS
 from pvc_tasks.submit import ACTIONS, MIGRATION_METHODS
 
-__all__ = [name for name in dir() if name.endswith("Schema")]
-
 
 class ErrorSchema(Schema):
     """The body of every 4xx/5xx answer."""
@@ -266,3 +264,8 @@ class VfSchema(Schema):
 class VfQuerySchema(Schema):
     node = fields.String()
     pf = fields.String()
+
+
+#: Built after the classes exist (built before them, it named only marshmallow's ``Schema``).
+__all__ = sorted(name for name, value in list(globals().items())
+                 if isinstance(value, type) and issubclass(value, Schema) and value is not Schema)

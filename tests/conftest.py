@@ -52,9 +52,11 @@ def zookeeper(tmp_path_factory):
 _shared: list[LocalCluster] = []
 
 
-def _cluster(zookeeper, workdir: Path, nodes=None, flower: bool = False, **kwargs) -> LocalCluster:
+def _cluster(zookeeper, workdir: Path, nodes=None, flower: bool = False, own_zookeeper: bool = False,
+             **kwargs) -> LocalCluster:
+    """``own_zookeeper``: the cluster starts its own server (a test that restarts ZooKeeper), not the shared one."""
     kwargs.setdefault("fencing", False)
-    return LocalCluster(workdir, list(nodes or NODES), zookeeper=zookeeper, flower=flower,
+    return LocalCluster(workdir, list(nodes or NODES), zookeeper=None if own_zookeeper else zookeeper, flower=flower,
                         worker_env=dict(FAST_WORKER_ENV, **kwargs.pop("worker_env", {})), **kwargs)
 
 

@@ -98,3 +98,13 @@ def test_backlog_counts_ages_resends_and_jobs_past_their_bound():
     assert [(j["age_s"], j["bound_s"]) for j in figures["over_bound"]] == [(50.0, 10)]
     assert fault_message(figures).startswith("1 job(s) unfinished past their bound; oldest: start job ")
     assert fault_message(backlog(jobs[:1], 100.0, settings)) is None
+
+
+def test_an_engine_pass_whose_lease_lapsed_is_overdue():
+    """A flush whose pass took its stage and died: overdue once its lease lapsed ``after`` s ago, not before."""
+    job = Job.new("flush", "", "hv1", stage="pvc.flush.tick")
+    job.stage_taken, job.params["lease"] = job.stage, {"token": "t", "until": 100.0}
+    assert not overdue(job, 105.0, 10.0)
+    assert overdue(job, 111.0, 10.0)
+    job.kind = "start"  # a one-step job's taken step is never re-sent by the re-driver
+    assert not overdue(job, 500.0, 10.0)
