@@ -12,7 +12,7 @@ import requests
 from pvc_dev.cluster import NodeSpec
 from pvc_dev.invariants import libvirt_domains
 from pvc_dev.services import wait_until
-from tests.chaos.test_broker_and_worker_faults import BOUND, FAULTY
+from tests.chaos.scenarios import BOUND, FAULTY
 
 
 def test_api_killed_during_a_burst_of_40_starts(make_cluster):

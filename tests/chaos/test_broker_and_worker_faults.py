@@ -15,50 +15,15 @@ import time
 import redis
 
 from pvc_dev.cluster import NodeSpec
-from pvc_dev.invariants import libvirt_domains
 from pvc_dev.services import wait_until
-from tests.conftest import SLOW_SESSION
-
-#: Seconds within which every job ends after the fault (re-drive after 2 s, a few janitor passes, the work itself).
-BOUND = 120
-NODES = [NodeSpec("hv1", 16384), NodeSpec("hv2", 16384), NodeSpec("hv3", 16384)]
-FAULTY = {**SLOW_SESSION, "PVC_REDRIVE_AFTER": "2"}
-
-
-def api(c, method, path, **kw):
-    return c.session().request(method, f"{c.api_url}/api/v1{path}", timeout=30, **kw)
-
-
-def progress(c, job_id: str) -> int:
-    return len(api(c, "get", f"/jobs/{job_id}").json()["result"].get("done", []))
-
-
-def running_on(c, nodes: set[str]) -> dict[str, str]:
-    """VM -> node for every running VM, as the nodes' libvirt says."""
-    found = {}
-    for node, domains in libvirt_domains(c).items():
-        for name, facts in (domains or {}).items():
-            if node in nodes and facts["state"] == "running":
-                found[name] = node
-    return found
+from tests.chaos.scenarios import BOUND, FAULTY, NODES, api, flush_through, progress, running_on
 
 
 def test_redis_killed_with_its_messages_during_a_50_vm_flush(make_cluster):
     """Redis SIGKILLed mid-flush, every queued message lost with it, and restarted on its port: the flush
     succeeds, and every VM runs once, on another node."""
     c = make_cluster(NODES, worker_env=FAULTY)
-    names = [f"f{i:02d}" for i in range(50)]
-    for name in names:
-        assert c.define_vm(name, 64, node="hv1", start=True)["state"] == "succeeded"
-    flush = api(c, "post", "/nodes/hv1/flush").json()
-    wait_until(lambda: progress(c, flush["id"]) >= 10, 120, "ten VMs to leave hv1")
-    fault = time.monotonic()
-    c.restart_redis(kill=True, lose=True)
-    ended = c.wait_job(flush["id"], timeout=BOUND)
-    print(f"\nflush of 50 VMs ended {time.monotonic() - fault:.1f} s after Redis was killed")
-    assert ended["state"] == "succeeded", (ended["reason"], ended["messages"][-5:])
-    placed = running_on(c, {"hv1", "hv2", "hv3"})
-    assert sorted(placed) == names and set(placed.values()) <= {"hv2", "hv3"}, placed
+    flush_through(c, 50, 10, lambda: c.restart_redis(kill=True, lose=True), "Redis was killed")
 
 
 def test_redis_killed_with_a_batch_of_starts_queued_on_a_one_thread_worker(make_cluster):
