@@ -37,7 +37,7 @@ def running_on(c, nodes: set[str]) -> dict[str, str]:
     return found
 
 
-def flush_through(c, vms: int, after: int, fault: Callable[[], object], what: str) -> dict:
+def assert_flush_survives(c, vms: int, after: int, fault: Callable[[], object], what: str) -> dict:
     """Flush hv1 with ``vms`` running VMs, call ``fault()`` once ``after`` of them left, and require that the flush
     succeeds within ``BOUND`` s and every VM then runs once, on hv2 or hv3. Returns the flush job."""
     names = [f"f{i:03d}" for i in range(vms)]

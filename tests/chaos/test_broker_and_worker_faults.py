@@ -16,14 +16,14 @@ import redis
 
 from pvc_dev.cluster import NodeSpec
 from pvc_dev.services import wait_until
-from tests.chaos.scenarios import BOUND, FAULTY, NODES, api, flush_through, progress, running_on
+from tests.chaos.scenarios import BOUND, FAULTY, NODES, api, assert_flush_survives, progress, running_on
 
 
 def test_redis_killed_with_its_messages_during_a_50_vm_flush(make_cluster):
     """Redis SIGKILLed mid-flush, every queued message lost with it, and restarted on its port: the flush
     succeeds, and every VM runs once, on another node."""
     c = make_cluster(NODES, worker_env=FAULTY)
-    flush_through(c, 50, 10, lambda: c.restart_redis(kill=True, lose=True), "Redis was killed")
+    assert_flush_survives(c, 50, 10, lambda: c.restart_redis(kill=True, lose=True), "Redis was killed")
 
 
 def test_redis_killed_with_a_batch_of_starts_queued_on_a_one_thread_worker(make_cluster):

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from tests.chaos.scenarios import FAULTY, NODES, api, flush_through
+from tests.chaos.scenarios import FAULTY, NODES, api, assert_flush_survives
 
 
 def test_zookeeper_restarted_during_a_flush(make_cluster):
     """The single ZooKeeper server SIGKILLed for 3 s mid-flush of 30 VMs, fencing on: the flush succeeds, no node
     is declared dead or fenced, every VM runs once on another node, and no job ended with an empty reason."""
     c = make_cluster(NODES, worker_env=FAULTY, own_zookeeper=True, fencing=True)
-    flush_through(c, 30, 5, lambda: c.restart_zookeeper(down=3.0), "ZooKeeper was killed")
+    assert_flush_survives(c, 30, 5, lambda: c.restart_zookeeper(down=3.0), "ZooKeeper was killed")
     jobs = api(c, "get", "/jobs", params={"limit": 500}).json()
     assert [j for j in jobs if j["kind"] == "fence"] == []
     assert [j["id"] for j in jobs if j["state"] == "failed" and not j["reason"].strip()] == []
