@@ -37,6 +37,11 @@ def running_on(c, nodes: set[str]) -> dict[str, str]:
     return found
 
 
+def assert_no_crash(c) -> None:
+    """No process exited by itself (the supervisor restarted none): a fault survived by crashing is a defect."""
+    assert c.restarts == {}, f"crashed and restarted by the supervisor: {c.restarts} (see supervisor.log)"
+
+
 def assert_flush_survives(c, vms: int, after: int, fault: Callable[[], object], what: str) -> dict:
     """Flush hv1 with ``vms`` running VMs, call ``fault()`` once ``after`` of them left, and require that the flush
     succeeds within ``BOUND`` s and every VM then runs once, on hv2 or hv3. Returns the flush job."""
@@ -52,4 +57,5 @@ def assert_flush_survives(c, vms: int, after: int, fault: Callable[[], object], 
     assert ended["state"] == "succeeded", (ended["reason"], ended["messages"][-5:])
     placed = running_on(c, {"hv1", "hv2", "hv3"})
     assert sorted(placed) == names and set(placed.values()) <= {"hv2", "hv3"}, placed
+    assert_no_crash(c)
     return ended

@@ -12,7 +12,7 @@ import requests
 from pvc_dev.cluster import NodeSpec
 from pvc_dev.invariants import libvirt_domains
 from pvc_dev.services import wait_until
-from tests.chaos.scenarios import BOUND, FAULTY
+from tests.chaos.scenarios import BOUND, FAULTY, assert_no_crash
 
 
 def test_api_killed_during_a_burst_of_40_starts(make_cluster):
@@ -59,3 +59,4 @@ def test_api_killed_during_a_burst_of_40_starts(make_cluster):
     running = {name for domains in libvirt_domains(c).values() for name, f in (domains or {}).items()
                if f["state"] == "running"}
     assert running == set(names)
+    assert_no_crash(c)

@@ -16,7 +16,16 @@ import redis
 
 from pvc_dev.cluster import NodeSpec
 from pvc_dev.services import wait_until
-from tests.chaos.scenarios import BOUND, FAULTY, NODES, api, assert_flush_survives, progress, running_on
+from tests.chaos.scenarios import (
+    BOUND,
+    FAULTY,
+    NODES,
+    api,
+    assert_flush_survives,
+    assert_no_crash,
+    progress,
+    running_on,
+)
 
 
 def test_redis_killed_with_its_messages_during_a_50_vm_flush(make_cluster):
@@ -47,6 +56,7 @@ def test_redis_killed_with_a_batch_of_starts_queued_on_a_one_thread_worker(make_
     print(f"\n20 start jobs ended {time.monotonic() - fault:.1f} s after Redis was killed")
     assert [job["state"] for job in ended] == ["succeeded"] * 20, [(j["vm"], j["reason"]) for j in ended]
     assert sorted(running_on(c, {"hv1"})) == names
+    assert_no_crash(c)
 
 
 def test_source_then_target_worker_killed_during_a_flush(make_cluster):
@@ -73,3 +83,4 @@ def test_source_then_target_worker_killed_during_a_flush(make_cluster):
     records = {name: {k: v for k, v in api(c, "get", f"/vms/{name}").json().items() if k in ("node", "state")}
                for name in set(names) - set(placed)}
     assert sorted(placed) == names and set(placed.values()) <= {"hv2", "hv3"}, (placed, records)
+    assert_no_crash(c)

@@ -21,6 +21,7 @@ import requests
 
 from pvc_dev.cluster import NodeSpec
 from pvc_dev.services import wait_until
+from tests.chaos.scenarios import assert_no_crash
 
 MINUTES = float(os.environ.get("PVC_SOAK_MINUTES") or 3)
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(MINUTES * 60 + 600)]
@@ -112,6 +113,7 @@ def test_soak(make_cluster):
     jobs = s.get(f"{base}/jobs", params={"limit": 1000}, timeout=30).json()
     assert [j for j in jobs if j["kind"] == "fence"] == []
     assert [j["id"] for j in jobs if j["state"] == "failed" and not j["reason"].strip()] == []
+    assert_no_crash(c)
     states = s.get(f"{base}/cluster", timeout=30).json()["node_states"]
     assert {n: (v["daemon_state"], v["domain_state"]) for n, v in states.items()} == \
         dict.fromkeys(("hv1", "hv2", "hv3"), ("run", "ready")), states
