@@ -22,22 +22,12 @@ from pvc_tasks.config import Settings
 
 __all__ = ["app", "configure"]
 
-class _App(Celery):
-    """Celery whose sends never touch the result backend: nobody waits on a Celery result (ZooKeeper records every
-    job's outcome), and Redis's result consumer subscribes to each task's result channel at send time, which made a
-    send with Redis down fail with a ``RuntimeError`` instead of the broker's ``OperationalError``."""
-
-    def send_task(self, name, args=None, kwargs=None, **options):  # type: ignore[override]
-        options.setdefault("ignore_result", True)
-        return super().send_task(name, args, kwargs, **options)
-
-
 def _transport(url: str) -> str | None:
     """Our Redis transport for a Redis broker (see pvc_tasks.broker); the URL's own for any other."""
     return "pvc_tasks.broker:Transport" if url.startswith(("redis://", "rediss://")) else None
 
 
-app = _App("pvc", broker=defaults.REDIS, backend=defaults.REDIS)
+app = Celery("pvc", broker=defaults.REDIS, backend=defaults.REDIS)
 app.conf.update(
     broker_transport=_transport(defaults.REDIS),
     task_ignore_result=True,

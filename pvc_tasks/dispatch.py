@@ -8,6 +8,10 @@ publish is lost (the broker refused it, lost it, or the publisher died in betwee
 again from the record (``pvc_tasks.redrive``). A duplicate is harmless: every step takes its stage with a
 compare-and-set first (``pvc_tasks.runner``).
 
+Every send ignores the result backend (``ignore_result``): nobody waits on a Celery result (ZooKeeper records every
+job's outcome), and Redis's result consumer would subscribe to each task's result channel at send time, which made
+a send with Redis down fail with a ``RuntimeError`` instead of the broker's error.
+
 When the broker refuses a message, ``publish`` logs it and returns False; it never raises and never changes the
 job. Callers carry on as if it had been sent (the API answers 202 with the job): the job waits in ZooKeeper and
 runs once the broker answers again, or ends ``failed`` with the reason when the re-driver gives up.
@@ -47,7 +51,7 @@ def message(job: Job, *, periodic: bool = False) -> tuple[str, dict]:
 def publish(job: Job, *, countdown: float | None = None, periodic: bool = False) -> bool:
     """Publish the message for ``job``'s current stage; False (logged) when the broker did not take it."""
     name, kwargs = message(job, periodic=periodic)
-    options: dict = {"countdown": countdown} if countdown else {}
+    options: dict = {"ignore_result": True, **({"countdown": countdown} if countdown else {})}
     if job.state == JobState.QUEUED:
         options["task_id"] = job.id  # a job's first message carries its id: Flower shows the job's task by it
     try:
@@ -64,7 +68,7 @@ def publish(job: Job, *, countdown: float | None = None, periodic: bool = False)
 def ping(node: str) -> bool:
     """Publish a ping to ``node``'s own queue; False when the broker did not take it."""
     try:
-        app.send_task(PING, kwargs={"node": node, "sent": time.time()})
+        app.send_task(PING, kwargs={"node": node, "sent": time.time()}, ignore_result=True)
     except Exception as exc:  # noqa: BLE001 - as in publish
         log.warning("ping of %s not published: %s", node, describe(exc))
         return False

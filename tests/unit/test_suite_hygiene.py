@@ -21,7 +21,8 @@ def _asserts(fn: ast.FunctionDef) -> bool:
 
 
 def _always_true(node: ast.AST) -> bool:
-    """``x or True``: a condition that holds whatever x is (``x or b"{}"``, a default value, is fine)."""
+    """An ``or`` with the constant True among its operands: a condition that holds whatever the others are (an
+    ``or`` ending in a default value such as ``b"{}"`` is fine)."""
     return (isinstance(node, ast.BoolOp) and isinstance(node.op, ast.Or)
             and any(isinstance(v, ast.Constant) and v.value is True for v in node.values))
 
