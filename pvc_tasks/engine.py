@@ -11,8 +11,8 @@ child's end is never missed and two passes never submit for one VM. A lease outl
 
 The outbox (``pvc_tasks.redrive``) sees an engine job like a step job: a pass takes the stage (``stage_taken``)
 and scheduling the next periodic pass hands it on (``sent``). A periodic pass lost with the broker is published
-again by the re-driver, which clears ``scheduled`` first; a restarted worker or a new primary resumes the job
-with ``resume_passes``.
+again by the re-driver as a periodic pass (which clears ``scheduled`` when it takes the lease, so the next one is
+scheduled again); a restarted worker or a new primary resumes the job with ``resume_passes``.
 """
 
 from __future__ import annotations
