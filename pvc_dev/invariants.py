@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING
 
 from celery import Celery
 from kazoo.client import KazooClient
+from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
 
 from pvc_tasks.jobs import JobStore
 from pvc_tasks.routing import worker_hostname
@@ -123,14 +125,32 @@ def libvirt_domains(cluster: LocalCluster, timeout: float = 5, only: Iterable[st
         elif worker is not None and worker.alive():
             out[spec.name] = None  # a worker that runs but is not registered (starting, or cut off)
     if asking:
-        replies = _broker(cluster).control.broadcast(
-            "pvc_domains", destination=[worker_hostname(n) for n in asking], reply=True, timeout=timeout,
-            limit=len(asking))
+        replies = _ask(cluster, asking, timeout)
         by_host = {host: answer for reply in replies for host, answer in reply.items()}
         for node in asking:
             answer = by_host.get(worker_hostname(node)) or {}
             out[node] = answer.get("domains") if "domains" in answer else None
     return out
+
+
+def _ask(cluster: LocalCluster, nodes: list[str], timeout: float) -> list[dict]:
+    """Broadcast ``pvc_domains`` to ``nodes`` over a fresh connection, once more if the first one breaks.
+
+    Why fresh: a pooled connection can outlive its server (a test that restarted Redis), and once in CI a
+    check's broadcast died with "Connection closed by server"; if it happens twice, say what Redis was doing."""
+    app = _broker(cluster)
+    for attempt in (1, 2):
+        try:
+            with app.connection_for_write() as conn:
+                return app.control.broadcast(
+                    "pvc_domains", destination=[worker_hostname(n) for n in nodes], reply=True, timeout=timeout,
+                    limit=len(nodes), connection=conn)
+        except (OSError, OperationalError, RedisError) as exc:
+            if attempt == 2:
+                raise RuntimeError(f"the workers could not be asked for their domains: {exc!r}; Redis "
+                                   f"{'runs' if cluster.redis.alive() else 'is not running'}; its log ends:\n"
+                                   f"{cluster.redis.log_tail(10)}") from exc
+    raise AssertionError("unreachable")
 
 
 def _read_libvirtd(uri: str) -> dict[str, dict] | None:
