@@ -44,9 +44,11 @@ app.conf.update(
     result_expires=24 * 3600,
     broker_connection_retry_on_startup=True,
     # The API must not hang when Redis is gone: a bounded publish retry, then a clear 503.
-    broker_transport_options={"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
-    redis_socket_connect_timeout=3,
-    redis_socket_timeout=10,
+    broker_transport_options={"max_retries": defaults.BROKER_PUBLISH_RETRIES, "interval_start": 0,
+                              "interval_step": defaults.BROKER_PUBLISH_RETRY_MAX / 2,
+                              "interval_max": defaults.BROKER_PUBLISH_RETRY_MAX},
+    redis_socket_connect_timeout=defaults.BROKER_CONNECT_TIMEOUT,
+    redis_socket_timeout=defaults.BROKER_SOCKET_TIMEOUT,
     worker_hijack_root_logger=False,
     # Every task module, through the one table of job kinds that imports them explicitly.
     include=["pvc_tasks.kinds"],

@@ -74,6 +74,34 @@ FLUSH_RETRIES = 2
 ENGINE_TICK = 1.0
 #: ... and the lifetime of a pass's lease: a pass that died holding it blocks the next one at most this long.
 ENGINE_LEASE = 10.0
+#: Poll interval (s) of a step waiting on libvirt (a guest's shutdown, a migration's progress): short against every
+#: timeout it serves, long enough that a waiting thread costs nothing measurable.
+STEP_POLL_INTERVAL = 0.2
+#: A transient ZooKeeper error inside a job transition is retried after this delay (s), doubled each time up to
+#: ``ZK_RETRY_MAX_DELAY``, until ``ZK_RETRY_DEADLINE``: first retries come fast (a leader election takes ~0.2 s
+#: on loopback), later ones do not hammer a server that is restarting.
+ZK_RETRY_FIRST_DELAY = 0.1
+ZK_RETRY_MAX_DELAY = 2.0
+#: A starting worker whose node's presence is still held (its previous process died without closing its session)
+#: looks again this often (s) until that session expires.
+PRESENCE_RETRY_INTERVAL = 0.2
+#: The session watch re-checks a lost session this often (s) (presence to re-create, self-fence to judge).
+SESSION_WATCH_INTERVAL = 0.2
+#: Fencing: after "power off" the BMC is asked for the power state this many times, ``FENCE_SETTLE`` s apart (the
+#: first after a quarter of it): BMCs apply a power command asynchronously, ipmi_sim within ~0.1 s.
+FENCE_VERIFY_TRIES = 3
+FENCE_SETTLE = 1.0
+#: A publish retries this many times, at most this far apart (s), before the dispatcher reports the broker down: the
+#: API answers at once (the job record is the outbox) instead of hanging while Redis is gone.
+BROKER_PUBLISH_RETRIES = 2
+BROKER_PUBLISH_RETRY_MAX = 0.5
+#: Socket bounds (s) of every Redis connection: a dead Redis costs seconds, not a TCP timeout.
+BROKER_CONNECT_TIMEOUT = 3.0
+BROKER_SOCKET_TIMEOUT = 10.0
+#: How often (s) a live migration's watcher checks its progress, the cancel flag and its timeout.
+MIGRATION_WATCH_INTERVAL = 0.1
+#: Bound (s) of one ``ip link`` command that sets an SR-IOV VF.
+NIC_COMMAND_TIMEOUT = 10.0
 #: Terminal jobs are kept this long (s) for `pvc job list`, then pruned by the janitor.
 JOB_RETENTION = 7 * 24 * 3600.0
 #: Graceful shutdown bound (s) before a shutdown job fails with a reason; PVC's default is 180 s.

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
+from typing import Literal, TypeAlias
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import (
@@ -60,9 +61,13 @@ class Origin:
     request: str
 
 
-#: A transaction step: ("create", path, data[, "ephemeral"]) | ("set", path, data, version)
-#: | ("delete", path, version) | ("check", path, version). ``version`` -1 means unconditional.
-Op = tuple
+#: One step of a ZooKeeper transaction (``commit``), as a plain tuple so that ops compose by list concatenation.
+#: ``version`` -1 means unconditional; every other version is a compare-and-set.
+CreateOp: TypeAlias = tuple[Literal["create"], str, bytes] | tuple[Literal["create"], str, bytes, Literal["ephemeral"]]
+SetOp: TypeAlias = tuple[Literal["set"], str, bytes, int]
+DeleteOp: TypeAlias = tuple[Literal["delete"], str, int]
+CheckOp: TypeAlias = tuple[Literal["check"], str, int]
+Op: TypeAlias = CreateOp | SetOp | DeleteOp | CheckOp
 
 
 @dataclass
@@ -159,7 +164,7 @@ def patient(fn: Callable, *args, deadline: float = defaults.ZK_RETRY_DEADLINE):
     """``fn(*args)``, tried again with backoff while ZooKeeper is unreachable, for at most ``deadline`` s. Only for
     reads, and for writes whose retry decides afresh (a compare-and-set re-reads first): a write that may have
     applied before its answer was lost must not simply be sent again."""
-    delay, end = 0.1, time.monotonic() + deadline
+    delay, end = defaults.ZK_RETRY_FIRST_DELAY, time.monotonic() + deadline
     while True:
         try:
             return fn(*args)
@@ -167,24 +172,23 @@ def patient(fn: Callable, *args, deadline: float = defaults.ZK_RETRY_DEADLINE):
             if time.monotonic() > end:
                 raise
             time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            delay = min(delay * 2, defaults.ZK_RETRY_MAX_DELAY)
 
 
 def commit(zk: KazooClient, ops: Iterable[Op]) -> list:
     """Run ops as one ZooKeeper transaction; raises the first failure (BadVersionError, NodeExistsError, ...)."""
     tx = zk.transaction()
     for op in ops:
-        kind = op[0]
-        if kind == "create":
-            tx.create(op[1], op[2], ephemeral=len(op) > 3 and op[3] == "ephemeral")
-        elif kind == "set":
-            tx.set_data(op[1], op[2], op[3] if len(op) > 3 else -1)
-        elif kind == "delete":
-            tx.delete(op[1], op[2] if len(op) > 2 else -1)
-        elif kind == "check":
+        if op[0] == "create":
+            tx.create(op[1], op[2], ephemeral=len(op) > 3)
+        elif op[0] == "set":
+            tx.set_data(op[1], op[2], op[3])
+        elif op[0] == "delete":
+            tx.delete(op[1], op[2])
+        elif op[0] == "check":
             tx.check(op[1], op[2])
         else:
-            raise ValueError(f"unknown transaction op {kind!r}")
+            raise ValueError(f"unknown transaction op {op[0]!r}")
     results = tx.commit()
     for result in results:
         # Kazoo reports the real cause first and RolledBackError for the others.

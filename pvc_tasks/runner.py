@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from pvc_tasks import dispatch, vfs
+from pvc_tasks import defaults, dispatch, vfs
 from pvc_tasks.app import app
 from pvc_tasks.context import NodeContext, current
 from pvc_tasks.errors import describe
@@ -90,7 +90,8 @@ class JobRun:
         if self.job.cancel_requested:
             raise JobCancelled(f"cancelled by request during phase {self.job.phase!r}")
 
-    def wait_for(self, predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
+    def wait_for(self, predicate: Callable[[], bool], timeout: float,
+                 interval: float = defaults.STEP_POLL_INTERVAL) -> bool:
         """Poll ``predicate`` until true or ``timeout`` s; reports percent and honours cancel on each tick."""
         started = time.monotonic()
         while True:

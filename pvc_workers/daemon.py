@@ -35,6 +35,7 @@ import time
 from kazoo.client import KazooClient
 from kazoo.exceptions import NodeExistsError
 
+from pvc_tasks import defaults
 from pvc_tasks.app import configure
 from pvc_tasks.config import Settings, load_settings
 from pvc_tasks.context import HypervisorError, NicError, NodeContext, install
@@ -112,7 +113,7 @@ def _register(zk: KazooClient, schema: Schema, settings: Settings) -> bool:
             if time.monotonic() > deadline:
                 raise StartupError(f"another worker for node {node} is running (presence {presence} is held); "
                                    f"stop it first") from None
-            time.sleep(0.2)
+            time.sleep(defaults.PRESENCE_RETRY_INTERVAL)
 
 
 def _set_state(ctx: NodeContext, state: str) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import libvirt
 
+from pvc_tasks import defaults
 from pvc_tasks.context import DomainFacts, HypervisorError, MigrationAborted, NodeResources
 
 __all__ = ["LibvirtHypervisor"]
@@ -155,7 +156,7 @@ class LibvirtHypervisor:
         worker.start()
         aborted = ""
         while worker.is_alive():
-            worker.join(0.1)
+            worker.join(defaults.MIGRATION_WATCH_INTERVAL)
             if not worker.is_alive():
                 break
             if not aborted and cancelled():

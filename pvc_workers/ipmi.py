@@ -18,6 +18,8 @@ import subprocess
 import time
 from dataclasses import dataclass
 
+from pvc_tasks import defaults
+
 __all__ = ["Bmc", "FenceResult", "IpmiError", "chassis_power", "fence", "fencer", "ipmitool_argv", "parse_power",
            "power_status"]
 
@@ -45,8 +47,8 @@ class Bmc:
     hostname: str
     username: str
     password: str
-    timeout: float = 5.0
-    cipher_suite: int = 3
+    timeout: float = defaults.IPMI_TIMEOUT
+    cipher_suite: int = defaults.IPMI_CIPHER_SUITE
 
     def __repr__(self) -> str:  # never show the password
         return f"Bmc({self.hostname!r}, user={self.username!r})"
@@ -101,7 +103,8 @@ class FenceResult:
     seconds: float
 
 
-def fence(bmc: Bmc, settle: float = 1.0, verify_tries: int = 3) -> FenceResult:
+def fence(bmc: Bmc, settle: float = defaults.FENCE_SETTLE, verify_tries: int = defaults.FENCE_VERIFY_TRIES
+          ) -> FenceResult:
     """Power off, verify off, power on. ``ok`` only when the node was seen off (so its VMs are dead)."""
     started, steps = time.monotonic(), []
 

@@ -27,6 +27,7 @@ import time
 from kazoo.client import KazooState
 from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError
 
+from pvc_tasks import defaults
 from pvc_tasks.context import HypervisorError, NodeContext
 from pvc_tasks.jobs import commit
 
@@ -60,7 +61,7 @@ class SessionWatch(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            self.wake.wait(0.2)
+            self.wake.wait(defaults.SESSION_WATCH_INTERVAL)
             self.wake.clear()
             lost = self.lost_since
             limit = self.ctx.settings.self_fence_after

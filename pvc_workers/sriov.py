@@ -29,6 +29,7 @@ from pathlib import Path
 
 import libvirt
 
+from pvc_tasks import defaults
 from pvc_tasks.context import NicError
 from pvc_tasks.sriov import DEFAULT_LIVE, SETTINGS
 
@@ -125,7 +126,7 @@ class IpLinkNic:
 
     kind = "ip-link"
 
-    def __init__(self, sysfs: str = "/sys", timeout: float = 10.0) -> None:
+    def __init__(self, sysfs: str = "/sys", timeout: float = defaults.NIC_COMMAND_TIMEOUT) -> None:
         self.sysfs, self.timeout = Path(sysfs), timeout
 
     def _run(self, argv: list[str]) -> str:

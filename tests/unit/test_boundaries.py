@@ -51,3 +51,36 @@ def test_no_zookeeper_path_literal_outside_zk_schema():
                         node.value.startswith(prefixes):
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
     assert offenders == []
+
+
+TIMING_NAMES = ("timeout", "interval", "settle", "delay", "deadline", "after", "tick", "lease")
+
+
+def _timing_literals(tree: ast.AST) -> list[str]:
+    """Numeric literals that set a timing: the argument of a sleep, wait or join, or the default of a parameter
+    whose name says it is a timing."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                node.func.attr in ("sleep", "wait", "join") and node.args and \
+                isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, (int, float)):
+            found.append(f"line {node.lineno}: {node.func.attr}({node.args[0].value})")
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = node.args.args + node.args.kwonlyargs
+            defaults = [None] * (len(node.args.args) - len(node.args.defaults)) + node.args.defaults + \
+                node.args.kw_defaults
+            for arg, default in zip(args, defaults, strict=True):
+                if isinstance(default, ast.Constant) and isinstance(default.value, (int, float)) and \
+                        not isinstance(default.value, bool) and \
+                        any(word in arg.arg for word in TIMING_NAMES) and default.value:
+                    found.append(f"line {node.lineno}: {node.name}({arg.arg}={default.value})")
+    return found
+
+
+@pytest.mark.parametrize("package", ["pvc_tasks", "pvc_workers"])
+def test_every_timing_comes_from_defaults(package):
+    """defaults.py is where every timing of the tasks and the worker lives, each with its reason: no sleep, wait or
+    join of a literal and no literal default of a timeout-like parameter anywhere else."""
+    literals = {str(path.relative_to(ROOT)): found for path in sorted((ROOT / package).rglob("*.py"))
+                if path.name != "defaults.py" and (found := _timing_literals(ast.parse(path.read_text())))}
+    assert literals == {}
