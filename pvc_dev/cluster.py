@@ -24,7 +24,17 @@ from kazoo.client import KazooClient
 
 from pvc_dev.bmc import BMC_PASSWORD, BMC_USER, PowerSwitch, start_bmc
 from pvc_dev.libvirtd import start_libvirtd
-from pvc_dev.services import Service, start_api, start_flower, start_redis, start_worker, start_zookeeper, wait_until
+from pvc_dev.services import (
+    Ensemble,
+    Service,
+    start_api,
+    start_ensemble,
+    start_flower,
+    start_redis,
+    start_worker,
+    start_zookeeper,
+    wait_until,
+)
 from zk_schema import Schema, init_cluster
 
 __all__ = ["LocalCluster", "NodeSpec", "domain_xml", "node_xml"]
@@ -104,7 +114,9 @@ class LocalCluster:
 
     workdir: Path
     nodes: list[NodeSpec]
-    zookeeper: Service | None = None  # shared server (tests); None: start our own
+    zookeeper: Service | Ensemble | None = None  # shared server (tests); None: start our own
+    #: Servers of our own ZooKeeper when we start one: 1, or 3 for an ensemble (``zookeeper_ensemble``).
+    zookeeper_servers: int = 1
     flower: bool = True
     flower_user: str = "admin"
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
@@ -190,7 +202,10 @@ class LocalCluster:
         write to ZooKeeper before the workers start (tests of upgrades and reconciliation)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
-            if self.zookeeper is None:
+            if self.zookeeper is None and self.zookeeper_servers > 1:
+                self.zookeeper = start_ensemble(self.workdir / "zookeeper", self.zookeeper_servers)
+                self.services.extend(self.zookeeper.members)
+            elif self.zookeeper is None:
                 self.zookeeper = start_zookeeper(self.workdir / "zookeeper")
                 self.services.append(self.zookeeper)
             root = KazooClient(hosts=self.zookeeper.info["hosts"], timeout=10)
@@ -227,7 +242,7 @@ class LocalCluster:
     def restart_zookeeper(self, *, down: float = 0.0) -> Service:
         """SIGKILL this cluster's own ZooKeeper server, keep it down ``down`` s, start it again on its port with its
         data: the clients' sessions survive an outage shorter than their timeout."""
-        assert self.own_zookeeper and self.zookeeper is not None, "only a cluster's own ZooKeeper is restarted"
+        assert self.own_zookeeper and isinstance(self.zookeeper, Service), "only a cluster's own server is restarted"
         old = self.zookeeper
         old.kill()
         old.log_file.close()
@@ -235,6 +250,22 @@ class LocalCluster:
         self.zookeeper = start_zookeeper(self.workdir / "zookeeper", port=int(old.info["port"]))
         self.services[self.services.index(old)] = self.zookeeper
         return self.zookeeper
+
+    @property
+    def zookeeper_ensemble(self) -> Ensemble:
+        """Our own ensemble (``zookeeper_servers`` > 1), to kill its leader or restart a member."""
+        assert self.own_zookeeper and isinstance(self.zookeeper, Ensemble), "this cluster has no ensemble of its own"
+        return self.zookeeper
+
+    def kill_zookeeper_leader(self, *, down: float = 0.0) -> Service:
+        """SIGKILL the ensemble's leader (the others elect a new one), and start it again after ``down`` s as a
+        follower with its data; returns the new member."""
+        ensemble = self.zookeeper_ensemble
+        old = ensemble.kill_leader()
+        time.sleep(down)
+        new = ensemble.restart(old)
+        self.services[self.services.index(old)] = new
+        return new
 
     def restart_api(self) -> Service:
         """SIGKILL the API, as a crash would, and start a new one on the same port."""

@@ -8,6 +8,7 @@ processes, the API is ``pvc-api`` and Flower is Celery's Flower.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -18,8 +19,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["Service", "ServiceDied", "free_port", "start_api", "start_flower", "start_redis", "start_worker",
-           "start_zookeeper", "wait_until"]
+__all__ = ["Ensemble", "Service", "ServiceDied", "free_port", "start_api", "start_ensemble", "start_flower",
+           "start_redis", "start_worker", "start_zookeeper", "wait_until"]
 
 ZK_CLASSPATH = ":".join(f"/usr/share/java/{jar}" for jar in (
     "zookeeper.jar", "zookeeper-jute.jar", "slf4j-api.jar", "slf4j-log4j12.jar", "log4j-1.2.jar",
@@ -127,25 +128,112 @@ def _zk_ok(port: int) -> bool:
         return sock.recv(8) == b"imok"
 
 
-def start_zookeeper(workdir: Path, *, tick_ms: int = 500, port: int | None = None) -> Service:
-    """One ZooKeeper server; ``tick_ms`` 500 allows 1 s sessions for tests (forceSync off: data is disposable, but
-    it survives a SIGKILL of the server, which the OS has already been given). ``port``: restart a server on the
-    port its clients use, with the data it had."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
+def _zoo_cfg(workdir: Path, port: int, tick_ms: int, peers: list[tuple[int, int]]) -> Path:
     cfg = workdir / "zoo.cfg"
+    servers = "".join(f"server.{i}=127.0.0.1:{peer}:{election}\n" for i, (peer, election) in enumerate(peers, 1))
     cfg.write_text(f"tickTime={tick_ms}\ndataDir={workdir / 'data'}\nclientPort={port}\nclientPortAddress=127.0.0.1\n"
                    "admin.enableServer=false\nforceSync=no\nmaxSessionTimeout=60000\n"
-                   "4lw.commands.whitelist=ruok,srvr,mntr,stat,conf,envi\ninitLimit=10\nsyncLimit=5\n")
+                   "4lw.commands.whitelist=ruok,srvr,mntr,stat,conf,envi\ninitLimit=10\nsyncLimit=5\n" + servers)
     (workdir / "log4j.properties").write_text("log4j.rootLogger=WARN, F\n"
                                               "log4j.appender.F=org.apache.log4j.FileAppender\n"
                                               f"log4j.appender.F.File={workdir / 'zookeeper.log'}\n"
                                               "log4j.appender.F.layout=org.apache.log4j.PatternLayout\n"
                                               "log4j.appender.F.layout.ConversionPattern=%d %p %c: %m%n\n")
+    return cfg
+
+
+def _zookeeper(workdir: Path, port: int, tick_ms: int, peers: list[tuple[int, int]], myid: int = 0) -> Service:
+    workdir.mkdir(parents=True, exist_ok=True)
+    if myid:
+        (workdir / "data").mkdir(exist_ok=True)
+        (workdir / "data" / "myid").write_text(f"{myid}\n")
+    cfg = _zoo_cfg(workdir, port, tick_ms, peers)
     argv = ["java", "-Xmx256m", "-XX:+UseSerialGC", f"-Dlog4j.configuration=file:{workdir / 'log4j.properties'}",
             "-cp", ZK_CLASSPATH, "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(cfg)]
-    svc = Service("zookeeper", argv, workdir / "stdout.log", port=port, hosts=f"127.0.0.1:{port}")
-    return _await(svc, lambda: _zk_ok(port), 30, "ZooKeeper to answer ruok")
+    return Service("zookeeper", argv, workdir / "stdout.log", port=port, hosts=f"127.0.0.1:{port}", myid=myid)
+
+
+def start_zookeeper(workdir: Path, *, tick_ms: int = 500, port: int | None = None) -> Service:
+    """One ZooKeeper server; ``tick_ms`` 500 allows 1 s sessions for tests (forceSync off: data is disposable, but
+    it survives a SIGKILL of the server, which the OS has already been given). ``port``: restart a server on the
+    port its clients use, with the data it had."""
+    port = port or free_port()
+    return _await(_zookeeper(workdir, port, tick_ms, []), lambda: _zk_ok(port), 30, "ZooKeeper to answer ruok")
+
+
+def _zk_mode(port: int) -> str:
+    """'leader', 'follower' or '' (down, or not serving: no quorum) from the server's ``srvr`` answer."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"srvr")
+            answer = b""
+            while chunk := sock.recv(4096):
+                answer += chunk
+    except OSError:
+        return ""
+    found = re.search(rb"^Mode: (\w+)", answer, re.MULTILINE)
+    return found.group(1).decode() if found else ""
+
+
+class Ensemble:
+    """A ZooKeeper ensemble on loopback (``start_ensemble``). It stands in for one server where a cluster takes one:
+    ``info["hosts"]`` lists every member, so clients fail over by themselves."""
+
+    def __init__(self, workdir: Path, size: int, tick_ms: int) -> None:
+        self.workdir, self.tick_ms = workdir, tick_ms
+        self.ports = [free_port() for _ in range(size)]
+        self.peers = [(free_port(), free_port()) for _ in range(size)]
+        self.members: list[Service] = []
+        self.info = {"hosts": ",".join(f"127.0.0.1:{port}" for port in self.ports)}
+
+    def _member(self, i: int) -> Service:
+        return _zookeeper(self.workdir / f"zk{i + 1}", self.ports[i], self.tick_ms, self.peers, myid=i + 1)
+
+    def start(self) -> Ensemble:
+        try:
+            self.members = [self._member(i) for i in range(len(self.ports))]
+            self.leader()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def leader(self, timeout: float = 60) -> Service:
+        """The member that leads, once a quorum serves (it waits for an election to end)."""
+        def find() -> Service | None:
+            for member in self.members:
+                if not member.expected_exit:
+                    member.check()  # one that died by itself (a port taken meanwhile): say so, do not wait
+                if member.alive() and _zk_mode(int(member.info["port"])) == "leader":
+                    return member
+            return None
+
+        return wait_until(find, timeout, "a ZooKeeper ensemble leader")  # type: ignore[return-value]
+
+    def kill_leader(self) -> Service:
+        """SIGKILL the leader (the others elect a new one); returns the killed member."""
+        leader = self.leader()
+        leader.kill()
+        return leader
+
+    def restart(self, member: Service) -> Service:
+        """Start a killed member again with its data, on its ports."""
+        i = self.members.index(member)
+        member.log_file.close()
+        self.members[i] = self._member(i)
+        return self.members[i]
+
+    def alive(self) -> bool:
+        return any(m.alive() for m in self.members)
+
+    def stop(self) -> None:
+        for member in reversed(self.members):
+            member.stop()
+
+
+def start_ensemble(workdir: Path, size: int = 3, *, tick_ms: int = 500) -> Ensemble:
+    """``size`` ZooKeeper servers on loopback forming one ensemble; returns once a leader serves."""
+    return Ensemble(workdir, size, tick_ms).start()
 
 
 def start_redis(workdir: Path, port: int | None = None) -> Service:

@@ -54,8 +54,10 @@ _shared: list[LocalCluster] = []
 
 def _cluster(zookeeper, workdir: Path, nodes=None, flower: bool = False, own_zookeeper: bool = False,
              **kwargs) -> LocalCluster:
-    """``own_zookeeper``: the cluster starts its own server (a test that restarts ZooKeeper), not the shared one."""
+    """``own_zookeeper``: the cluster starts its own server (a test that restarts ZooKeeper), not the shared one;
+    ``zookeeper_servers=3``: its own 3-server ensemble."""
     kwargs.setdefault("fencing", False)
+    own_zookeeper = own_zookeeper or kwargs.get("zookeeper_servers", 1) > 1
     return LocalCluster(workdir, list(nodes or NODES), zookeeper=None if own_zookeeper else zookeeper, flower=flower,
                         worker_env=dict(FAST_WORKER_ENV, **kwargs.pop("worker_env", {})), **kwargs)
 
