@@ -88,7 +88,7 @@ Ctrl-C here, or `pvc-dev down`, stops it.
   Swagger   {c.api_url}/api/v1/docs   (browser: any user name, the token as password)
   Flower    {c.flower_url}            (user {c.flower_user}, password {c.flower_password})
   ZooKeeper {c.zk_hosts}
-  Redis     {c.redis_url}
+  Broker    {c.broker_url}
   BMCs      {", ".join(f"{n} {b.info['hostname']}" for n, b in c.bmc.items()) or "none"}
             (ipmi_sim; `ipmitool -I lanplus -C 3 -H 127.0.0.1 -p <port> -U {BMC_USER} -P {BMC_PASSWORD}
              chassis power off` cuts a node's power: the primary fences it ~30 s later and recovers its VMs)

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import requests
 from kazoo.client import KazooClient
+from kombu import Connection
+from kombu.exceptions import ChannelError
 
 from pvc_dev.bmc import BMC_PASSWORD, BMC_USER, PowerSwitch, start_bmc
 from pvc_dev.libvirtd import start_libvirtd
@@ -30,11 +32,14 @@ from pvc_dev.services import (
     start_api,
     start_ensemble,
     start_flower,
+    start_rabbitmq,
     start_redis,
     start_worker,
     start_zookeeper,
+    stop_epmd,
     wait_until,
 )
+from pvc_tasks.routing import node_queue
 from zk_schema import Schema, init_cluster
 
 __all__ = ["LocalCluster", "NodeSpec", "domain_xml", "node_xml"]
@@ -117,6 +122,8 @@ class LocalCluster:
     zookeeper: Service | Ensemble | None = None  # shared server (tests); None: start our own
     #: Servers of our own ZooKeeper when we start one: 1, or 3 for an ensemble (``zookeeper_ensemble``).
     zookeeper_servers: int = 1
+    #: The Celery broker we start: ``redis`` or ``rabbitmq`` (a private RabbitMQ server; no Redis then).
+    broker: str = "redis"
     flower: bool = True
     flower_user: str = "admin"
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
@@ -137,6 +144,7 @@ class LocalCluster:
         self.own_zookeeper = self.zookeeper is None
         self.chroot = f"/pvc-{uuid.uuid4().hex[:8]}"
         self.redis: Service | None = None
+        self.rabbitmq: Service | None = None
         self.api: Service | None = None
         self.flower_service: Service | None = None
         self._zk: KazooClient | None = None
@@ -159,8 +167,19 @@ class LocalCluster:
 
     @property
     def redis_url(self) -> str:
-        assert self.redis is not None
+        assert self.redis is not None, "this cluster's broker is not Redis"
         return str(self.redis.info["url"])
+
+    @property
+    def broker_service(self) -> Service:
+        service = self.rabbitmq or self.redis
+        assert service is not None
+        return service
+
+    @property
+    def broker_url(self) -> str:
+        """The Celery broker's URL, credentials included (``redis://pvc:...`` or ``amqp://pvc:...``)."""
+        return str(self.broker_service.info["url"])
 
     @property
     def api_url(self) -> str:
@@ -174,8 +193,8 @@ class LocalCluster:
 
     def env(self) -> dict[str, str]:
         """PVC_* settings every process of this cluster shares."""
-        return {"PVC_ZOOKEEPER": self.zk_hosts, "PVC_REDIS": self.redis_url, "PVC_API_TOKENS": self.token,
-                "PVC_CONFIG": ""}
+        broker = {"PVC_BROKER": self.broker_url} if self.rabbitmq else {"PVC_REDIS": self.redis_url}
+        return {"PVC_ZOOKEEPER": self.zk_hosts, **broker, "PVC_API_TOKENS": self.token, "PVC_CONFIG": ""}
 
     def client_env(self) -> dict[str, str]:
         """What the ``pvc`` CLI needs to talk to this cluster."""
@@ -213,8 +232,12 @@ class LocalCluster:
             root.ensure_path(self.chroot)
             root.stop()
             root.close()
-            self.redis = start_redis(self.workdir / "redis")
-            self.services.append(self.redis)
+            if self.broker == "rabbitmq":
+                self.rabbitmq = start_rabbitmq(self.workdir / "rabbitmq")
+                self.services.append(self.rabbitmq)
+            else:
+                self.redis = start_redis(self.workdir / "redis")
+                self.services.append(self.redis)
             init_cluster(self.zk, schema_version)
             if not self.fencing and "base.config.maintenance" in self.schema.keys:
                 self.zk.set(self.schema.path("base.config.maintenance"), b"true")
@@ -290,13 +313,32 @@ class LocalCluster:
         if lose:
             shutil.rmtree(self.workdir / "redis" / "appendonlydir", ignore_errors=True)
         time.sleep(down)
-        self.redis = start_redis(self.workdir / "redis", port)
+        self.redis = start_redis(self.workdir / "redis", port, str(old.info["password"]))
         self.services[self.services.index(old)] = self.redis
         return self.redis
 
+    def restart_broker(self, *, kill: bool = True, down: float = 0.0, lose: bool = False) -> Service:
+        """Kill (or stop) the broker, whichever it is, keep it down ``down`` s, start it again on its port with its
+        data, or without (``lose``: every queued message and declared queue gone; RabbitMQ creates its user again
+        from its config file)."""
+        if self.rabbitmq is None:
+            return self.restart_redis(kill=kill, down=down, lose=lose)
+        old = self.rabbitmq
+        if kill:
+            old.kill()
+        else:
+            old.stop()
+        old.log_file.close()
+        if lose:
+            shutil.rmtree(self.workdir / "rabbitmq" / "mnesia", ignore_errors=True)
+        time.sleep(down)
+        self.rabbitmq = start_rabbitmq(self.workdir / "rabbitmq", int(old.info["port"]), str(old.info["password"]))
+        self.services[self.services.index(old)] = self.rabbitmq
+        return self.rabbitmq
+
     def start_flower(self) -> Service:
         if self.flower_service is None:
-            self.flower_service = start_flower(self.redis_url, self.flower_user, self.flower_password,
+            self.flower_service = start_flower(self.broker_url, self.flower_user, self.flower_password,
                                                self.workdir / "flower")
             self.services.append(self.flower_service)
         return self.flower_service
@@ -426,10 +468,28 @@ class LocalCluster:
         for service in reversed(self.services):
             service.stop()
         self.services.clear()
+        if self.rabbitmq is not None:
+            stop_epmd(int(self.rabbitmq.info["epmd"]))
         for root in self._qemu_roots.values():
             shutil.rmtree(root, ignore_errors=True)
 
     # ---- helpers for scripts and tests ----------------------------------------------------------------------
+    def queued(self, node: str) -> int:
+        """Messages waiting in ``node``'s queue, as the broker counts them (Redis or RabbitMQ)."""
+        with Connection(self.broker_url, connect_timeout=3) as conn:
+            try:
+                return conn.default_channel.queue_declare(queue=node_queue(node).name, passive=True).message_count
+            except ChannelError:
+                return 0  # Redis deletes an empty list: a queue that does not exist holds nothing
+
+    def purge(self, node: str) -> int:
+        """Drop every message waiting in ``node``'s queue (a broker that lost them); returns how many."""
+        with Connection(self.broker_url, connect_timeout=3) as conn:
+            try:
+                return conn.default_channel.queue_purge(node_queue(node).name) or 0
+            except ChannelError:
+                return 0
+
     def session(self) -> requests.Session:
         s = requests.Session()
         s.headers["X-Api-Key"] = self.token

@@ -101,8 +101,8 @@ def zk_state(zk: KazooClient) -> dict[str, bytes]:
 
 def _broker(cluster: LocalCluster) -> Celery:
     app = getattr(cluster, "_inspect_app", None)
-    if app is None or app.conf.broker_url != cluster.redis_url:
-        app = Celery("pvc-inspect", broker=cluster.redis_url)
+    if app is None or app.conf.broker_url != cluster.broker_url:
+        app = Celery("pvc-inspect", broker=cluster.broker_url)
         app.conf.update(accept_content=["json"], broker_connection_retry_on_startup=True)
         cluster._inspect_app = app  # type: ignore[attr-defined]
     return app
@@ -147,9 +147,10 @@ def _ask(cluster: LocalCluster, nodes: list[str], timeout: float) -> list[dict]:
                     limit=len(nodes), connection=conn)
         except (OSError, OperationalError, RedisError) as exc:
             if attempt == 2:
-                raise RuntimeError(f"the workers could not be asked for their domains: {exc!r}; Redis "
-                                   f"{'runs' if cluster.redis.alive() else 'is not running'}; its log ends:\n"
-                                   f"{cluster.redis.log_tail(10)}") from exc
+                broker = cluster.broker_service
+                raise RuntimeError(f"the workers could not be asked for their domains: {exc!r}; the broker "
+                                   f"{'runs' if broker.alive() else 'is not running'}; its log ends:\n"
+                                   f"{broker.log_tail(10)}") from exc
     raise AssertionError("unreachable")
 
 

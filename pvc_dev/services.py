@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["Ensemble", "Service", "ServiceDied", "free_port", "start_api", "start_ensemble", "start_flower",
-           "start_redis", "start_worker", "start_zookeeper", "wait_until"]
+           "start_rabbitmq", "start_redis", "start_worker", "start_zookeeper", "stop_epmd", "wait_until"]
 
 ZK_CLASSPATH = ":".join(f"/usr/share/java/{jar}" for jar in (
     "zookeeper.jar", "zookeeper-jute.jar", "slf4j-api.jar", "slf4j-log4j12.jar", "log4j-1.2.jar",
@@ -236,21 +237,71 @@ def start_ensemble(workdir: Path, size: int = 3, *, tick_ms: int = 500) -> Ensem
     return Ensemble(workdir, size, tick_ms).start()
 
 
-def start_redis(workdir: Path, port: int | None = None) -> Service:
+def start_redis(workdir: Path, port: int | None = None, password: str | None = None) -> Service:
     """Redis with its append-only file (``appendfsync everysec``), as docs/configuration.md recommends: a restart
-    keeps the queued messages but the last second's. ``port``: restart on the port clients already use."""
+    keeps the queued messages but the last second's. Only the ACL user ``pvc`` may connect (the default user is
+    off); its password is in a 0600 config file, never in argv. ``port``, ``password``: restart on the port
+    clients already use, for the same user."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
-    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-            "--appendfsync", "everysec", "--daemonize", "no", "--dir", str(workdir)]
-    svc = Service("redis", argv, workdir / "redis.log", port=port, url=f"redis://127.0.0.1:{port}/0")
+    port, password = port or free_port(), password or secrets.token_urlsafe(16)
+    conf = workdir / "redis.conf"
+    conf.touch(mode=0o600)
+    conf.write_text(f'port {port}\nbind 127.0.0.1\nsave ""\nappendonly yes\nappendfsync everysec\ndaemonize no\n'
+                    f'dir "{workdir}"\nuser default off\nuser pvc on >{password} ~* &* +@all\n')
+    svc = Service("redis", ["redis-server", str(conf)], workdir / "redis.log", port=port, password=password,
+                  url=f"redis://pvc:{password}@127.0.0.1:{port}/0")
 
     def ping() -> bool:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
+            sock.sendall(f"AUTH pvc {password}\r\nPING\r\n".encode())
+            answer = b""
+            while answer.count(b"\r\n") < 2 and (chunk := sock.recv(64)):
+                answer += chunk
+            return answer == b"+OK\r\n+PONG\r\n"
 
     return _await(svc, ping, 15, "Redis to answer PING")
+
+
+def start_rabbitmq(workdir: Path, port: int | None = None, password: str | None = None) -> Service:
+    """A private RabbitMQ server (Debian's rabbitmq-server, run as root straight into the Erlang VM, so our PID is
+    the broker's) with its own node name, ports and Erlang port mapper, and one user ``pvc`` with a password from a
+    0600 config file (never argv). ``port``: restart on the port clients use, with the data it had."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "rabbitmq.conf"
+    if port is None or password is None:
+        port, password = free_port(), secrets.token_urlsafe(16)
+        epmd = free_port()
+        conf.touch(mode=0o600)
+        conf.write_text(f"listeners.tcp.1 = 127.0.0.1:{port}\ndefault_user = pvc\ndefault_pass = {password}\n"
+                        "default_vhost = /\nloopback_users = none\nlog.console = false\nlog.file.level = warning\n"
+                        f"# epmd {epmd} dist {free_port()} node pvc-{secrets.token_hex(4)}\n")
+        (workdir / "enabled_plugins").write_text("[].\n")
+    found = re.search(r"# epmd (\d+) dist (\d+) node (\S+)", conf.read_text())
+    assert found, conf
+    epmd, dist, node = found.groups()
+    env = {"HOME": str(workdir), "RABBITMQ_NODENAME": f"{node}@localhost", "RABBITMQ_CONFIG_FILE": str(conf),
+           "RABBITMQ_MNESIA_BASE": str(workdir / "mnesia"), "RABBITMQ_LOG_BASE": str(workdir / "log"),
+           "RABBITMQ_ENABLED_PLUGINS_FILE": str(workdir / "enabled_plugins"),
+           "RABBITMQ_PID_FILE": str(workdir / "pid"), "RABBITMQ_DIST_PORT": dist, "ERL_EPMD_PORT": epmd,
+           "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1", "RABBITMQ_NODE_PORT": str(port),
+           "RUNNING_UNDER_SYSTEMD": "1"}  # the start script then execs the VM instead of waiting on it
+    url = f"amqp://pvc:{password}@127.0.0.1:{port}//"
+    svc = Service("rabbitmq", ["/usr/lib/rabbitmq/bin/rabbitmq-server"], workdir / "rabbitmq.log", env=env,
+                  port=port, url=url, password=password, epmd=int(epmd))
+
+    def ready() -> bool:
+        from kombu import Connection
+
+        with Connection(url, connect_timeout=1) as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0)
+        return True
+
+    return _await(svc, ready, 60, "RabbitMQ to accept user pvc")
+
+
+def stop_epmd(port: int) -> None:
+    """Stop the Erlang port mapper a private RabbitMQ started on ``port`` (it outlives the broker by design)."""
+    subprocess.run(["epmd", "-port", str(port), "-kill"], capture_output=True, timeout=10, check=False)
 
 
 def start_worker(node: str, env: dict[str, str], workdir: Path) -> Service:
@@ -271,12 +322,14 @@ def start_api(env: dict[str, str], workdir: Path, port: int | None = None) -> Se
 
 
 def start_flower(broker: str, user: str, password: str, workdir: Path) -> Service:
-    """Flower behind basic auth, listening to the workers' events on ``broker``."""
+    """Flower behind basic auth, listening to the workers' events on ``broker``. The broker URL and the password
+    go through the environment (Celery's ``CELERY_BROKER_URL``, Flower's ``FLOWER_BASIC_AUTH``): argv is visible
+    to every user of the machine."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    argv = [_bin("celery"), "-A", "pvc_tasks.app", "--broker", broker, "flower", "--address=127.0.0.1",
-            f"--port={port}", f"--basic-auth={user}:{password}", "--persistent=False",
-            f"--db={workdir / 'flower.db'}"]
-    svc = Service("flower", argv, workdir / "flower.log", port=port, url=f"http://127.0.0.1:{port}")
+    argv = [_bin("celery"), "-A", "pvc_tasks.app", "flower", "--address=127.0.0.1", f"--port={port}",
+            "--persistent=False", f"--db={workdir / 'flower.db'}"]
+    env = {"CELERY_BROKER_URL": broker, "FLOWER_BASIC_AUTH": f"{user}:{password}"}
+    svc = Service("flower", argv, workdir / "flower.log", env=env, port=port, url=f"http://127.0.0.1:{port}")
     return _await(svc, lambda: urllib.request.urlopen(f"{svc.info['url']}/healthcheck", timeout=2), 30,
                   "Flower's /healthcheck")

@@ -5,12 +5,18 @@ router (``pvc_tasks.routing``) with ``task_create_missing_queues`` off so that a
 one message in flight per worker thread, and task events on so that Flower sees every task from "sent" to its
 end.
 
-Acks on receipt, not ``task_acks_late``: correctness never depends on redelivery (each job record is the outbox,
-and the re-driver publishes again a step whose message was lost, ``pvc_tasks.redrive``), and a late ack would not
-help on Redis, which hands an unacknowledged message out again only after its visibility timeout (an hour), long
-after the re-driver (seconds) or a restarted worker's reconciler. ``reject_on_worker_lost`` concerns prefork
-children; our workers run threads. A Redis broker uses our transport (``pvc_tasks.broker``), which survives
-Redis going away while messages are reserved.
+Correctness never depends on redelivery (each job record is the outbox, and the re-driver publishes again a step
+whose message was lost, ``pvc_tasks.redrive``); acknowledgements only decide how soon a message comes back:
+
+* Redis: acks on receipt. A late ack would not help: Redis hands an unacknowledged message out again only after
+  its visibility timeout (an hour), long after the re-driver (seconds) or a restarted worker's reconciler. A
+  Redis broker uses our transport (``pvc_tasks.broker``), which survives Redis going away while messages are
+  reserved.
+* RabbitMQ: ``task_acks_late`` with ``task_reject_on_worker_lost``. RabbitMQ returns a dead consumer's unacked
+  messages at once, so a step whose worker died before it began is delivered again within a second instead of
+  after the re-driver's bound, and the step's compare-and-set makes the copy of a step that had begun harmless.
+  Every step ends well within RabbitMQ's ``consumer_timeout`` (30 min): the longest bounds are the migration and
+  shutdown timeouts (``pvc_tasks.defaults``). Queues are durable and messages persistent (kombu's defaults).
 """
 
 from __future__ import annotations
@@ -22,10 +28,19 @@ from pvc_tasks.config import Settings
 
 __all__ = ["app", "configure"]
 
+def _is_redis(url: str) -> bool:
+    return url.startswith(("redis://", "rediss://"))
+
+
 def _transport(url: str) -> str | None:
     """Our Redis transport for a Redis broker (see pvc_tasks.broker); the URL's own for any other."""
-    return "pvc_tasks.broker:Transport" if url.startswith(("redis://", "rediss://")) else None
+    return "pvc_tasks.broker:Transport" if _is_redis(url) else None
 
+
+#: A publish is retried briefly, then the dispatcher reports the broker down: the API answers at once (the job
+#: record is the outbox) instead of hanging while the broker is gone.
+_RETRY = {"max_retries": defaults.BROKER_PUBLISH_RETRIES, "interval_start": 0,
+          "interval_step": defaults.BROKER_PUBLISH_RETRY_MAX / 2, "interval_max": defaults.BROKER_PUBLISH_RETRY_MAX}
 
 app = Celery("pvc", broker=defaults.REDIS, backend=defaults.REDIS)
 app.conf.update(
@@ -44,9 +59,9 @@ app.conf.update(
     result_expires=24 * 3600,
     broker_connection_retry_on_startup=True,
     # The API must not hang when Redis is gone: a bounded publish retry, then a clear 503.
-    broker_transport_options={"max_retries": defaults.BROKER_PUBLISH_RETRIES, "interval_start": 0,
-                              "interval_step": defaults.BROKER_PUBLISH_RETRY_MAX / 2,
-                              "interval_max": defaults.BROKER_PUBLISH_RETRY_MAX},
+    broker_transport_options=_RETRY,
+    task_publish_retry_policy=_RETRY,
+    broker_connection_timeout=defaults.BROKER_CONNECT_TIMEOUT,
     redis_socket_connect_timeout=defaults.BROKER_CONNECT_TIMEOUT,
     redis_socket_timeout=defaults.BROKER_SOCKET_TIMEOUT,
     worker_hijack_root_logger=False,
@@ -56,9 +71,12 @@ app.conf.update(
 
 
 def configure(settings: Settings) -> Celery:
-    """Point the app at the cluster's Redis; call once at process start, before sending or consuming."""
-    app.conf.broker_url = settings.redis
-    app.conf.broker_transport = _transport(settings.redis)
-    app.conf.result_backend = settings.redis
+    """Point the app at the cluster's broker; call once at process start, before sending or consuming."""
+    url = settings.broker_url
+    app.conf.broker_url = url
+    app.conf.broker_transport = _transport(url)
+    # Nobody reads a Celery result (ZooKeeper holds every outcome); Redis keeps the backend Flower may show.
+    app.conf.result_backend = url if _is_redis(url) else None
+    app.conf.task_acks_late = app.conf.task_reject_on_worker_lost = not _is_redis(url)
     app.conf.pvc_publish_copies = settings.publish_copies
     return app

@@ -15,7 +15,10 @@ from typing import Any
 
 from pvc_tasks import defaults
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["BROKER_SCHEMES", "Settings", "load_settings"]
+
+#: Brokers we test: Redis (``rediss`` with TLS) and RabbitMQ (``amqps`` with TLS).
+BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps")
 
 
 @dataclass
@@ -23,7 +26,10 @@ class Settings:
     """Configuration of a worker, the API or a client of ZooKeeper and Redis."""
 
     zookeeper: str = defaults.ZOOKEEPER
-    redis: str = defaults.REDIS
+    #: Redis URL (``redis://[user:password@]host:port/db``): the broker unless ``broker`` names another.
+    redis: str = field(default=defaults.REDIS, repr=False)
+    #: Celery broker: ``redis://...`` or RabbitMQ ``amqp://user:password@host:port/vhost``; empty: ``redis``.
+    broker: str = field(default="", repr=False)
     zk_session_timeout: float = defaults.ZK_SESSION_TIMEOUT
     # Worker
     node: str = ""
@@ -71,6 +77,10 @@ class Settings:
     api_listen: str = defaults.API_LISTEN
     api_threads: int = defaults.API_THREADS
     api_tokens: list[str] = field(default_factory=list, repr=False)
+
+    @property
+    def broker_url(self) -> str:
+        return self.broker or self.redis
 
     @property
     def absent_after(self) -> float:
@@ -125,6 +135,10 @@ def load_settings(path: str | os.PathLike | None = None, env: dict[str, str] | N
     for name in ("successful_fence", "failed_fence"):
         if getattr(settings, name) not in ("migrate", "none"):
             raise ValueError(f"invalid setting: {name} must be 'migrate' or 'none', not {getattr(settings, name)!r}")
+    scheme = settings.broker_url.partition("://")[0]
+    if scheme not in BROKER_SCHEMES:
+        raise ValueError(f"invalid setting: the broker URL must start with {', '.join(BROKER_SCHEMES)}, "
+                         f"not {scheme or 'nothing'}://")
     if settings.sriov_backend not in ("auto", "ip-link", "simulated"):
         raise ValueError(f"invalid setting: sriov_backend must be auto, ip-link or simulated, "
                          f"not {settings.sriov_backend!r}")

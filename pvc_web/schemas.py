@@ -21,7 +21,7 @@ class ErrorSchema(Schema):
 class HealthSchema(Schema):
     status = fields.String(metadata={"description": "ok | degraded"})
     zookeeper = fields.Boolean()
-    redis = fields.Boolean()
+    broker = fields.Boolean()
     cluster_initialised = fields.Boolean()
     schema_version = fields.Integer(allow_none=True)
     jobs = fields.Dict(allow_none=True, metadata={

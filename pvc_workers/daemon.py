@@ -73,7 +73,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--node", help="this node's name (or PVC_NODE / `node` in the config file)")
     parser.add_argument("--config", help="TOML settings file (or PVC_CONFIG)")
     parser.add_argument("--zookeeper", help="ZooKeeper hosts, e.g. 127.0.0.1:2181/pvc")
-    parser.add_argument("--redis", help="Redis URL of the Celery broker")
+    parser.add_argument("--redis", help="Redis URL (the Celery broker unless --broker/PVC_BROKER names another); "
+                                          "prefer PVC_REDIS or the config file: argv is visible to every user")
     parser.add_argument("--libvirt-uri", help="libvirt URI of this node's hypervisor")
     return parser.parse_args(argv)
 

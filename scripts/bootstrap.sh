@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # ZooKeeper, Redis, libvirt (headers for libvirt-python; the QEMU driver for real guests), IPMI simulator,
 # libfaketime (a worker with a skewed clock, in the fencing tests).
 APT_PACKAGES=(zookeeper redis-server libvirt-dev pkg-config openipmi ipmitool libvirt-clients
-              qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu faketime)
+              qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu faketime rabbitmq-server)
 VENV=${PVC_VENV:-.venv}
 
 missing=()

@@ -4,6 +4,8 @@
 * ``cluster`` (module): a 3-node cluster (hv1 4 GiB, hv2 8 GiB, hv3 2 GiB) with its own Redis, workers and API;
   tests in a module share it and use VM names of their own.
 * ``make_cluster`` (function): a fresh cluster for tests that kill or restart processes.
+* ``broker`` (module): ``redis`` (an ACL user with a password), or ``rabbitmq`` in modules marked ``BOTH_BROKERS``,
+  whose tests run on each.
 
 Every process is started with a free port and a temp dir and stopped by its PID at teardown. Worker settings are
 fast (1 s keepalive and janitor, 2 s ZooKeeper sessions) so that absences are noticed within seconds.
@@ -86,11 +88,23 @@ def _invariants_of_shared_clusters(request):
 
 
 @pytest.fixture(scope="module")
-def shared_cluster(zookeeper, tmp_path_factory):
+def broker(request) -> str:
+    """The broker of the clusters a test starts: ``redis``, unless the module runs on both with
+    ``pytestmark = BOTH_BROKERS`` (then each of its tests runs once on Redis and once on a private RabbitMQ)."""
+    return getattr(request, "param", "redis")
+
+
+#: Run a module's tests on Redis and on RabbitMQ (``pytestmark = BOTH_BROKERS``).
+BOTH_BROKERS = pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(zookeeper, tmp_path_factory, broker):
     """Start a module-scoped cluster with ``shared_cluster(name, nodes)``; checked after each test."""
     started: list[LocalCluster] = []
 
     def make(name: str, nodes=None, **kwargs) -> LocalCluster:
+        kwargs.setdefault("broker", broker)
         c = _cluster(zookeeper, tmp_path_factory.mktemp(name), nodes, **kwargs).start()
         started.append(c)
         _shared.append(c)
@@ -108,10 +122,11 @@ def cluster(shared_cluster):
 
 
 @pytest.fixture
-def make_cluster(zookeeper, tmp_path, request):
+def make_cluster(zookeeper, tmp_path, request, broker):
     made: list[LocalCluster] = []
 
     def make(nodes=None, *, start: bool = True, **kwargs) -> LocalCluster:
+        kwargs.setdefault("broker", broker)
         c = _cluster(zookeeper, tmp_path / f"cluster{len(made)}", nodes, **kwargs)
         made.append(c)
         return c.start() if start else c

@@ -1,4 +1,4 @@
-"""``GET /health``: the one unauthenticated endpoint; 200 when ZooKeeper and Redis answer, else 503.
+"""``GET /health``: the one unauthenticated endpoint; 200 when ZooKeeper and the broker answer, else 503.
 
 It also shows how old the oldest unfinished jobs are, how often steps were re-sent and how many jobs are past
 their kind's bound (figures only: job ids and VM names need a token, ``GET /cluster``)."""
@@ -10,6 +10,7 @@ import time
 import redis
 from flask import current_app
 from kazoo.exceptions import KazooException
+from kombu import Connection
 
 from pvc_tasks.backlog import backlog
 from pvc_tasks.jobs import JobStore
@@ -20,10 +21,18 @@ PREFIX = "/health"
 blp = Blueprint("health", __name__, description="Liveness of the API and its dependencies (no token needed)")
 
 
-def _redis_ok(url: str) -> bool:
+def _broker_ok(url: str) -> bool:
+    """The broker accepts our credentials within a second (Redis: PING; RabbitMQ: an AMQP connection)."""
+    if url.startswith(("redis://", "rediss://")):
+        try:
+            return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
+        except (redis.RedisError, OSError):
+            return False
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
-    except (redis.RedisError, OSError):
+        with Connection(url, connect_timeout=1) as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, timeout=1)
+        return True
+    except Exception:  # noqa: BLE001 - amqp and socket errors of many kinds all mean "not reachable"
         return False
 
 
@@ -32,7 +41,7 @@ def _redis_ok(url: str) -> bool:
 @blp.alt_response(503, schema=HealthSchema, description="a dependency is down")
 @blp.doc(security=[])
 def health():
-    """Health of the API, ZooKeeper and Redis."""
+    """Health of the API, ZooKeeper and the broker."""
     h = handle()
     zk_ok = h.zk.connected
     version, jobs = None, None
@@ -45,8 +54,8 @@ def health():
                 jobs = dict(figures, over_bound=len(figures["over_bound"]))
         except KazooException:
             zk_ok = False
-    redis_ok = _redis_ok(current_app.extensions["pvc_settings"].redis)
-    ok = zk_ok and redis_ok
-    body = {"status": "ok" if ok else "degraded", "zookeeper": zk_ok, "redis": redis_ok,
+    broker_ok = _broker_ok(current_app.extensions["pvc_settings"].broker_url)
+    ok = zk_ok and broker_ok
+    body = {"status": "ok" if ok else "degraded", "zookeeper": zk_ok, "broker": broker_ok,
             "cluster_initialised": version is not None, "schema_version": version, "jobs": jobs}
     return body, 200 if ok else 503

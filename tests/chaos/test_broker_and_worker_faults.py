@@ -1,4 +1,5 @@
-"""Transient faults during real work: Redis killed with its queued messages, node workers killed mid-flush.
+"""Transient faults during real work: the broker (Redis and RabbitMQ) killed with its queued messages, node workers
+killed mid-flush.
 
 Each scenario runs on real servers and ends with the harness's invariant check (tests/conftest.py): no VM defined or
 running on two nodes as each node's libvirt says, no leaked marker, slot or reservation, every job terminal. Every
@@ -12,8 +13,6 @@ import os
 import signal
 import time
 
-import redis
-
 from pvc_dev.cluster import NodeSpec
 from pvc_dev.services import wait_until
 from tests.chaos.scenarios import (
@@ -26,34 +25,37 @@ from tests.chaos.scenarios import (
     progress,
     running_on,
 )
+from tests.conftest import BOTH_BROKERS
 
 
-def test_redis_killed_with_its_messages_during_a_50_vm_flush(make_cluster):
-    """Redis SIGKILLed mid-flush, every queued message lost with it, and restarted on its port: the flush
-    succeeds, and every VM runs once, on another node."""
+@BOTH_BROKERS
+def test_broker_killed_with_its_messages_during_a_50_vm_flush(make_cluster, broker):
+    """The broker (Redis, then RabbitMQ) SIGKILLed mid-flush, every queued message lost with it, and restarted on
+    its port: the flush succeeds, and every VM runs once, on another node."""
     c = make_cluster(NODES, worker_env=FAULTY)
-    assert_flush_survives(c, 50, 10, lambda: c.restart_redis(kill=True, lose=True), "Redis was killed")
+    assert_flush_survives(c, 50, 10, lambda: c.restart_broker(kill=True, lose=True), f"{broker} was killed")
 
 
-def test_redis_killed_with_a_batch_of_starts_queued_on_a_one_thread_worker(make_cluster):
-    """Twenty start jobs queued behind a one-thread worker when Redis is SIGKILLed with them: each is re-sent from
-    its record once Redis is back, and every VM runs; no VM stays busy until queue_timeout."""
+@BOTH_BROKERS
+def test_broker_killed_with_a_batch_of_starts_queued_on_a_one_thread_worker(make_cluster, broker):
+    """Twenty start jobs queued behind a one-thread worker when the broker (Redis, then RabbitMQ) is SIGKILLed with
+    them: each is re-sent from its record once the broker is back, and every VM runs; no VM stays busy until
+    queue_timeout."""
     c = make_cluster([NodeSpec("hv1", 16384)], worker_env={**FAULTY, "PVC_WORKER_CONCURRENCY": "1"})
     names = [f"s{i:02d}" for i in range(20)]
     for name in names:
         assert c.define_vm(name, 64, node="hv1")["state"] == "succeeded"
-    worker, broker = c.workers["hv1"], redis.Redis.from_url(c.redis_url)
+    worker = c.workers["hv1"]
     os.kill(worker.pid, signal.SIGSTOP)
     try:
         jobs = [api(c, "post", f"/vms/{name}/state", json={"state": "start"}).json()["id"] for name in names]
-        wait_until(lambda: sum(broker.llen(k) for k in broker.keys("node.hv1*") if broker.type(k) == b"list") >= 19,
-                   10, "the start messages queued in Redis")
+        wait_until(lambda: c.queued("hv1") >= 19, 10, "the start messages queued in the broker")
         fault = time.monotonic()
-        c.restart_redis(kill=True, lose=True)
+        c.restart_broker(kill=True, lose=True)
     finally:
         os.kill(worker.pid, signal.SIGCONT)
     ended = [c.wait_job(job, timeout=BOUND) for job in jobs]
-    print(f"\n20 start jobs ended {time.monotonic() - fault:.1f} s after Redis was killed")
+    print(f"\n20 start jobs ended {time.monotonic() - fault:.1f} s after {broker} was killed")
     assert [job["state"] for job in ended] == ["succeeded"] * 20, [(j["vm"], j["reason"]) for j in ended]
     assert sorted(running_on(c, {"hv1"})) == names
     assert_no_crash(c)

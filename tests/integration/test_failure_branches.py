@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import redis
 import requests
 from celery import Celery
 
@@ -17,7 +16,7 @@ from pvc_dev.cluster import NodeSpec, domain_xml
 from pvc_dev.invariants import libvirt_domains
 from pvc_dev.services import wait_until
 from pvc_tasks.routing import node_queue
-from tests.conftest import SLOW_SESSION, paused, task_returns
+from tests.conftest import BOTH_BROKERS, SLOW_SESSION, paused, task_returns
 
 
 def skipped(worker, task: str, job_id: str) -> int:
@@ -27,7 +26,7 @@ def skipped(worker, task: str, job_id: str) -> int:
 
 def send_duplicates(c, task: str, job_id: str, vm: str, node: str, times: int = 3) -> None:
     """Deliver ``task``'s message for the job ``times`` more, as a broker redelivery or a re-send would."""
-    sender = Celery("duplicate", broker=c.redis_url)
+    sender = Celery("duplicate", broker=c.broker_url)
     for _ in range(times):
         sender.send_task(task, kwargs={"job_id": job_id, "vm": vm, "node": node}, queue=node_queue(node))
 
@@ -38,40 +37,38 @@ def api(c, method, path, **kw):
 
 def consumer(c, node: str, on: bool) -> None:
     """Stop or resume ``node``'s worker consuming its queue (the worker, its janitor included, stays alive)."""
-    control = Celery("control", broker=c.redis_url).control
+    control = Celery("control", broker=c.broker_url).control
     call = control.add_consumer if on else control.cancel_consumer
     replies = call(node_queue(node).name, destination=[f"pvc@{node}"], reply=True, timeout=5)
     assert replies and "ok" in next(iter(replies[0].values())), replies
 
 
-def queued_keys(broker: redis.Redis, node: str) -> list[bytes]:
-    return [k for k in broker.keys(f"node.{node}*") if broker.type(k) == b"list" and broker.llen(k)]
-
-
+@BOTH_BROKERS
 def test_broker_down_at_submit_is_accepted_and_runs_when_it_returns(make_cluster):
-    """With Redis gone, a start request is still accepted (the job record is the outbox); when Redis returns on
-    its port, the re-driver publishes the job and the VM runs: nothing is lost, nothing waits for ever."""
+    """With the broker gone, a start request is still accepted (the job record is the outbox); when the broker
+    returns on its port, the re-driver publishes the job and the VM runs: nothing is lost, nothing waits for ever."""
     c = make_cluster([NodeSpec("hv1")], worker_env={"PVC_REDRIVE_AFTER": "2"})
     assert c.define_vm("nobroker", node="hv1")["state"] == "succeeded"
-    c.redis.stop()
+    c.broker_service.stop()
     r = api(c, "post", "/vms/nobroker/state", json={"state": "start"})
     assert r.status_code == 202 and r.json()["state"] == "queued", r.text
-    c.restart_redis(kill=False, down=1.0)
+    c.restart_broker(kill=False, down=1.0)
     ended = c.wait_job(r.json()["id"], timeout=60)
     assert ended["state"] == "succeeded", ended
     assert any("re-sent to node hv1's queue" in m["text"] for m in ended["messages"]), ended["messages"]
     assert libvirt_domains(c)["hv1"]["nobroker"]["state"] == "running"
 
 
+@BOTH_BROKERS
 def test_lost_task_message_is_re_sent_from_the_job_record(make_cluster):
-    """A job whose message vanished from Redis is published again by its node's janitor and runs; the job says so."""
+    """A job whose message vanished from the broker is published again by its node's janitor and runs; the job
+    says so."""
     c = make_cluster([NodeSpec("hv1")], worker_env={"PVC_REDRIVE_AFTER": "1"})
     assert c.define_vm("lost", node="hv1")["state"] == "succeeded"
-    broker = redis.Redis.from_url(c.redis_url)
     consumer(c, "hv1", on=False)
     job = api(c, "post", "/vms/lost/state", json={"state": "start"}).json()
-    wait_until(lambda: queued_keys(broker, "hv1"), 5, "the message in hv1's queue")
-    broker.delete(*queued_keys(broker, "hv1"))  # the message is lost
+    wait_until(lambda: c.queued("hv1"), 5, "the message in hv1's queue")
+    assert c.purge("hv1") == 1  # the message is lost
     consumer(c, "hv1", on=True)
     ended = c.wait_job(job["id"], timeout=30)
     assert ended["state"] == "succeeded", ended
@@ -80,18 +77,17 @@ def test_lost_task_message_is_re_sent_from_the_job_record(make_cluster):
     assert libvirt_domains(c)["hv1"]["lost"]["state"] == "running"
 
 
+@BOTH_BROKERS
 def test_a_node_that_takes_nothing_fails_the_job_after_the_re_send_limit(make_cluster):
     """Every message for a job vanishes (a node whose worker lives but takes nothing): after redrive_limit re-sends
     the job fails saying so, its VM is free and unchanged in libvirt."""
     c = make_cluster([NodeSpec("hv1")], worker_env={"PVC_REDRIVE_AFTER": "1", "PVC_REDRIVE_LIMIT": "2"})
     assert c.define_vm("void", node="hv1")["state"] == "succeeded"
-    broker = redis.Redis.from_url(c.redis_url)
     consumer(c, "hv1", on=False)
     job = api(c, "post", "/vms/void/state", json={"state": "start"}).json()
 
     def ended() -> dict | None:
-        for key in queued_keys(broker, "hv1"):
-            broker.delete(key)
+        c.purge("hv1")
         record = api(c, "get", f"/jobs/{job['id']}").json()
         return record if record["state"] != "queued" else None
 
@@ -104,6 +100,7 @@ def test_a_node_that_takes_nothing_fails_the_job_after_the_re_send_limit(make_cl
     assert libvirt_domains(c)["hv1"]["void"]["state"] == "stopped"
 
 
+@BOTH_BROKERS
 def test_a_message_stuck_behind_a_queue_nobody_consumes_fails_after_queue_timeout(make_cluster):
     """A queue that is not empty is behind, not lossy: nothing is re-sent, and a job queued past queue_timeout ends
     failed with that reason, freeing its VM; the stale message is ignored when consuming resumes."""
@@ -116,10 +113,11 @@ def test_a_message_stuck_behind_a_queue_nobody_consumes_fails_after_queue_timeou
     assert ended["state"] == "failed" and "not started within 3 s: the task message was lost" in ended["reason"]
     assert not [m for m in ended["messages"] if "re-sent" in m["text"]], ended["messages"]
     assert api(c, "get", "/vms/stuck").json()["active_job"] == ""
-    wait_until(lambda: not queued_keys(redis.Redis.from_url(c.redis_url), "hv1"), 10, "the stale message taken")
+    wait_until(lambda: not c.queued("hv1"), 10, "the stale message taken")
     assert libvirt_domains(c)["hv1"]["stuck"]["state"] == "stopped"
 
 
+@BOTH_BROKERS
 def test_duplicated_step_message_runs_the_step_once(make_cluster):
     """A migration's perform message delivered four times while the job waits for it: the step runs once, the VM
     ends on the target only, and each duplicate is logged as stale."""
@@ -140,6 +138,7 @@ def test_duplicated_step_message_runs_the_step_once(make_cluster):
         {"hv1": None, "hv2": "running"}
 
 
+@BOTH_BROKERS
 def test_duplicated_job_message_runs_the_job_once(make_cluster):
     """A start job's message delivered four times at once (all reach the paused worker's pool together): exactly
     one claims the job and runs it; the others are ignored."""

@@ -8,7 +8,9 @@ import time
 from pvc_dev import invariants
 from pvc_dev.cluster import NodeSpec
 from pvc_dev.services import wait_until
-from tests.conftest import SLOW_SESSION, paused, race
+from tests.conftest import BOTH_BROKERS, SLOW_SESSION, paused, race
+
+pytestmark = BOTH_BROKERS
 
 
 def test_parallel_requests_on_one_vm_make_exactly_one_job(make_cluster):

@@ -1,6 +1,9 @@
 """VM lifecycle jobs end to end: API -> ZooKeeper -> the VM node's worker -> libvirt -> ZooKeeper."""
 
 from pvc_dev.cluster import domain_xml
+from tests.conftest import BOTH_BROKERS
+
+pytestmark = BOTH_BROKERS
 
 
 def test_define_start_shutdown_restart_stop_undefine(cluster, api, vm_name):

@@ -36,5 +36,9 @@ def test_compose_services_and_commands_exist():
         assert command[:3] == ["pvc-worker", "--node", node]
         assert (ROOT / "docker" / f"{node}.xml").is_file()
         assert f"/etc/pvc/nodes/{node}.xml" in command[-1]
-    assert "basic-auth" in " ".join(services["flower"]["command"])
+    flower = services["flower"]
+    assert "FLOWER_BASIC_AUTH" in flower["environment"] and "CELERY_BROKER_URL" in flower["environment"]
+    assert not [arg for arg in flower["command"] if "auth" in arg or "://" in arg]  # no secret in argv
+    redis = " ".join(services["redis"]["command"])
+    assert "--appendonly yes" in redis and "default off" in redis  # durable, and only pvc's ACL user connects
     assert (ROOT / "Dockerfile").is_file()

@@ -27,6 +27,17 @@ def test_unknown_or_invalid_setting_is_an_error(tmp_path):
         load_settings(env={"PVC_KEEPALIVE_INTERVAL": "soon"})
 
 
+def test_the_broker_is_redis_unless_named_and_its_scheme_is_checked():
+    """``broker`` defaults to the Redis URL, may name RabbitMQ, refuses any other scheme, and no URL (which carries
+    a password) appears in the settings' repr, which logs may print."""
+    redis = "redis://pvc:secret@h:6379/0"
+    assert load_settings(env={"PVC_REDIS": redis}).broker_url == redis
+    amqp = load_settings(env={"PVC_REDIS": redis, "PVC_BROKER": "amqp://pvc:secret@h:5672/pvc"})
+    assert amqp.broker_url == "amqp://pvc:secret@h:5672/pvc" and "secret" not in repr(amqp)
+    with pytest.raises(ValueError, match="broker URL must start with redis, rediss, amqp, amqps, not kafka://"):
+        load_settings(env={"PVC_BROKER": "kafka://h"})
+
+
 def test_vm_tasks_route_to_their_node_queue():
     """A pvc.vm.* task goes to the queue of the node named in its arguments."""
     route = route_task("pvc.vm.start", (), {"job_id": "j", "vm": "vm1", "node": "hv2"}, {})
