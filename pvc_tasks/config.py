@@ -43,6 +43,8 @@ class Settings:
     redrive_limit: int = defaults.REDRIVE_LIMIT
     flush_retries: int = defaults.FLUSH_RETRIES
     job_bound: float = defaults.JOB_BOUND
+    step_lease: float = defaults.STEP_LEASE
+    migration_stall: float = defaults.MIGRATION_STALL
     consumer_check_interval: float = defaults.CONSUMER_CHECK_INTERVAL
     consumer_stall_after: float = defaults.CONSUMER_STALL_AFTER
     #: Fault tests only: every task message is published this many times (a duplicate must be harmless).

@@ -57,13 +57,13 @@ class Hypervisor(Protocol):
     #: True when the hypervisor can live-migrate to a peer (libvirt's test driver and embedded QEMU cannot).
     live_migration: bool
 
-    def migrate_live(self, name: str, peer_uri: str, *, max_downtime_ms: int, timeout: float,
+    def migrate_live(self, name: str, peer_uri: str, *, max_downtime_ms: int, timeout: float, stall: float,
                      progress: Callable[[float], None], cancelled: Callable[[], bool],
                      dest_xml: str = "") -> dict[str, int]:
         """Live-migrate to ``peer_uri`` (with ``dest_xml`` as the target's definition when the VM's devices differ
-        there, e.g. another SR-IOV VF); ``progress`` gets 0..1, ``cancelled`` is polled; returns what the
-        hypervisor applied (``max_downtime_ms``). Raises
-        ``MigrationAborted`` when cancelled or not converged within ``timeout`` s (the VM stays here)."""
+        there, e.g. another SR-IOV VF); ``progress`` gets 0..1 on every look at the migration, ``cancelled`` is
+        polled; returns what the hypervisor applied (``max_downtime_ms``). Raises ``MigrationAborted`` when
+        cancelled, not converged within ``timeout`` s, or no data moved for ``stall`` s (the VM stays here)."""
 
     def define(self, xml: str) -> DomainFacts: ...
 

@@ -57,6 +57,15 @@ REDRIVE_AFTER = 10.0
 #: ... at most this many times in a row; then the job's kind ends or rolls it back with the reason (a node that
 #: takes nothing from its queue is stuck, not slow).
 REDRIVE_LIMIT = 5
+#: A running step that shows no progress (a phase, a percent, a note, a tick of a bounded wait, data moved by a live
+#: migration) for this long (s) is stuck: a thread blocked in a hypervisor call that does not return. Its job is
+#: ended without it as a dead worker's would be (pvc_tasks.leases). Long past any single libvirt call we have seen
+#: (a large guest's start takes seconds), short against the job bound. 0: off.
+STEP_LEASE = 120.0
+#: A live migration whose copied data has not grown for this long (s) is aborted by its watcher (the VM keeps
+#: running on its source): a stalled link, not a slow one. Shorter than ``STEP_LEASE``, so the watcher, which can
+#: abort cleanly, acts before the lease would end the job around a migration still in flight.
+MIGRATION_STALL = 60.0
 #: A worker pings itself through its own queue this often (s) ...
 CONSUMER_CHECK_INTERVAL = 15.0
 #: ... and when no ping came back for this long (s) while it had idle threads, its Celery consumer is stuck (alive

@@ -14,6 +14,12 @@ Columns
                   (VM marker released, ``end_ops``).
     ``engine``    a parent job driven by passes (``pvc_tasks.engine``) rather than steps: it is re-driven by
                   publishing a pass, and a worker restart resumes it instead of failing it.
+    ``stuck``     what a step of this kind whose lease lapsed (``pvc_tasks.leases``: no progress, its thread stuck
+                  in a hypervisor call) leads to. ``fail``: the job ends as ``orphaned`` says, and what the call
+                  did is recorded when it returns. ``restart``: the worker exits to be restarted, so the hung call
+                  dies with its process, and the restarted worker's reconcile rolls the job back from what each
+                  hypervisor says: for migrations, whose hypervisor operation can still complete while a rollback
+                  beside it runs (a VM left running unrecorded on the target, or on two nodes).
     ``bound``     seconds after its creation past which an unfinished job of this kind counts as stuck (reported
                   as the cluster fault ``jobs_over_bound``; see ``pvc_tasks.backlog``), from the settings.
 
@@ -62,6 +68,7 @@ class Kind:
     orphaned: Orphaned = fail_orphan
     cancel_ops: EndOps = released
     engine: bool = False
+    stuck: str = "fail"
     bound: Bound = lambda s: s.job_bound
 
     @property
@@ -97,7 +104,8 @@ KINDS: dict[str, Kind] = {kind.name: kind for kind in [
     Kind("undefine", (lifecycle.undefine.name,), _VM_NODE),
     *(Kind(name, _MIGRATION, "node.<target> for prepare/finish/abort_target, node.<source> for perform/cleanup/"
                              "abort_source: each step on the node that owns what it touches",
-           end_ops=migration.end_ops, orphaned=migration.orphaned, bound=_migrates) for name in migration.KINDS),
+           end_ops=migration.end_ops, orphaned=migration.orphaned, stuck="restart", bound=_migrates)
+      for name in migration.KINDS),
     Kind("recover", (recovery.START,), "node.<target>: never the fenced node; the VM is defined and started there",
          end_ops=recovery.end_ops),
     Kind("vf_config", (sriov.CONFIGURE,), "node.<VF's node>: its NIC holds the VF"),

@@ -133,7 +133,8 @@ def _live(run: JobRun, target: str, record: dict) -> None:
 
     try:
         applied = run.hv.migrate_live(run.vm, peer, max_downtime_ms=downtime,
-                                      timeout=run.ctx.settings.migration_timeout, progress=run.percent_within,
+                                      timeout=run.ctx.settings.migration_timeout,
+                                      stall=run.ctx.settings.migration_stall, progress=run.percent_within,
                                       cancelled=cancelled, dest_xml=run.job.params.get("target_xml") or "")
     except MigrationAborted as exc:
         if cancelled():
@@ -232,11 +233,17 @@ def abort_target(run: JobRun) -> None:
         hop(run, CLEANUP, source, ops=lambda: _commit_ops(run, "running"), phase=("cleanup", 4),
             message=f"{vm} already runs on {node}: the migration is committed instead of rolled back")
         return
-    if run.hv.state(vm) not in ("missing", "running"):
+    state = run.hv.state(vm)
+    if state not in ("missing", "running"):
         try:
-            run.hv.undefine(vm)
+            if state != "stopped":
+                # An incoming live migration still in flight (the perform step was judged stuck while libvirt
+                # went on): destroying the incoming copy makes the migration fail, and S keeps running the VM.
+                run.hv.destroy(vm)
+            if run.hv.state(vm) != "missing":
+                run.hv.undefine(vm)
         except HypervisorError as exc:
-            log.warning("abort of job %s: could not undefine %s on %s: %s", job_id, vm, node, exc)
+            log.warning("abort of job %s: could not remove %s from %s: %s", job_id, vm, node, exc)
     hop(run, ABORT_SOURCE, source, ops=lambda: placement.release_op(ctx.zk, ctx.schema, node, job_id),
         message=f"{node}'s side rolled back")
 

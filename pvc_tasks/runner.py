@@ -10,6 +10,10 @@ Every job task is declared with ``@job_task("pvc.<family>.<phase>")`` and receiv
 4. ends the job in ONE transaction with the VM keys it changes: ``succeeded`` when the body returns,
    ``cancelled`` on ``JobCancelled``, ``failed`` with the reason on ``JobFailed`` or any other exception. The VM's
    observed hypervisor state is written in the same transaction, so ZooKeeper never lags what libvirt says.
+
+From its claim to its end a step holds a lease (``pvc_tasks.leases``), renewed by every sign of progress the body
+reports through ``JobRun``; a step that shows none for ``step_lease`` s has its job ended without it by the
+janitor. If its thread comes back after that, ``_settle_late`` records what it did to the VM.
 """
 
 from __future__ import annotations
@@ -19,11 +23,14 @@ import logging
 import time
 from collections.abc import Callable
 
+from kazoo.exceptions import BadVersionError, NoNodeError
+
 from pvc_tasks import defaults, dispatch, vfs
 from pvc_tasks.app import app
 from pvc_tasks.context import NodeContext, current
 from pvc_tasks.errors import describe
-from pvc_tasks.jobs import Job, JobState, JobStore, Op
+from pvc_tasks.jobs import Job, JobState, JobStore, Op, commit
+from pvc_tasks.leases import LEASES
 
 __all__ = ["JobCancelled", "JobFailed", "JobRun", "StageLost", "fail_orphan", "hop", "job_task", "node_figure_ops",
            "step_task"]
@@ -49,6 +56,9 @@ class JobRun:
     def __init__(self, ctx: NodeContext, job: Job) -> None:
         self.ctx = ctx
         self.job = job
+        #: The stage this step took. ``job`` follows the record, which may move on without this step (the janitor
+        #: handed it to a rollback): every write of the step is checked against this, never against ``job``.
+        self.stage = job.stage
         self.vm = job.vm
         self.hv = ctx.hypervisor
         #: VM keys written with the terminal transition, by outcome (key name -> data).
@@ -62,8 +72,10 @@ class JobRun:
 
     def phase(self, name: str, step: int, steps: int, message: str | None = None) -> None:
         """Enter phase ``name`` (step k of n); also a cancel point."""
+        LEASES.renew()
 
         def mutate(job: Job) -> bool:
+            self._still_mine(job)
             job.advance(name, step, steps)
             if message:
                 job.note(message)
@@ -74,18 +86,33 @@ class JobRun:
             raise JobCancelled(f"cancelled by request before phase {name!r}")
 
     def percent_within(self, fraction: float) -> None:
-        """Report progress inside the current step (0..1); never goes backwards."""
+        """Report progress inside the current step (0..1); never goes backwards. Every call renews the step's
+        lease: the body's loop is alive and its hypervisor answered (a live migration's watcher calls this on every
+        tick, and bounds a migration that moves no data itself)."""
         job = self.job
         start = 100 * (job.step - 1) / job.steps
         target = int(start + max(0.0, min(fraction, 1.0)) * 100 / job.steps)
         if target > job.percent:
-            self.job = self.ctx.jobs.update(job.id, lambda j: _raise_percent(j, target))
+            # Progress of a step that lost its stage is not written, and not raised either: the caller may be
+            # watching a hypervisor operation that must be followed to its end (a live migration).
+            self.job = self.ctx.jobs.update(job.id, lambda j: self._owns(j) and _raise_percent(j, target))
 
     def note_only(self, text: str) -> None:
-        """Add a message to the job without changing its phase."""
-        self.job = self.ctx.jobs.update(self.job.id, lambda j: (j.note(text), True)[1])
+        """Add a message to the job without changing its phase (not once the step lost its stage)."""
+        LEASES.renew()
+        self.job = self.ctx.jobs.update(self.job.id, lambda j: self._owns(j) and (j.note(text), True)[1])
+
+    def _owns(self, job: Job) -> bool:
+        """The job still waits on this very step: not ended, at this step's stage on this node."""
+        return not job.terminal and (job.stage, job.node) == (self.stage, self.ctx.node)
+
+    def _still_mine(self, job: Job) -> None:
+        if not self._owns(job):
+            raise StageLost(f"job {job.id} moved from {self.stage} on {self.ctx.node} to {job.stage} on {job.node} "
+                            f"({job.state}) meanwhile")
 
     def cancel_point(self) -> None:
+        LEASES.renew()
         self.job = self.ctx.jobs.get(self.job.id)
         if self.job.cancel_requested:
             raise JobCancelled(f"cancelled by request during phase {self.job.phase!r}")
@@ -169,16 +196,21 @@ def job_task(name: str) -> Callable:
             if job is None:
                 return {"job": job_id, "state": "skipped"}
             run = JobRun(ctx, job)
-            try:
-                result = fn(run, vm=vm, node=node, **job.params) or {}
-                job = _finish(run, JobState.SUCCEEDED, "", result)
-            except JobCancelled as exc:
-                job = _finish(run, JobState.CANCELLED, str(exc))
-            except JobFailed as exc:
-                job = _finish(run, JobState.FAILED, str(exc))
-            except Exception as exc:
-                log.exception("job %s (%s) crashed", job_id, name)
-                job = _finish(run, JobState.FAILED, f"internal error in {name}: {describe(exc)}")
+            with LEASES.hold(job_id, name) as lease:
+                try:
+                    result = fn(run, vm=vm, node=node, **job.params) or {}
+                    job = _finish(run, JobState.SUCCEEDED, "", result)
+                except StageLost as exc:
+                    log.warning("job %s: %s; %s stops here", job_id, exc, name)
+                except JobCancelled as exc:
+                    job = _finish(run, JobState.CANCELLED, str(exc))
+                except JobFailed as exc:
+                    job = _finish(run, JobState.FAILED, str(exc))
+                except Exception as exc:
+                    log.exception("job %s (%s) crashed", job_id, name)
+                    job = _finish(run, JobState.FAILED, f"internal error in {name}: {describe(exc)}")
+                if lease.lapsed:
+                    _settle_late(run, name)
             return {"job": job_id, "state": str(job.state), "reason": job.reason}
 
         return task
@@ -206,7 +238,7 @@ def hop(run: JobRun, task_name: str, node: str, ops: Callable[[], list[Op]] | No
     rollback meanwhile (this node looked absent), ``StageLost`` stops the step without touching the job, whose new
     owner reads what this step did from the hypervisors. A write that was retried after its first attempt
     committed (a lost connection) finds the hand-over done and only publishes."""
-    own, here = run.job.stage, run.ctx.node
+    own, here = run.stage, run.ctx.node
 
     def mutate(job: Job) -> bool:
         if job.terminal:
@@ -249,19 +281,22 @@ def step_task(name: str, *, claims: tuple[str, Callable[[Job], str]] | None = No
             if job is None:
                 return {"job": job_id, "state": "skipped"}
             run = JobRun(ctx, job)
-            try:
-                if cancellable and run.job.cancel_requested:
-                    raise JobCancelled(f"cancelled by request before {name}")
-                fn(run)
-            except StageLost as exc:
-                log.warning("job %s: %s; step %s stops here", job_id, exc, name)
-            except JobCancelled as exc:
-                _step_error(run, on_error, JobState.CANCELLED, str(exc))
-            except JobFailed as exc:
-                _step_error(run, on_error, JobState.FAILED, str(exc))
-            except Exception as exc:  # every job must end with a reason, whatever went wrong
-                log.exception("job %s step %s crashed", job_id, name)
-                _step_error(run, on_error, JobState.FAILED, f"internal error in {name}: {describe(exc)}")
+            with LEASES.hold(job_id, name) as lease:
+                try:
+                    if cancellable and run.job.cancel_requested:
+                        raise JobCancelled(f"cancelled by request before {name}")
+                    fn(run)
+                except StageLost as exc:
+                    log.warning("job %s: %s; step %s stops here", job_id, exc, name)
+                except JobCancelled as exc:
+                    _step_error(run, on_error, JobState.CANCELLED, str(exc))
+                except JobFailed as exc:
+                    _step_error(run, on_error, JobState.FAILED, str(exc))
+                except Exception as exc:  # every job must end with a reason, whatever went wrong
+                    log.exception("job %s step %s crashed", job_id, name)
+                    _step_error(run, on_error, JobState.FAILED, f"internal error in {name}: {describe(exc)}")
+                if lease.lapsed:
+                    _settle_late(run, name)
             return {"job": job_id, "stage": run.job.stage, "state": str(run.job.state)}
 
         return task
@@ -294,6 +329,32 @@ def _take_stage(ctx: NodeContext, job_id: str, name: str, node: str,
 
     job = ctx.jobs.update(job_id, mutate)
     return job if taken else None
+
+
+def _settle_late(run: JobRun, name: str) -> None:
+    """A step judged stuck came back after its job was ended without it: what it did reached this node's
+    hypervisor but not ZooKeeper. Record the VM's state as this hypervisor reports it, when ZooKeeper still places
+    the VM here and no job holds it now (version-checked: a job that takes it meanwhile wins); otherwise only say
+    so, on the job and in the log, for the operator (the VM's next job, or this worker's reconcile at its next
+    start, reads the hypervisor again)."""
+    ctx, vm, schema = run.ctx, run.vm, run.ctx.schema
+    if not vm:
+        return
+    try:
+        placed = ctx.zk.get(schema.path("domain.node", vm))[0].decode()
+        marker, stat = ctx.zk.get(schema.path("domain.active_job", vm))
+        observed = run.hv.state(vm)
+        if placed == ctx.node and not marker and observed != "missing":
+            commit(ctx.zk, [("check", schema.path("domain.active_job", vm), stat.version),
+                            ("set", schema.path("domain.state", vm), observed.encode(), -1)])
+            text = f"step {name} returned late; {vm} is {observed} on {ctx.node}, as now recorded"
+        else:
+            text = (f"step {name} returned late; {vm} is {observed} on {ctx.node} (ZooKeeper places it on "
+                    f"{placed}, {'held by job ' + marker.decode() if marker else 'no job holds it'}): check it")
+    except (NoNodeError, BadVersionError):
+        return  # undefined meanwhile, or a new job took the VM: its own end records the state
+    log.warning("job %s: %s", run.job.id, text)
+    ctx.jobs.update(run.job.id, lambda job: (job.note(text), True)[1])
 
 
 def _step_error(run: JobRun, on_error: Callable | None, outcome: JobState, reason: str) -> None:

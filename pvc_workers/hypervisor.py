@@ -129,11 +129,13 @@ class LibvirtHypervisor:
                 continue  # undefined between the listing and the read
         return facts
 
-    def migrate_live(self, name: str, peer_uri: str, *, max_downtime_ms: int, timeout: float,
+    def migrate_live(self, name: str, peer_uri: str, *, max_downtime_ms: int, timeout: float, stall: float,
                      progress: Callable[[float], None], cancelled: Callable[[], bool],
                      dest_xml: str = "") -> dict[str, int]:
         """libvirt peer-to-peer live migration, watched from here: progress from the job's data figures, abort on
-        cancel or when it has not converged within ``timeout`` s (the VM then keeps running on this node)."""
+        cancel, when it has not converged within ``timeout`` s, or when no data was sent for
+        ``stall`` s (the VM then keeps running on this node). However long it takes, a migration whose data keeps
+        moving is never cut off: ``progress`` is called on every look, and that renews the step's lease."""
         dom = self._domain(name)
         flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
                  | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
@@ -152,7 +154,8 @@ class LibvirtHypervisor:
                 outcome["error"] = exc
 
         worker = threading.Thread(target=run, name=f"migrate-{name}", daemon=True)
-        started = time.monotonic()
+        started = moved = time.monotonic()
+        copied, fraction = -1, 0.0  # bytes sent so far (it only grows while data moves), and the share done
         worker.start()
         aborted = ""
         while worker.is_alive():
@@ -163,11 +166,14 @@ class LibvirtHypervisor:
                 aborted = "cancelled by request"
             elif not aborted and time.monotonic() - started > timeout:
                 aborted = f"did not converge within {timeout:g} s"
+            elif not aborted and stall and time.monotonic() - moved > stall:
+                aborted = f"no data moved for {stall:g} s"
             if aborted:
                 try:
                     dom.abortJob()
                 except libvirt.libvirtError:
                     pass  # finished or failed meanwhile; the thread's outcome says which
+                progress(fraction)  # libvirt answered: the abort is under way, the step is not stuck
                 continue
             if max_downtime_ms and not applied:
                 # The downtime limit is a parameter of the running migration job: set it once the job exists,
@@ -180,10 +186,17 @@ class LibvirtHypervisor:
             try:
                 stats = dom.jobStats()
             except libvirt.libvirtError:
-                continue
+                stats = {}  # no migration job yet (QEMU still starting on the target) or already gone
+            # Data sent, not data left: a guest that dirties memory makes "left" grow again between passes while
+            # bytes keep moving (non-convergence is the timeout's to judge, not a stall).
+            if (stats.get("data_processed") or 0) > copied:
+                copied, moved = stats.get("data_processed") or 0, time.monotonic()
             total, remaining = stats.get("data_total") or 0, stats.get("data_remaining")
             if total and remaining is not None:
-                progress(1 - remaining / total)
+                fraction = 1 - remaining / total
+            # On every look libvirt answered, even before the first figures (the target's QEMU can take a second
+            # to start): each call renews the step's lease, and only a call that hangs stops them.
+            progress(fraction)
         if aborted and outcome["error"] is not None:
             raise MigrationAborted(f"live migration of {name} aborted: {aborted}; it still runs here")
         if outcome["error"] is not None:

@@ -10,6 +10,10 @@ Each pass (every ``janitor_interval`` s) over all job records:
 * a job waiting on THIS node's queue (or on the cluster queue, when this worker is primary) for a message nobody
   took is published again from its record, a bounded number of times (``pvc_tasks.redrive``; this worker alone
   can see the messages it holds and its queue's length);
+* a step of THIS process that showed no progress for ``step_lease`` s (``pvc_tasks.leases``: a thread stuck in a
+  hypervisor call) has its job ended as a dead worker's would be (the kind's ``orphaned``), or, for kinds whose
+  ``stuck`` is ``restart`` (migrations), makes the worker restart itself (``pvc_tasks.kinds``). The node fault
+  ``step_hung`` stays while such a thread has not come back;
 * a job still ``queued`` after ``queue_timeout`` s ends ``failed``: the outer bound, whatever happened;
 * a terminal job older than ``job_retention`` s is deleted;
 * on the primary: the cluster fault ``jobs_over_bound`` is set, or cleared, from the unfinished jobs' ages
@@ -29,12 +33,14 @@ from collections.abc import Callable
 from celery.worker import state as worker_state
 from kazoo.exceptions import KazooException, NoNodeError
 
-from pvc_tasks import dispatch, redrive
+from pvc_tasks import dispatch, kinds, redrive
 from pvc_tasks.backlog import backlog, fault_message
 from pvc_tasks.context import NodeContext
 from pvc_tasks.jobs import JobState, orphan
+from pvc_tasks.leases import LEASES
 from pvc_tasks.state import keepalive_age, node_alive
 from pvc_workers.health import set_fault
+from pvc_workers.watchdog import restart_worker
 
 __all__ = ["Janitor", "held_here"]
 
@@ -71,6 +77,28 @@ class Janitor(threading.Thread):
         if age is None or age > self.ctx.settings.absent_after:
             return age if age is not None else float("inf")
         return None
+
+    def judge_leases(self) -> None:
+        """End the jobs of this process's steps whose lease lapsed; keep ``step_hung`` while their threads hang."""
+        lease_s = self.ctx.settings.step_lease
+        for lease in LEASES.overdue(lease_s) if lease_s > 0 else []:
+            job = self.ctx.jobs.get(lease.job_id)
+            if job.terminal or (job.stage, job.node, job.stage_taken) != (lease.stage, self.ctx.node, lease.stage):
+                continue  # it moved on as we looked: not stuck
+            reason = (f"step {lease.stage} showed no progress for {lease_s:g} s on node {self.ctx.node} (a thread "
+                      f"stuck in a hypervisor call that does not return)")
+            if kinds.get(job.kind).stuck == "restart":
+                why = (f"{reason}; node {self.ctx.node}'s worker restarts itself so that the call dies with it, and "
+                       f"its reconcile rolls job {job.id} back from what each hypervisor says")
+                self.ctx.jobs.update(job.id, lambda j, why=why: (j.note(why), True)[1])
+                restart_worker(self.ctx, "step_hung", why)
+            log.warning("job %s: %s; ending it without that step", job.id, reason)
+            orphan(self.ctx.jobs, job, reason)
+        hung = LEASES.hung()
+        set_fault(self.ctx, "node.faults", "step_hung", "; ".join(
+            f"step {lease.stage} of job {lease.job_id} (thread {lease.thread}) has not returned for "
+            f"{LEASES.clock() - lease.renewed:.0f} s; its job was ended without it" for lease in hung[:3]
+        ) if hung else None, self.ctx.node)
 
     def sweep(self) -> None:
         settings, now = self.ctx.settings, time.time()
@@ -117,6 +145,7 @@ class Janitor(threading.Thread):
     def run(self) -> None:
         while not self.stop.wait(self.ctx.settings.janitor_interval):
             try:
+                self.judge_leases()
                 self.sweep()
             except KazooException as exc:
                 log.warning("janitor pass skipped: %s", exc)

@@ -25,7 +25,7 @@ from pvc_tasks.app import app
 from pvc_tasks.context import NodeContext
 from pvc_workers.health import set_fault
 
-__all__ = ["EXIT_STUCK", "Watchdog", "ping"]
+__all__ = ["EXIT_STUCK", "Watchdog", "ping", "restart_worker"]
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +68,15 @@ class Watchdog(threading.Thread):
             dispatch.ping(node)
 
     def _restart(self, why: str) -> None:
-        log.critical("%s", why)
-        try:
-            set_fault(self.ctx, "node.faults", "consumer_stuck", why, self.ctx.node)
-            self.ctx.zk.stop()  # the node's presence goes now, not a session timeout later
-        finally:
-            os._exit(EXIT_STUCK)
+        restart_worker(self.ctx, "consumer_stuck", why)
+
+
+def restart_worker(ctx: NodeContext, fault_id: str, why: str) -> None:
+    """Record the node fault ``fault_id`` saying ``why``, give up this node's presence, and exit 75 for the
+    supervisor to start a new worker (which reconciles from ZooKeeper and the hypervisor). Never returns."""
+    log.critical("%s", why)
+    try:
+        set_fault(ctx, "node.faults", fault_id, why, ctx.node)
+        ctx.zk.stop()  # the node's presence goes now, not a session timeout later
+    finally:
+        os._exit(EXIT_STUCK)

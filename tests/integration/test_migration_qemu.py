@@ -169,3 +169,21 @@ def test_cancel_after_the_guest_arrived_rolls_forward(make_cluster):
     vm = api(c, "get", "/vms/fwd").json()
     assert (vm["node"], vm["state"], vm["active_job"]) == ("hq2", "running", "")
     assert qemu_pid(c, "hq2", "fwd") and qemu_pid(c, "hq1", "fwd") is None
+
+
+def test_a_live_migration_longer_than_the_step_lease_is_never_cut_off(make_cluster):
+    """A live migration capped at 1 MiB/s lasts several step leases of 1 s: every look of its watcher at the data
+    moving renews the lease, so the job completes live and nothing rolls it back. (An idle guest: its few MiB
+    of firmware move in seconds; the busy guest's writes outrun 1 MiB/s for minutes.)"""
+    # A stuck step is judged at most lease + janitor interval (1.25 s) after its last renewal.
+    c = make_cluster(QEMU_NODES, worker_env={"PVC_MIGRATION_BANDWIDTH": "1", "PVC_STEP_LEASE": "1",
+                                             "PVC_JANITOR_INTERVAL": "0.25"})
+    assert c.define_vm("long", node="hq1", start=True, xml=qemu_domain_xml("long"))["state"] == "succeeded"
+    job, _seen = follow(c, api(c, "post", "/vms/long/migrate", json={"target": "hq2", "method": "live"}).json()["id"])
+    print("MSGS", *[(round(m["time"] % 100, 3), m["text"]) for m in job["messages"]], sep="\n")
+    assert job["state"] == "succeeded" and job["result"]["how"] == "live", job
+    times = {m["text"].split(" ")[0]: m["time"] for m in job["messages"]}
+    lasted = times["long"] - times["live-migrating"]  # "live-migrating long to hq2 ..." .. "long left hq1 (live)..."
+    print(f"\nlive migration lasted {lasted:.1f} s with a step lease of 1 s")
+    assert lasted > 1.75, "the migration ended before a lapsed lease would have been judged: nothing was shown"
+    assert qemu_pid(c, "hq2", "long") and qemu_pid(c, "hq1", "long") is None
