@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pvc_tasks import kinds
+from pvc_tasks import kinds, migration
 from pvc_tasks.app import app
 from pvc_tasks.jobs import Job, JobState
 from pvc_tasks.redrive import overdue
@@ -21,6 +21,8 @@ def test_every_kind_has_every_hook_and_its_tasks_are_registered_and_routed(name)
     kind = kinds.get(name)
     assert kind.name == name and kind.tasks and kind.runs_on
     assert all(callable(getattr(kind, hook)) for hook in HOOKS)
+    # A stuck step of a kind with a rollback restarts its worker: a rollback beside its live operation is unsafe.
+    assert kind.stuck == ("restart" if kind.orphaned is migration.orphaned else "fail"), kind.stuck
     for task in kind.tasks:
         assert task in app.tasks, task
         queue = route_task(task, (), {"node": "" if name == "fence" else "hv1"}, {})["queue"].name
