@@ -301,40 +301,34 @@ class LocalCluster:
         return self.api
 
     def restart_redis(self, *, kill: bool = True, down: float = 0.0, lose: bool = False) -> Service:
-        """Kill (or stop) Redis, keep it down ``down`` s, and start it again on the same port. ``lose``: remove its
-        append-only files first, so every queued message is gone, as with a Redis without persistence."""
-        assert self.redis is not None
-        old, port = self.redis, int(self.redis.info["port"])
-        if kill:
-            old.kill()
-        else:
-            old.stop()
-        old.log_file.close()
-        if lose:
-            shutil.rmtree(self.workdir / "redis" / "appendonlydir", ignore_errors=True)
-        time.sleep(down)
-        self.redis = start_redis(self.workdir / "redis", port, str(old.info["password"]))
-        self.services[self.services.index(old)] = self.redis
-        return self.redis
+        """``restart_broker`` of a cluster whose broker is Redis (``lose``: its append-only files removed, as with a
+        Redis without persistence)."""
+        assert self.redis is not None, "this cluster's broker is not Redis"
+        return self.restart_broker(kill=kill, down=down, lose=lose)
 
     def restart_broker(self, *, kill: bool = True, down: float = 0.0, lose: bool = False) -> Service:
-        """Kill (or stop) the broker, whichever it is, keep it down ``down`` s, start it again on its port with its
-        data, or without (``lose``: every queued message and declared queue gone; RabbitMQ creates its user again
-        from its config file)."""
-        if self.rabbitmq is None:
-            return self.restart_redis(kill=kill, down=down, lose=lose)
-        old = self.rabbitmq
+        """Kill (or stop) the broker, whichever it is, keep it down ``down`` s, start it again on its port for the
+        same user, with its data or without (``lose``: every queued message and declared queue gone; RabbitMQ
+        creates its user again from its config file)."""
+        old = self.broker_service
         if kill:
             old.kill()
         else:
             old.stop()
         old.log_file.close()
+        rabbit = old is self.rabbitmq
+        workdir = self.workdir / ("rabbitmq" if rabbit else "redis")
         if lose:
-            shutil.rmtree(self.workdir / "rabbitmq" / "mnesia", ignore_errors=True)
+            shutil.rmtree(workdir / ("mnesia" if rabbit else "appendonlydir"), ignore_errors=True)
         time.sleep(down)
-        self.rabbitmq = start_rabbitmq(self.workdir / "rabbitmq", int(old.info["port"]), str(old.info["password"]))
-        self.services[self.services.index(old)] = self.rabbitmq
-        return self.rabbitmq
+        start = start_rabbitmq if rabbit else start_redis
+        new = start(workdir, int(old.info["port"]), str(old.info["password"]))
+        if rabbit:
+            self.rabbitmq = new
+        else:
+            self.redis = new
+        self.services[self.services.index(old)] = new
+        return new
 
     def start_flower(self) -> Service:
         if self.flower_service is None:

@@ -8,7 +8,11 @@ VMs (``reconcile_vms``)
     * known only to libvirt: left alone and logged as foreign (pvc does not adopt domains it did not define);
     * known to libvirt but recorded on ANOTHER node (this node was fenced and its VMs recovered elsewhere): this
       stale copy is destroyed if it runs (ZooKeeper is the truth; a VM never runs twice) and undefined;
-    * recorded in state ``defining`` or with an active job: left to the job reconciler below;
+    * recorded in state ``defining``, or with an active job that may have touched it here (a step of this node
+      that had started, or a step on another node): left to the job reconciler below. A VM whose job waits for a
+      step of THIS node that has not started is restored like the others: nothing touched it here yet, and a
+      node that restarted under a queued migration must not hand over a VM that lost its running state to the
+      restart (a flush then "moved" it stopped);
     * recorded ``failed`` (e.g. a failed fence marked it so): defined, never started.
 
 A node returning after it was declared dead (``returning``) starts NOTHING: the fence job decides what happens
@@ -31,6 +35,7 @@ import logging
 from pvc_tasks import dispatch, kinds
 from pvc_tasks.context import HypervisorError, NodeContext
 from pvc_tasks.engine import resume_passes
+from pvc_tasks.errors import NotFound
 from pvc_tasks.jobs import orphan
 from pvc_tasks.state import domain_records
 
@@ -60,7 +65,7 @@ def reconcile_vms(ctx: NodeContext, returning: bool = False) -> dict[str, int]:
             log.error("could not remove the stale copy of %s on %s: %s", vm, ctx.node, exc)
     for record in mine:
         vm = record["name"]
-        if record["state"] == "defining" or record["active_job"]:
+        if record["state"] == "defining" or _held(ctx, record["active_job"]):
             continue
         if vm not in live:
             try:
@@ -81,6 +86,17 @@ def reconcile_vms(ctx: NodeContext, returning: bool = False) -> dict[str, int]:
         log.warning("%d libvirt domain(s) on %s are not managed by pvc", counts["foreign"], ctx.node)
     log.info("reconciled VMs of %s: %s", ctx.node, counts)
     return counts
+
+
+def _held(ctx: NodeContext, job_id: str) -> bool:
+    """The VM's active job decides what happens to it here: it is not waiting, untaken, for a step of this node."""
+    if not job_id:
+        return False
+    try:
+        job = ctx.jobs.get(job_id)
+    except NotFound:
+        return False  # a marker whose job was pruned: nothing holds the VM
+    return not job.terminal and not (job.node == ctx.node and job.stage_taken != job.stage)
 
 
 def reconcile_jobs(ctx: NodeContext) -> dict[str, int]:

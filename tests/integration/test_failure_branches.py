@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -202,3 +203,25 @@ def test_a_stuck_job_is_shown_and_raises_a_cluster_fault_until_it_ends(make_clus
     assert c.wait_job(job["id"], timeout=30)["state"] == "succeeded"
     wait_until(lambda: fault() is None, 20, "the fault to clear")
     assert api(c, "get", "/cluster").json()["backlog"]["over_bound"] == []
+
+
+def test_a_node_restarted_under_a_queued_migration_restores_the_vm_before_moving_it(make_cluster):
+    """hv1's worker dies (its test-driver hypervisor with it, as a node reboot) while a migration of its running VM
+    waits, untaken, for hv1's perform step: the new worker restores the VM as ZooKeeper recorded it, running, and
+    the migration then moves it running, instead of handing over a VM the restart had stopped."""
+    c = make_cluster([NodeSpec("hv1"), NodeSpec("hv2")], worker_env=SLOW_SESSION)
+    assert c.define_vm("queued", node="hv1", start=True)["state"] == "succeeded"
+    os.kill(c.workers["hv1"].pid, signal.SIGSTOP)
+    job = api(c, "post", "/vms/queued/migrate", json={"target": "hv2"}).json()
+    wait_until(lambda: json.loads(c.zk.get(f"/jobs/{job['id']}")[0])["stage"] == "pvc.migrate.perform", 10,
+               "prepare on hv2")
+    c.workers["hv1"].kill()  # perform's message dies with it, or waits in the queue: either way untaken
+    c.start_worker("hv1")
+    c.wait_worker("hv1")
+    ended = c.wait_job(job["id"])
+    assert ended["state"] == "succeeded", ended
+    vm = api(c, "get", "/vms/queued").json()
+    assert (vm["node"], vm["state"]) == ("hv2", "running"), vm
+    assert {n: d.get("queued", {}).get("state") for n, d in libvirt_domains(c).items()} == \
+        {"hv1": None, "hv2": "running"}
+    assert "reconciled VMs of hv1: {'redefined': 1, 'restarted': 1," in c.workers["hv1"].log_path.read_text()
