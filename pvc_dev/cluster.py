@@ -122,8 +122,11 @@ class LocalCluster:
     zookeeper: Service | Ensemble | None = None  # shared server (tests); None: start our own
     #: Servers of our own ZooKeeper when we start one: 1, or 3 for an ensemble (``zookeeper_ensemble``).
     zookeeper_servers: int = 1
-    #: The Celery broker we start: ``redis`` or ``rabbitmq`` (a private RabbitMQ server; no Redis then).
+    #: The Celery broker: ``redis`` (we start one) or ``rabbitmq`` (no Redis then): a private RabbitMQ server we
+    #: start, or ``vhost`` of ``shared_rabbitmq``, a server of the test session (never restarted by a cluster).
     broker: str = "redis"
+    shared_rabbitmq: Service | None = None
+    vhost: str = "/"
     flower: bool = True
     flower_user: str = "admin"
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
@@ -178,8 +181,9 @@ class LocalCluster:
 
     @property
     def broker_url(self) -> str:
-        """The Celery broker's URL, credentials included (``redis://pvc:...`` or ``amqp://pvc:...``)."""
-        return str(self.broker_service.info["url"])
+        """The Celery broker's URL, credentials included (``redis://pvc:...`` or ``amqp://pvc:.../vhost``)."""
+        url = str(self.broker_service.info["url"])
+        return url if self.rabbitmq is None else f"{url.rstrip('/')}/{'' if self.vhost == '/' else self.vhost}"
 
     @property
     def api_url(self) -> str:
@@ -232,7 +236,9 @@ class LocalCluster:
             root.ensure_path(self.chroot)
             root.stop()
             root.close()
-            if self.broker == "rabbitmq":
+            if self.broker == "rabbitmq" and self.shared_rabbitmq is not None:
+                self.rabbitmq = self.shared_rabbitmq
+            elif self.broker == "rabbitmq":
                 self.rabbitmq = start_rabbitmq(self.workdir / "rabbitmq")
                 self.services.append(self.rabbitmq)
             else:
@@ -310,6 +316,7 @@ class LocalCluster:
         """Kill (or stop) the broker, whichever it is, keep it down ``down`` s, start it again on its port for the
         same user, with its data or without (``lose``: every queued message and declared queue gone; RabbitMQ
         creates its user again from its config file)."""
+        assert self.shared_rabbitmq is None, "a shared RabbitMQ is never restarted by one of its clusters"
         old = self.broker_service
         if kill:
             old.kill()
@@ -462,7 +469,7 @@ class LocalCluster:
         for service in reversed(self.services):
             service.stop()
         self.services.clear()
-        if self.rabbitmq is not None:
+        if self.rabbitmq is not None and self.shared_rabbitmq is None:
             stop_epmd(int(self.rabbitmq.info["epmd"]))
         for root in self._qemu_roots.values():
             shutil.rmtree(root, ignore_errors=True)

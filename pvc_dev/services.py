@@ -7,6 +7,9 @@ processes, the API is ``pvc-api`` and Flower is Celery's Flower.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import os
 import re
 import secrets
@@ -262,18 +265,33 @@ def start_redis(workdir: Path, port: int | None = None, password: str | None = N
     return _await(svc, ping, 15, "Redis to answer PING")
 
 
-def start_rabbitmq(workdir: Path, port: int | None = None, password: str | None = None) -> Service:
+def _rabbitmq_definitions(password: str, vhosts: list[str]) -> str:
+    """RabbitMQ definitions imported at boot (again after its data is lost): the user ``pvc`` (salted SHA-256, as
+    RabbitMQ stores it) with every right on ``vhosts``."""
+    salt = secrets.token_bytes(4)
+    digest = base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
+    return json.dumps({
+        "users": [{"name": "pvc", "password_hash": digest, "hashing_algorithm": "rabbit_password_hashing_sha256",
+                   "tags": ["administrator"]}],
+        "vhosts": [{"name": v} for v in vhosts],
+        "permissions": [{"user": "pvc", "vhost": v, "configure": ".*", "write": ".*", "read": ".*"} for v in vhosts],
+    })
+
+
+def start_rabbitmq(workdir: Path, port: int | None = None, password: str | None = None, vhosts: int = 0) -> Service:
     """A private RabbitMQ server (Debian's rabbitmq-server, run as root straight into the Erlang VM, so our PID is
-    the broker's) with its own node name, ports and Erlang port mapper, and one user ``pvc`` with a password from a
-    0600 config file (never argv). ``port``: restart on the port clients use, with the data it had."""
+    the broker's) with its own node name, ports and Erlang port mapper, and one user ``pvc`` whose password is in a
+    0600 definitions file (never argv), on the vhost ``/`` and on ``vhosts`` more (``pvc-1`` ...: one per cluster of
+    a test session sharing this server). ``port``: restart on the port clients use, with the data it had."""
     workdir.mkdir(parents=True, exist_ok=True)
-    conf = workdir / "rabbitmq.conf"
+    conf, definitions = workdir / "rabbitmq.conf", workdir / "definitions.json"
     if port is None or password is None:
         port, password = free_port(), secrets.token_urlsafe(16)
         epmd = free_port()
-        conf.touch(mode=0o600)
-        conf.write_text(f"listeners.tcp.1 = 127.0.0.1:{port}\ndefault_user = pvc\ndefault_pass = {password}\n"
-                        "default_vhost = /\nloopback_users = none\nlog.console = false\nlog.file.level = warning\n"
+        definitions.touch(mode=0o600)
+        definitions.write_text(_rabbitmq_definitions(password, ["/"] + [f"pvc-{i}" for i in range(1, vhosts + 1)]))
+        conf.write_text(f"listeners.tcp.1 = 127.0.0.1:{port}\nload_definitions = {definitions}\n"
+                        "loopback_users = none\nlog.console = false\nlog.file.level = warning\n"
                         f"# epmd {epmd} dist {free_port()} node pvc-{secrets.token_hex(4)}\n")
         (workdir / "enabled_plugins").write_text("[].\n")
     found = re.search(r"# epmd (\d+) dist (\d+) node (\S+)", conf.read_text())
@@ -287,7 +305,7 @@ def start_rabbitmq(workdir: Path, port: int | None = None, password: str | None 
            "RUNNING_UNDER_SYSTEMD": "1"}  # the start script then execs the VM instead of waiting on it
     url = f"amqp://pvc:{password}@127.0.0.1:{port}//"
     svc = Service("rabbitmq", ["/usr/lib/rabbitmq/bin/rabbitmq-server"], workdir / "rabbitmq.log", env=env,
-                  port=port, url=url, password=password, epmd=int(epmd))
+                  port=port, url=url, password=password, epmd=int(epmd), vhosts=vhosts)
 
     def ready() -> bool:
         from kombu import Connection

@@ -32,7 +32,7 @@ import pytest
 
 from pvc_dev import invariants
 from pvc_dev.cluster import LocalCluster, NodeSpec
-from pvc_dev.services import start_zookeeper
+from pvc_dev.services import start_rabbitmq, start_zookeeper, stop_epmd
 
 FAST_WORKER_ENV = {"PVC_KEEPALIVE_INTERVAL": "1", "PVC_JANITOR_INTERVAL": "1", "PVC_ZK_SESSION_TIMEOUT": "2",
                    "PVC_SHUTDOWN_TIMEOUT": "5"}
@@ -87,6 +87,28 @@ def _invariants_of_shared_clusters(request):
     _check_after(request, list(_shared))
 
 
+@pytest.fixture(scope="session")
+def shared_rabbitmq(tmp_path_factory):
+    """One RabbitMQ server for the session's clusters on RabbitMQ, each on a vhost of its own (a server takes ~8 s
+    to start); a test that stops or restarts its broker asks for its own with ``own_broker=True``."""
+    server = start_rabbitmq(tmp_path_factory.mktemp("rabbitmq"), vhosts=len(_VHOSTS))
+    yield server
+    server.stop()
+    stop_epmd(int(server.info["epmd"]))
+
+
+_VHOSTS = [f"pvc-{i}" for i in range(1, 65)]
+
+
+def _broker_kwargs(request, broker: str, kwargs: dict) -> dict:
+    """``broker`` for ``_cluster``, and the shared RabbitMQ with a fresh vhost unless the test wants its own."""
+    own = kwargs.pop("own_broker", False)
+    kwargs.setdefault("broker", broker)
+    if kwargs["broker"] == "rabbitmq" and not own and _VHOSTS:
+        kwargs.update(shared_rabbitmq=request.getfixturevalue("shared_rabbitmq"), vhost=_VHOSTS.pop(0))
+    return kwargs
+
+
 @pytest.fixture(scope="module")
 def broker(request) -> str:
     """The broker of the clusters a test starts: ``redis``, unless the module runs on both with
@@ -99,12 +121,12 @@ BOTH_BROKERS = pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect
 
 
 @pytest.fixture(scope="module")
-def shared_cluster(zookeeper, tmp_path_factory, broker):
+def shared_cluster(zookeeper, tmp_path_factory, broker, request):
     """Start a module-scoped cluster with ``shared_cluster(name, nodes)``; checked after each test."""
     started: list[LocalCluster] = []
 
     def make(name: str, nodes=None, **kwargs) -> LocalCluster:
-        kwargs.setdefault("broker", broker)
+        kwargs = _broker_kwargs(request, broker, kwargs)
         c = _cluster(zookeeper, tmp_path_factory.mktemp(name), nodes, **kwargs).start()
         started.append(c)
         _shared.append(c)
@@ -126,7 +148,7 @@ def make_cluster(zookeeper, tmp_path, request, broker):
     made: list[LocalCluster] = []
 
     def make(nodes=None, *, start: bool = True, **kwargs) -> LocalCluster:
-        kwargs.setdefault("broker", broker)
+        kwargs = _broker_kwargs(request, broker, kwargs)
         c = _cluster(zookeeper, tmp_path / f"cluster{len(made)}", nodes, **kwargs)
         made.append(c)
         return c.start() if start else c

@@ -32,7 +32,7 @@ from tests.conftest import BOTH_BROKERS
 def test_broker_killed_with_its_messages_during_a_50_vm_flush(make_cluster, broker):
     """The broker (Redis, then RabbitMQ) SIGKILLed mid-flush, every queued message lost with it, and restarted on
     its port: the flush succeeds, and every VM runs once, on another node."""
-    c = make_cluster(NODES, worker_env=FAULTY)
+    c = make_cluster(NODES, worker_env=FAULTY, own_broker=True)
     assert_flush_survives(c, 50, 10, lambda: c.restart_broker(kill=True, lose=True), f"{broker} was killed")
 
 
@@ -41,7 +41,7 @@ def test_broker_killed_with_a_batch_of_starts_queued_on_a_one_thread_worker(make
     """Twenty start jobs queued behind a one-thread worker when the broker (Redis, then RabbitMQ) is SIGKILLed with
     them: each is re-sent from its record once the broker is back, and every VM runs; no VM stays busy until
     queue_timeout."""
-    c = make_cluster([NodeSpec("hv1", 16384)], worker_env={**FAULTY, "PVC_WORKER_CONCURRENCY": "1"})
+    c = make_cluster([NodeSpec("hv1", 16384)], worker_env={**FAULTY, "PVC_WORKER_CONCURRENCY": "1"}, own_broker=True)
     names = [f"s{i:02d}" for i in range(20)]
     for name in names:
         assert c.define_vm(name, 64, node="hv1")["state"] == "succeeded"

@@ -48,7 +48,7 @@ def consumer(c, node: str, on: bool) -> None:
 def test_broker_down_at_submit_is_accepted_and_runs_when_it_returns(make_cluster):
     """With the broker gone, a start request is still accepted (the job record is the outbox); when the broker
     returns on its port, the re-driver publishes the job and the VM runs: nothing is lost, nothing waits for ever."""
-    c = make_cluster([NodeSpec("hv1")], worker_env={"PVC_REDRIVE_AFTER": "2"})
+    c = make_cluster([NodeSpec("hv1")], worker_env={"PVC_REDRIVE_AFTER": "2"}, own_broker=True)
     assert c.define_vm("nobroker", node="hv1")["state"] == "succeeded"
     c.broker_service.stop()
     r = api(c, "post", "/vms/nobroker/state", json={"state": "start"})
