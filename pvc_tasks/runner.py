@@ -89,6 +89,7 @@ class JobRun:
         """Report progress inside the current step (0..1); never goes backwards. Every call renews the step's
         lease: the body's loop is alive and its hypervisor answered (a live migration's watcher calls this on every
         tick, and bounds a migration that moves no data itself)."""
+        LEASES.renew()
         job = self.job
         start = 100 * (job.step - 1) / job.steps
         target = int(start + max(0.0, min(fraction, 1.0)) * 100 / job.steps)

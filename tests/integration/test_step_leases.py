@@ -1,6 +1,7 @@
 """Claimed steps are bounded too (pvc_tasks.leases): a step stuck in a hypervisor call that does not return has its
 job ended with the reason, and what the call did is recorded when it comes back. Real QEMU behind its own libvirtd,
-which the test freezes (SIGSTOP) to make libvirt calls hang."""
+whose launcher (the subreaper that reaps its QEMUs, ``pvc_dev.subreaper``) the test freezes with SIGSTOP: libvirt
+then waits for an exited QEMU to be reaped, so a destroy, or the end of a live migration, hangs until it resumes."""
 
 import os
 import signal
@@ -21,9 +22,9 @@ def faults(c, node: str) -> dict[str, str]:
 
 
 def test_a_step_stuck_in_a_hung_libvirt_call_ends_its_job_and_is_settled_when_the_call_returns(make_cluster):
-    """libvirtd frozen under a stop job: 2 s without progress end the job failed with the reason and free the VM,
-    the node shows the fault step_hung; once libvirtd resumes, the forced-off VM is recorded stopped, as libvirt
-    says, and the fault clears."""
+    """libvirtd's reaper frozen under a stop job: 2 s without progress end the job failed with the reason and free
+    the VM, the node shows the fault step_hung; once the reaper resumes, the forced-off VM is recorded stopped, as
+    libvirt says, and the fault clears."""
     c = make_cluster([NodeSpec("hq1", hypervisor="qemu")], worker_env={"PVC_STEP_LEASE": "2"})
     assert c.define_vm("hang", node="hq1", start=True, xml=qemu_domain_xml("hang"))["state"] == "succeeded"
     libvirtd = c.libvirtds["hq1"]
@@ -48,7 +49,8 @@ def test_a_step_stuck_in_a_hung_libvirt_call_ends_its_job_and_is_settled_when_th
 
 
 def test_a_live_migration_whose_source_libvirt_hangs_restarts_the_worker_and_is_rolled_back(make_cluster):
-    """The source's libvirtd frozen while a live migration is in flight: the watcher's look hangs, the lease lapses,
+    """The source's libvirtd frozen while a live migration is in flight (its reaper stopped: libvirt waits for the
+    QEMU that left to be reaped, as for a hung process): the step's calls hang, the lease lapses,
     and instead of a rollback racing the migration, hq1's worker restarts itself (node fault step_hung, exit 75);
     once libvirtd resumes, the new worker's reconcile rolls the migration back or forward from what each libvirt
     says, and the VM runs on exactly one node, where ZooKeeper places it."""
@@ -61,7 +63,7 @@ def test_a_live_migration_whose_source_libvirt_hangs_restarts_the_worker_and_is_
     os.kill(libvirtd.pid, signal.SIGSTOP)
     try:
         wait_until(lambda: c.restarts.get("hq1"), 30, "hq1's worker to restart itself")
-        assert c.workers["hq1"].alive()  # the new worker, waiting for libvirtd
+        wait_until(lambda: c.workers["hq1"].alive(), 10, "the supervisor to start a new worker")
     finally:
         os.kill(libvirtd.pid, signal.SIGCONT)
     ended = c.wait_job(job["id"], timeout=120)
