@@ -116,8 +116,9 @@ def capped_pair(make_cluster):
     return make_cluster(QEMU_NODES, worker_env={"PVC_MIGRATION_BANDWIDTH": "1", "PVC_MIGRATION_TIMEOUT": "4"})
 
 
-@pytest.mark.skipif(virt_type() != "kvm", reason="without /dev/kvm (TCG) this guest's capped live migration "
-                    "converges in ~3 s although the guest keeps writing (seen, not yet explained): needs KVM")
+@pytest.mark.skipif(virt_type() != "kvm", reason="under TCG (the default, pvc_dev.guests.virt_type) this guest's "
+                    "capped live migration converges in ~3 s although the guest keeps writing (seen, not yet "
+                    "explained): needs KVM")
 def test_convergence_timeout_fallback_and_cancel_of_a_running_migration(capped_pair):
     """A live migration that cannot converge is aborted after its timeout (method default then falls back to a
     shutdown migration), and one cancelled while running is aborted at once; each leaves the VM running on S only."""
