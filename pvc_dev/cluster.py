@@ -39,6 +39,7 @@ from pvc_dev.services import (
     stop_epmd,
     wait_until,
 )
+from pvc_tasks.dispatch import message_count
 from pvc_tasks.routing import node_queue
 from zk_schema import Schema, init_cluster
 
@@ -507,10 +508,7 @@ class LocalCluster:
     def queued(self, node: str) -> int:
         """Messages waiting in ``node``'s queue, as the broker counts them (Redis or RabbitMQ)."""
         with Connection(self.broker_url, connect_timeout=3) as conn:
-            try:
-                return conn.default_channel.queue_declare(queue=node_queue(node).name, passive=True).message_count
-            except ChannelError:
-                return 0  # Redis deletes an empty list: a queue that does not exist holds nothing
+            return message_count(conn, node)
 
     def purge(self, node: str) -> int:
         """Drop every message waiting in ``node``'s queue (a broker that lost them); returns how many."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import time
 
+from kombu import Connection
 from kombu.exceptions import ChannelError
 
 from pvc_tasks.app import app
@@ -32,7 +33,7 @@ from pvc_tasks.errors import describe
 from pvc_tasks.jobs import Job, JobState
 from pvc_tasks.routing import CLUSTER_QUEUE, node_queue
 
-__all__ = ["PING", "message", "ping", "publish", "waiting"]
+__all__ = ["PING", "message", "message_count", "ping", "publish", "waiting"]
 
 #: A worker's ping through its own queue (``pvc_workers.watchdog``): the one message that is not a job's.
 PING = "pvc.node.ping"
@@ -75,17 +76,21 @@ def ping(node: str) -> bool:
     return True
 
 
+def message_count(connection: Connection, node: str) -> int:
+    """Messages waiting in ``node``'s queue ("" for the cluster queue) on ``connection``'s broker."""
+    queue = node_queue(node) if node else CLUSTER_QUEUE
+    try:
+        return connection.default_channel.queue_declare(queue=queue.name, passive=True).message_count
+    except ChannelError:
+        return 0  # Redis deletes an empty list: a queue that does not exist holds nothing
+
+
 def waiting(node: str) -> int | None:
     """Messages waiting in ``node``'s queue ("" for the cluster queue): a queue that is not empty is behind, not
     lossy. None when the broker cannot be asked."""
-    queue = node_queue(node) if node else CLUSTER_QUEUE
     try:
         with app.connection_for_write() as connection:
-            channel = connection.default_channel
-            try:
-                return channel.queue_declare(queue=queue.name, passive=True).message_count
-            except ChannelError:
-                return 0  # Redis deletes an empty list: a queue that does not exist holds nothing
+            return message_count(connection, node)
     except Exception as exc:  # noqa: BLE001 - as in publish: the broker cannot say, so nothing is re-sent now
-        log.warning("cannot read the length of queue %s: %s", queue.name, describe(exc))
+        log.warning("cannot read the queue length of node %s: %s", node or "the cluster", describe(exc))
         return None

@@ -21,7 +21,8 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from kazoo.exceptions import BadVersionError, NoNodeError
 
@@ -197,7 +198,7 @@ def job_task(name: str) -> Callable:
             if job is None:
                 return {"job": job_id, "state": "skipped"}
             run = JobRun(ctx, job)
-            with LEASES.hold(job_id, name) as lease:
+            with _leased(run, name):
                 try:
                     result = fn(run, vm=vm, node=node, **job.params) or {}
                     job = _finish(run, JobState.SUCCEEDED, "", result)
@@ -210,8 +211,6 @@ def job_task(name: str) -> Callable:
                 except Exception as exc:
                     log.exception("job %s (%s) crashed", job_id, name)
                     job = _finish(run, JobState.FAILED, f"internal error in {name}: {describe(exc)}")
-                if lease.lapsed:
-                    _settle_late(run, name)
             return {"job": job_id, "state": str(job.state), "reason": job.reason}
 
         return task
@@ -282,7 +281,7 @@ def step_task(name: str, *, claims: tuple[str, Callable[[Job], str]] | None = No
             if job is None:
                 return {"job": job_id, "state": "skipped"}
             run = JobRun(ctx, job)
-            with LEASES.hold(job_id, name) as lease:
+            with _leased(run, name):
                 try:
                     if cancellable and run.job.cancel_requested:
                         raise JobCancelled(f"cancelled by request before {name}")
@@ -296,8 +295,6 @@ def step_task(name: str, *, claims: tuple[str, Callable[[Job], str]] | None = No
                 except Exception as exc:  # every job must end with a reason, whatever went wrong
                     log.exception("job %s step %s crashed", job_id, name)
                     _step_error(run, on_error, JobState.FAILED, f"internal error in {name}: {describe(exc)}")
-                if lease.lapsed:
-                    _settle_late(run, name)
             return {"job": job_id, "stage": run.job.stage, "state": str(run.job.state)}
 
         return task
@@ -330,6 +327,15 @@ def _take_stage(ctx: NodeContext, job_id: str, name: str, node: str,
 
     job = ctx.jobs.update(job_id, mutate)
     return job if taken else None
+
+
+@contextmanager
+def _leased(run: JobRun, name: str) -> Iterator[None]:
+    """The step ``name`` runs inside this block under a lease; if it was judged stuck, settle what it did."""
+    with LEASES.hold(run.job.id, name) as lease:
+        yield
+        if lease.lapsed:
+            _settle_late(run, name)
 
 
 def _settle_late(run: JobRun, name: str) -> None:

@@ -189,8 +189,8 @@ class LibvirtHypervisor:
                 stats = {}  # no migration job yet (QEMU still starting on the target) or already gone
             # Data sent, not data left: a guest that dirties memory makes "left" grow again between passes while
             # bytes keep moving (non-convergence is the timeout's to judge, not a stall).
-            if (stats.get("data_processed") or 0) > copied:
-                copied, moved = stats.get("data_processed") or 0, time.monotonic()
+            if (sent := stats.get("data_processed") or 0) > copied:
+                copied, moved = sent, time.monotonic()
             total, remaining = stats.get("data_total") or 0, stats.get("data_remaining")
             if total and remaining is not None:
                 fraction = 1 - remaining / total
