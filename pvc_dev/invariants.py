@@ -19,7 +19,8 @@ The invariants, in the order they are checked
     markers    no VM and no node holds an active-job marker; no migration slot; no node reservation; no node is
                left ``flush`` / ``unflush`` without a job;
     vfs        a VF marked used names a VM that ZooKeeper places on the VF's node and whose XML uses that VF, and
-               every VF a VM's XML uses is marked used by it.
+               every VF a VM's XML uses is marked used by it;
+    flushed    a node in domain state ``flushed`` runs no VM (per ZooKeeper and per its libvirt).
 
 ZooKeeper and libvirt are read one after the other, not atomically, so a check that finds a problem reads again
 for up to ``settle`` s before it reports: once every job is terminal nothing should move, and a problem that
@@ -176,7 +177,22 @@ def observe(cluster: LocalCluster) -> Observed:
     _check_libvirt(seen)
     seen.problems += _check_markers(zk, schema, vms)
     seen.problems += _check_vfs(zk, schema, vms)
+    seen.problems += _check_flushed(zk, schema, seen)
     return seen
+
+
+def _check_flushed(zk: KazooClient, schema: Schema, seen: Observed) -> list[str]:
+    """A ``flushed`` node runs no VM, as ZooKeeper and as the node's own libvirt say."""
+    problems = []
+    for node in names(zk, schema, "base.node"):
+        if zk.get(schema.path("node.domain_state", node))[0].decode() != "flushed":
+            continue
+        recorded = sorted(n for n, vm in seen.vms.items() if vm["node"] == node and vm["state"] in ("running",
+                                                                                                    "paused"))
+        running = sorted(n for n, facts in (seen.libvirt.get(node) or {}).items() if facts["state"] != "stopped")
+        if recorded or running:
+            problems.append(f"flushed: node {node} is flushed but runs {', '.join(sorted({*recorded, *running}))}")
+    return problems
 
 
 def _check_libvirt(seen: Observed) -> None:

@@ -12,7 +12,9 @@ Protocol
 Phases and rollback, per task
     define     ``define``: libvirt defineXML. Failure or cancel deletes the VM record: nothing half-defined stays.
     start      ``start`` (defining it first from ZooKeeper's XML if the node lost it). Failure records the
-               reason in ``failed_reason``; the state is what libvirt reports.
+               reason in ``failed_reason``; the state is what libvirt reports. An unflush's start
+               (``clear_autostart``) clears the VM's autostart with its success, never before. Refused on a node
+               that is flushing or flushed (409 ``node_not_ready``).
     shutdown   ``shutdown``: ACPI request, then wait (bounded by ``timeout``, default 180 s). On timeout the job
                fails with a reason and the VM keeps running; cancel stops waiting and leaves the VM as it is.
     stop       ``stop``: force off (libvirt destroy).
@@ -58,6 +60,8 @@ def define(run: JobRun, vm: str, node: str, **params) -> dict:
 def start(run: JobRun, vm: str, node: str, **params) -> dict:
     """Runs on the VM's node: start the domain."""
     run.phase("start", 1, 1, f"starting {vm} on {node}")
+    if params.get("clear_autostart"):  # an unflush's start: the flag goes only with a start that succeeded
+        run.on_success["meta.autostart"] = "false"
     if run.hv.state(vm) == "missing":  # ZooKeeper is the truth: a node that lost the definition gets it again
         run.hv.define(run.ctx.zk.get(run.ctx.schema.path("domain.xml", vm))[0].decode())
     if run.hv.state(vm) != "running":

@@ -1,8 +1,11 @@
 """VM migration from its node S to a node T: four steps, each on the queue of the node that owns what it touches.
 
 Kinds
-    ``migrate``    temporary: the VM's ``last_node`` becomes S, so ``unmigrate`` can bring it back;
-    ``move``       permanent: ``last_node`` is cleared;
+    ``migrate``    temporary: the VM's ``last_node`` (its home) becomes S, so ``unmigrate`` can bring it back. A VM
+                   that is already away from home is refused (409 ``already_migrated``) unless forced, and a forced
+                   migration (a flush's, too) keeps the home it had; arriving at its home clears it;
+    ``move``       permanent: ``last_node`` is cleared; a move to the node the VM is on makes its migration
+                   permanent without moving it;
     ``unmigrate``  to ``last_node`` (which is then cleared).
 
 Methods (the request's, else ``force_live`` -> live, else the VM's ``migration_method`` meta)
@@ -179,7 +182,7 @@ def perform(run: JobRun) -> None:
 def _commit_ops(run: JobRun, observed: str) -> list:
     """VM on T, its last_node by kind, T's reservation released, T's fresh figures: one transaction."""
     schema, zk, vm, params = run.ctx.schema, run.ctx.zk, run.vm, run.job.params
-    last = params["source"] if run.job.kind == "migrate" else ""
+    last = params.get("home", params["source"]) if run.job.kind == "migrate" else ""
     values = {"node": run.ctx.node, "last_node": last, "state": observed, "failed_reason": ""}
     ops = [("set", schema.path(f"domain.{k}", vm), v.encode(), -1) for k, v in values.items()]
     return (ops + vfs.commit_ops(schema, vm, params["source"], run.ctx.node, params)

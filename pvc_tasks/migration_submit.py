@@ -3,8 +3,8 @@
 ``submit_migration`` is step 0 of the protocol in ``pvc_tasks.migration`` (which runs the steps on the nodes): it
 resolves the method (a VM with a hostdev VF always migrates by shutdown, see ``pvc_tasks.vfs``), places the VM on
 a target that fits it (memory, node_limit, free VFs on the same PFs), and commits the job with the VM's marker,
-the target's reservation (memory, vCPUs, VFs) and a migration slot, each version-checked; then it sends
-``pvc.migrate.prepare`` to the target's queue.
+the target's reservation (memory, vCPUs, VFs), a migration slot and the target's domain state (still ready), each
+version-checked; then it sends ``pvc.migrate.prepare`` to the target's queue.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from kazoo.exceptions import BadVersionError
 
 from pvc_tasks import dispatch, placement, slots, vfs
 from pvc_tasks.errors import Conflict, Invalid
-from pvc_tasks.jobs import Job, JobStore, Origin, commit
+from pvc_tasks.jobs import Job, JobState, JobStore, Origin, commit
 from pvc_tasks.migration import KINDS, METHODS, PREPARE, STEPS
 from pvc_tasks.state import free_vm, node_alive
 from zk_schema import Schema
@@ -36,12 +36,39 @@ def _method(vm: dict, method: str | None, force_live: bool, hostdev: list[str]) 
     return method or ("live" if force_live else vm.get("meta.migration_method") or "default")
 
 
+def _home(vm: dict, target: str) -> str:
+    """The ``last_node`` a migrate leaves: the VM's home if it has one (PVC: a forced migration never overwrites
+    it), else the node it leaves; none when the VM arrives home."""
+    home = vm["last_node"] or vm["node"]
+    return "" if home == target else home
+
+
+def _make_permanent(store: JobStore, vm: dict, marker_path: str, marker_stat, origin: Origin | None) -> Job:
+    """``move`` to the VM's own node: its temporary migration becomes permanent (``last_node`` cleared), no VM
+    moves; a job that has already ended says so (checked against the VM's marker: no job may hold it)."""
+    name = vm["name"]
+    if not vm["last_node"]:
+        raise Conflict(f"VM {name} is already on {vm['node']}, its home", code="same_node",
+                       details={"node": vm["node"]})
+    job = Job.new("move", name, vm["node"], {"source": vm["node"], "target": vm["node"], "reserved_on": ""},
+                  stage="", origin=origin)
+    job.end(JobState.SUCCEEDED, "", {"node": vm["node"], "permanent": True, "was_home": vm["last_node"]})
+    job.note(f"{name} stays on {vm['node']}, now its home (it was {vm['last_node']})")
+    try:
+        commit(store.zk, [store.create_op(job), ("check", marker_path, marker_stat.version),
+                          ("set", store.schema.path("domain.last_node", name), b"", -1)])
+    except BadVersionError:
+        raise Conflict(f"VM {name} got another job at the same moment", code="vm_busy") from None
+    return job
+
+
 def submit_migration(zk: KazooClient, schema: Schema, vm_name: str, kind: str, target: str | None = None,
                      method: str | None = None, force_live: bool = False, timeout: float | None = None,
                      parent: str = "", priority: str = "user", target_states: tuple[str, ...] = ("ready",),
-                     origin: Origin | None = None) -> Job:
+                     origin: Origin | None = None, force: bool = False) -> Job:
     """Validate, place, and create the job (one transaction with the VM marker, T's reservation and a migration
-    slot, each version-checked); enqueue. ``priority`` "node" for flush/unflush/fence work (pvc_tasks.slots)."""
+    slot, each version-checked); enqueue. ``priority`` "node" for flush/unflush/fence work (pvc_tasks.slots).
+    ``force``: migrate a VM that is already away from home (it keeps that home)."""
     if kind not in KINDS:
         raise Invalid(f"kind: {kind!r} is not one of {', '.join(KINDS)}")
     store = JobStore(zk, schema)
@@ -50,6 +77,13 @@ def submit_migration(zk: KazooClient, schema: Schema, vm_name: str, kind: str, t
         if vm["state"] not in ("running", "stopped", "failed", "crashed", "paused"):
             raise Conflict(f"cannot migrate VM {vm_name}: it is {vm['state']}", code="invalid_state",
                            details={"state": vm["state"]})
+        if kind == "move" and target and target == vm["node"]:
+            return _make_permanent(store, vm, marker_path, marker_stat, origin)
+        if kind == "migrate" and vm["last_node"] and not force:
+            raise Conflict(f"VM {vm_name} was already migrated here from its home {vm['last_node']}: "
+                           f"`pvc vm unmigrate {vm_name}` returns it, `pvc vm move {vm_name} {vm['node']}` makes its "
+                           f"place permanent, or migrate with force (it keeps {vm['last_node']} as its home)",
+                           code="already_migrated", details={"last_node": vm["last_node"], "node": vm["node"]})
         if kind == "unmigrate":
             if not vm["last_node"]:
                 raise Conflict(f"VM {vm_name} has no last node to return to", code="no_last_node")
@@ -71,6 +105,7 @@ def submit_migration(zk: KazooClient, schema: Schema, vm_name: str, kind: str, t
                                               "method": resolved,
                                               "requested": method or "", "force_live": force_live,
                                               "target_states": list(target_states),
+                                              "home": _home(vm, chosen),
                                               **({"timeout": timeout} if timeout else {}),
                                               **where.job_params()},
                       parent=parent, stage=PREPARE, origin=origin)
@@ -82,13 +117,19 @@ def submit_migration(zk: KazooClient, schema: Schema, vm_name: str, kind: str, t
                                     int(vm["vcpus"] or 0), list(where.vf_map.values())),
                slots.admit_op(zk, schema, job.id, source, chosen, priority), *where.checks]
         try:
+            ops.append(placement.still_ready_op(zk, schema, chosen, target_states))
+        except Conflict:
+            if target:
+                raise
+            continue  # the chosen node began to drain since we read it: choose again
+        try:
             commit(zk, ops)
         except BadVersionError:
             if zk.exists(marker_path).version != marker_stat.version:
                 # Another request took the VM between our read and our write: of racing requests exactly one
                 # wins, even if its job has already ended by now.
                 raise Conflict(f"VM {vm_name} got another job at the same moment", code="vm_busy") from None
-            continue  # another placement reserved on T, or took a slot, first: decide again with it counted
+            continue  # another placement reserved on T, took a slot, or drains T: decide again with it counted
         break
     else:
         raise Conflict(f"VM {vm_name}: placement kept racing with other requests; retry", code="busy")

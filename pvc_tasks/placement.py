@@ -25,7 +25,7 @@ from pvc_tasks.jobs import Op
 from pvc_tasks.state import node_record, node_records
 from zk_schema import Schema
 
-__all__ = ["check_target", "choose_target", "read_reserved", "release_op", "reserve_op"]
+__all__ = ["check_target", "choose_target", "read_reserved", "release_op", "reserve_op", "still_ready_op"]
 
 
 def read_reserved(zk: KazooClient, schema: Schema, node: str) -> tuple[dict, int]:
@@ -57,6 +57,17 @@ def release_op(zk: KazooClient, schema: Schema, node: str, job_id: str) -> list[
         return []
     del reserved[job_id]
     return [("set", schema.path("node.reserved", node), json.dumps(reserved, sort_keys=True).encode(), version)]
+
+
+def still_ready_op(zk: KazooClient, schema: Schema, node: str, states: tuple[str, ...] = ("ready",)) -> Op:
+    """The check, for the transaction that places a VM on ``node``, that the node's domain state is still one of
+    ``states`` when it commits: a flush of the node accepted between the placement's reads and its write fails the
+    transaction (the placement is then decided again), so no VM is ever placed on a node being drained."""
+    path = schema.path("node.domain_state", node)
+    data, stat = zk.get(path)
+    if data.decode() not in states:
+        raise Conflict(f"target {node} is {data.decode()}, not ready", code="node_not_ready", details={"node": node})
+    return ("check", path, stat.version)
 
 
 def _limit(vm: dict) -> list[str]:

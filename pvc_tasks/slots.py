@@ -7,8 +7,9 @@ cluster config keys ``config.limits.migrate_out_per_node``, ``migrate_in_per_nod
 (defaults 2, 2, 5, in the spirit of KubeVirt's 2 per node / 5 per cluster; ``pvc cluster limits`` changes them).
 
 Priority: flush, unflush and fencing work (``priority`` "node") goes ahead of user requests ("user"): while any
-node is flushing or unflushing, a user-requested migration is refused (409 ``migration_limit``, retry later), so
-an operator's drain is never starved by a stream of user migrations.
+node has a live flush or unflush job (its ``active_job``; not its domain state, which a failed job must never leave
+blocking), a user-requested migration is refused (409 ``migration_limit``, retry later), so an operator's drain is
+never starved by a stream of user migrations.
 """
 
 from __future__ import annotations
@@ -49,9 +50,11 @@ def limits(zk: KazooClient, schema: Schema) -> dict[str, int]:
 
 
 def _node_work_in_progress(zk: KazooClient, schema: Schema) -> list[str]:
+    """Nodes with a live flush or unflush: a node's ``active_job`` is set in the transaction that creates that job
+    and cleared in the one that ends it, whoever ends it, so a leftover state never blocks user migrations."""
     nodes = names(zk, schema, "base.node")
-    pending = [(n, zk.get_async(schema.path("node.domain_state", n))) for n in nodes]
-    return [n for n, result in pending if result.get()[0].decode() in ("flush", "unflush")]
+    pending = [(n, zk.get_async(schema.path("node.active_job", n))) for n in nodes]
+    return [n for n, result in pending if result.get()[0]]
 
 
 def admit_op(zk: KazooClient, schema: Schema, job_id: str, source: str, target: str, priority: str) -> Op:

@@ -17,7 +17,7 @@ import xml.etree.ElementTree as ET
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
-from pvc_tasks import dispatch, kinds, selector, vfs
+from pvc_tasks import dispatch, kinds, placement, selector, vfs
 from pvc_tasks.errors import Conflict, Invalid, NotFound
 from pvc_tasks.jobs import Job, JobState, JobStore, Origin, commit, notify_parent
 from pvc_tasks.state import node_alive, node_record, node_records
@@ -177,13 +177,23 @@ def submit_define(zk: KazooClient, schema: Schema, xml: str, node: str | None = 
     # The VFs it names are marked used by it in the same transaction (version-checked, see pvc_tasks.vfs).
     claims = vfs.claim_ops(zk, schema, node, name, found)
     try:
-        commit(zk, ops + claims + [store.create_op(job)])
+        commit(zk, ops + claims + [store.create_op(job), placement.still_ready_op(zk, schema, node)])
     except NodeExistsError as exc:
         raise Conflict(f"a VM named {name} already exists", code="vm_exists", details={"vm": name}) from exc
     except BadVersionError as exc:
+        placement.still_ready_op(zk, schema, node)  # node_not_ready when a flush of the node won the race
         raise Conflict(f"a VF that VM {name} names was taken at the same moment; retry", code="vf_in_use") from exc
     dispatch.publish(job)
     return job
+
+
+def _refuse_start_on_drained(zk: KazooClient, schema: Schema, vm: str, node: str) -> None:
+    """A flushed node runs no VM, and a flushing one is being emptied: a start there would break that promise."""
+    state = zk.get(schema.path("node.domain_state", node))[0].decode()
+    if state in ("flush", "flushed"):
+        raise Conflict(f"cannot start VM {vm}: its node {node} is {state}; move it to a ready node first (`pvc vm "
+                       f"move {vm}`), or `pvc node ready {node}`, which starts its autostart VMs",
+                       code="node_not_ready", details={"node": node, "domain_state": state})
 
 
 def submit_vm_action(zk: KazooClient, schema: Schema, vm: str, action: str, params: dict | None = None,
@@ -208,6 +218,8 @@ def submit_vm_action(zk: KazooClient, schema: Schema, vm: str, action: str, para
         raise Conflict(f"cannot {action} VM {vm}: it is {record['state']}", code="invalid_state",
                        details={"state": record["state"]})
     node = record["node"]
+    if action == "start":
+        _refuse_start_on_drained(zk, schema, vm, node)
     if not node_alive(zk, schema, node):
         raise Conflict(f"node {node}'s worker is not running, so it cannot {action} {vm}; start pvc-worker "
                        f"--node {node}", code="node_unavailable", details={"node": node})

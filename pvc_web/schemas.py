@@ -111,7 +111,9 @@ class NodeSchema(Schema):
     name = fields.String()
     alive = fields.Boolean(metadata={"description": "the node's worker holds its ZooKeeper presence"})
     daemon_state = fields.String()
-    domain_state = fields.String(metadata={"description": "ready | flush | flushed | unflush"})
+    domain_state = fields.String(metadata={
+        "description": "ready | flush (a flush job runs) | flushed (no VM runs on it) | unflush (an unflush job "
+                       "runs); a flush or unflush that did not succeed leaves it ready, with the fault ``flush``"})
     router_state = fields.String()
     keepalive_age = fields.Float(allow_none=True, metadata={"description": "seconds since the last keepalive"})
     schema_version = fields.String()
@@ -124,6 +126,9 @@ class NodeSchema(Schema):
     faults = fields.List(fields.Nested(FaultSchema))
     fence = fields.Nested(_Fence, metadata={"description": "the node's last fence ({} if never fenced)"})
     self_fence_after = fields.Float(metadata={"description": "s without ZooKeeper before it stops its VMs; 0 off"})
+    active_job = fields.String(metadata={"description": "the node's live flush or unflush job, or empty"})
+    next = fields.List(fields.String(), metadata={"description": "what the operator can do next, given the node's "
+                                                                 "worker, domain state and faults"})
 
 
 class MetaSchema(Schema):
@@ -173,6 +178,15 @@ class MigrateSchema(Schema):
     force_live = fields.Boolean(load_default=False, metadata={"description": "same as method=live"})
     timeout = fields.Float(validate=validate.Range(min=1, max=86400),
                            metadata={"description": "graceful shutdown bound (s) for shutdown migrations"})
+    force = fields.Boolean(load_default=False, metadata={
+        "description": "migrate: a VM already away from its home (last_node) is refused unless forced; forcing keeps "
+                       "that home"})
+
+
+class FlushSchema(Schema):
+    allow_shutdown = fields.Boolean(load_default=False, metadata={
+        "description": "shut down (and mark autostart) the running VMs that have nowhere to go, instead of refusing "
+                       "the flush with 409 insufficient_capacity"})
 
 
 class JobSchema(Schema):

@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pvc_tasks.jobs import Job
 from pvc_tasks.state import desired_vf_config
 
-__all__ = ["faults_view", "job_view", "node_view", "pf_view", "vf_view", "vm_view"]
+__all__ = ["faults_view", "job_view", "next_steps", "node_view", "pf_view", "vf_view", "vm_view"]
 
 
 def _int(value: str | None) -> int:
@@ -77,7 +77,28 @@ def node_view(record: dict) -> dict:
         "faults": faults,
         "fence": fence,
         "self_fence_after": _float(record.get("self_fence_after")),
+        "active_job": record.get("active_job") or "",
+        "next": next_steps(record, faults),
     }
+
+
+def next_steps(record: dict, faults: list[dict]) -> list[str]:
+    """What an operator can do next with this node, in the CLI's words."""
+    node, state, job = record["name"], record.get("domain_state") or "", record.get("active_job") or ""
+    steps = []
+    if not record["alive"]:
+        steps.append(f"start pvc-worker --node {node}: until it is back its VMs cannot be started, stopped or moved")
+    if state == "flush":
+        steps.append(f"being flushed by job {job}: follow it with `pvc job watch {job}`, or `pvc node ready {node}` "
+                     f"to cancel it (VMs already moved stay where they are)")
+    elif state == "unflush":
+        steps.append(f"being made ready by job {job}: follow it with `pvc job watch {job}`")
+    elif state == "flushed":
+        steps.append(f"no VM runs here; `pvc node ready {node}` brings its VMs back and starts its autostart VMs")
+    if any(f["id"] == "flush" for f in faults):
+        steps.append(f"a flush or unflush did not succeed (fault `flush`): `pvc node flush {node}` to try again, or "
+                     f"`pvc node ready {node}` to bring back the VMs that left and clear the fault")
+    return steps
 
 
 def vm_view(record: dict, *, detail: bool = False) -> dict:

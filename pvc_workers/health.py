@@ -1,19 +1,20 @@
 """Node and cluster faults (JSON lists in ``node.faults`` and ``base.faults``), and this node's BMC check.
 
-A fault is ``{"id", "message", "since"}``; each writer owns its ids (``ipmi`` is written by the node itself,
-``keepalive_missed`` and ``fence_storm`` by the primary's monitor) and changes the list with compare-and-set, so
-writers never overwrite each other's faults. ``pvc cluster status`` and ``pvc node info`` show them.
+A fault is ``{"id", "message", "since"}`` (``pvc_tasks.faults``); each writer owns its ids (``ipmi`` is written by
+the node itself, ``keepalive_missed`` and ``fence_storm`` by the primary's monitor, ``flush`` by the flush and
+unflush jobs) and changes the list with compare-and-set, so writers never overwrite each other's faults.
+``pvc cluster status`` and ``pvc node info`` show them.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 
-from kazoo.exceptions import BadVersionError, NoNodeError
+from kazoo.exceptions import BadVersionError
 
 from pvc_tasks.context import NodeContext
+from pvc_tasks.faults import fault_ops
+from pvc_tasks.jobs import commit
 from pvc_workers.ipmi import Bmc, IpmiError, power_status
 
 __all__ = ["check_own_bmc", "set_fault"]
@@ -22,29 +23,15 @@ log = logging.getLogger(__name__)
 
 
 def set_fault(ctx: NodeContext, key: str, fault_id: str, message: str | None, *instance: str) -> None:
-    """Add (message) or clear (None) one fault in the JSON list at ``key``; compare-and-set, so writers of other
-    faults in the same list are never overwritten."""
+    """Add (message) or clear (None) one fault in the JSON list at ``key`` (``pvc_tasks.faults``); retried when
+    another writer changed the list at the same moment."""
     path = ctx.schema.path(key, *instance)
     for _attempt in range(10):
-        try:
-            data, stat = ctx.zk.get(path)
-        except NoNodeError:
+        ops = fault_ops(ctx.zk, path, fault_id, message)
+        if not ops:
             return
         try:
-            faults = [f for f in json.loads(data or b"[]") if isinstance(f, dict)]
-        except ValueError:
-            faults = []
-        current = next((f for f in faults if f.get("id") == fault_id), None)
-        if message is None and current is None:
-            return
-        if message is not None and current is not None and current.get("message") == message:
-            return
-        faults = [f for f in faults if f.get("id") != fault_id]
-        if message is not None:
-            faults.append({"id": fault_id, "message": message,
-                           "since": current["since"] if current else round(time.time(), 3)})
-        try:
-            ctx.zk.set(path, json.dumps(faults).encode(), stat.version)
+            commit(ctx.zk, ops)
             return
         except BadVersionError:
             continue

@@ -35,6 +35,9 @@ def status(client, output) -> None:
         *[f"{'node states' if i == 0 else '':>14}: {name}: daemon {s['daemon_state']}, router {s['router_state']}, "
           f"domain {s['domain_state']}{'' if s['alive'] else ', ABSENT'}"
           for i, (name, s) in enumerate(sorted(c["node_states"].items()))],
+        *[f"{'next' if i == 0 else '':>14}: {name}: {step}"
+          for i, (name, step) in enumerate((name, step) for name, s in sorted(c["node_states"].items())
+                                           for step in s.get("next") or [])],
         f"      selector: {c['migration_selector']}",
         f"        limits: {c['limits']['migrate_out_per_node']} out / {c['limits']['migrate_in_per_node']} in per "
         f"node, {c['limits']['migrate_cluster']} in the cluster ({c['migrations']} running)",

@@ -33,7 +33,8 @@ def render_node(n: dict) -> str:
             ("last fence", f"{n['fence']['state']} (job {n['fence']['job']})" + (f": {n['fence']['reason']}"
                                                                                if n["fence"].get("reason") else "")
              if n["fence"] else "never"),
-            ("faults", "; ".join(f"{f['id']}: {f['message']}" for f in n["faults"]) or "none")]
+            ("faults", "; ".join(f"{f['id']}: {f['message']}" for f in n["faults"]) or "none"),
+            *[("next" if i == 0 else "", step) for i, step in enumerate(n.get("next") or [])]]
     return "\n".join(f"{k:>13}: {v}" for k, v in rows)
 
 
@@ -63,14 +64,18 @@ def info(client, node, output) -> None:
 
 @group.command("flush")
 @click.argument("node")
+@click.option("--allow-shutdown", is_flag=True,
+              help="shut down (and mark autostart) running VMs that have nowhere to go, instead of refusing")
 @wait_options
 @output_option
 @click.pass_obj
-def flush(client, node, wait, timeout, output) -> None:
-    """Drain a node: every VM leaves by a migration (or, with nowhere to go, is shut down and marked autostart).
-    The node then takes no VMs until `pvc node ready`. Ctrl-C stops waiting, not the flush."""
+def flush(client, node, allow_shutdown, wait, timeout, output) -> None:
+    """Drain a node: every VM leaves by a migration; the node then runs no VM and takes none until `pvc node
+    ready`. Refused (exit 3, naming the VMs) when its running VMs would not fit on the other ready nodes, unless
+    --allow-shutdown. Ctrl-C stops waiting, not the flush."""
     c = client()
-    finish(c, c.post(f"/nodes/{node}/flush"), wait, timeout, output)
+    finish(c, c.post(f"/nodes/{node}/flush", {"allow_shutdown": True} if allow_shutdown else {}), wait, timeout,
+           output)
 
 
 @group.command("ready")
@@ -79,7 +84,7 @@ def flush(client, node, wait, timeout, output) -> None:
 @output_option
 @click.pass_obj
 def ready(client, node, wait, timeout, output) -> None:
-    """Make a node ready: cancels a running flush, or brings a flushed node's VMs back (and starts its autostart
-    VMs)."""
+    """Make a node ready: cancels a running flush, or brings back the VMs whose home it is (and starts its autostart
+    VMs); also after a failed flush, whose fault it clears."""
     c = client()
     finish(c, c.post(f"/nodes/{node}/ready"), wait, timeout, output)

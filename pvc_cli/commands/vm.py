@@ -121,8 +121,8 @@ def _migration_command(kind: str, doc: str):
     @output_option
     @click.pass_obj
     def command(client, vm, wait, timeout, output, target=None, live=False, method=None,
-                shutdown_timeout=None) -> None:
-        body: dict = {"force_live": live}
+                shutdown_timeout=None, force=False) -> None:
+        body: dict = {"force_live": live, **({"force": True} if force else {})}
         for key, value in (("target", target), ("method", method), ("timeout", shutdown_timeout)):
             if value:
                 body[key] = value
@@ -137,11 +137,15 @@ def _migration_command(kind: str, doc: str):
     command = click.option("--live", is_flag=True, help="force a live migration (no fallback to shutdown)")(command)
     if kind != "unmigrate":
         command = click.option("--target", help="target node (default: chosen by the VM's selector)")(command)
+    if kind == "migrate":
+        command = click.option("--force", is_flag=True,
+                               help="migrate a VM that is already away from its home; it keeps that home")(command)
     return group.command(kind)(command)
 
 
 _migration_command("migrate", "Migrate a VM to another node; `pvc vm unmigrate` brings it back.")
-_migration_command("move", "Move a VM to another node for good (forgets where it came from).")
+_migration_command("move", "Move a VM to another node for good (forgets where it came from); with --target its "
+                           "current node, make its temporary migration permanent.")
 _migration_command("unmigrate", "Return a migrated VM to the node it came from.")
 
 

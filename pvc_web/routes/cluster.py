@@ -14,7 +14,7 @@ from pvc_tasks.jobs import JobStore, commit
 from pvc_tasks.state import domain_records, node_records
 from pvc_web.blueprint import Blueprint, handle
 from pvc_web.schemas import ClusterInitSchema, ClusterSchema, LimitsSchema, MaintenanceSchema, SchemaChangeSchema
-from pvc_web.views import faults_view
+from pvc_web.views import faults_view, next_steps
 from zk_schema import SchemaError, available_versions, init_cluster, upgrade_to_latest
 
 PREFIX = "/cluster"
@@ -42,7 +42,8 @@ def status():
         "primary": value("base.config.primary_node"),
         "primary_node": value("base.config.primary_node"),
         "node_states": {n["name"]: {"daemon_state": n["daemon_state"], "router_state": n["router_state"],
-                                    "domain_state": n["domain_state"], "alive": n["alive"]} for n in nodes},
+                                    "domain_state": n["domain_state"], "alive": n["alive"],
+                                    "next": next_steps(n, faults_view(n.get("faults")))} for n in nodes},
         "faults": faults_view(value("base.faults")) + [
             {"id": f"node:{n['name']}:{f['id']}", "message": f"{n['name']}: {f['message']}", "since": f["since"]}
             for n in nodes for f in faults_view(n.get("faults"))],

@@ -6,7 +6,7 @@ from pvc_tasks.flush import submit_node_action
 from pvc_tasks.state import node_record, node_records
 from pvc_web.blueprint import Blueprint, accepted, handle
 from pvc_web.idempotency import idempotent, origin
-from pvc_web.schemas import JobSchema, NodeSchema
+from pvc_web.schemas import FlushSchema, JobSchema, NodeSchema
 from pvc_web.views import job_view, node_view
 
 PREFIX = "/nodes"
@@ -30,21 +30,26 @@ def show_node(node: str):
 
 
 @blp.route("/<string:node>/flush", methods=["POST"])
+@blp.arguments(FlushSchema, required=False)
 @blp.response(202, JobSchema)
-@blp.alt_response(409, description="the node's worker is absent, or it is being made ready")
+@blp.alt_response(409, description="the node's worker is absent, it is being made ready, or its running VMs would "
+                                   "not fit on the other ready nodes (``insufficient_capacity``: ``details.vms`` "
+                                   "would be shut down, ``details.shortfall_mib``)")
 @idempotent
-def flush(node: str):
-    """Flush (drain) a node: every VM leaves by a child migration job; the node ends ``flushed``. On a node that
-    is already flushed (or flushing) this answers that job."""
+def flush(args: dict, node: str):
+    """Flush (drain) a node: every VM leaves by a child migration job; the node ends ``flushed`` (no VM runs on
+    it). Refused when its running VMs would not fit elsewhere, unless ``allow_shutdown``. On a node that is already
+    flushed (or flushing) this answers that job."""
     h = handle()
-    return accepted(job_view(submit_node_action(h.zk, h.schema, node, "flush", origin=origin())))
+    return accepted(job_view(submit_node_action(h.zk, h.schema, node, "flush", origin=origin(),
+                                                allow_shutdown=(args or {}).get("allow_shutdown", False))))
 
 
 @blp.route("/<string:node>/ready", methods=["POST"])
 @blp.response(202, JobSchema)
 @idempotent
 def ready(node: str):
-    """Make a node ready: during a flush, cancel it; on a flushed node, unflush (start its autostart VMs, bring
-    back the VMs whose last node it is). On a ready node, a no-op job."""
+    """Make a node ready: during a flush, cancel it; otherwise unflush (start its autostart VMs, bring back the VMs
+    whose last node it is, and clear the fault a failed flush left). With nothing to do, a no-op job."""
     h = handle()
     return accepted(job_view(submit_node_action(h.zk, h.schema, node, "ready", origin=origin())))

@@ -91,7 +91,8 @@ def _migration(kind: str, doc: str):
     def endpoint(args: dict, vm: str):
         h = handle()
         job = submit_migration(h.zk, h.schema, vm, kind, args.get("target"), args.get("method"),
-                               args.get("force_live", False), args.get("timeout"), origin=origin())
+                               args.get("force_live", False), args.get("timeout"), origin=origin(),
+                               force=args.get("force", False))
         return accepted(job_view(job))
 
     endpoint.__doc__ = doc
@@ -100,5 +101,6 @@ def _migration(kind: str, doc: str):
 
 
 _migration("migrate", "Migrate a VM to another node temporarily (its last_node remembers where it came from).")
-_migration("move", "Move a VM to another node permanently (clears last_node).")
+_migration("move", "Move a VM to another node permanently (clears last_node); to the node it is on: make its "
+                   "temporary migration permanent.")
 _migration("unmigrate", "Return a migrated VM to its last_node.")

@@ -6,6 +6,7 @@ import signal
 from collections import Counter
 
 from pvc_dev.cluster import NodeSpec, domain_xml
+from pvc_dev.invariants import zk_state
 from pvc_dev.services import wait_until
 
 NODES = [NodeSpec("hv1", 8192), NodeSpec("hv2", 8192), NodeSpec("hv3", 8192), NodeSpec("hv4", 4096)]
@@ -54,7 +55,7 @@ def test_flush_then_ready_brings_every_vm_back(make_cluster):
 
     r = api(c, "post", "/vms", json={"xml": domain_xml("newcomer"), "node": "hv1"})
     assert r.status_code == 409 and r.json()["error"] == "node_not_ready"
-    r = api(c, "post", "/vms/f0/migrate", json={"target": "hv1"})
+    r = api(c, "post", "/vms/f0/migrate", json={"target": "hv1", "force": True})
     assert r.status_code == 409 and r.json()["error"] == "node_not_ready"
     again = api(c, "post", "/nodes/hv1/flush").json()
     assert again["state"] == "succeeded" and "already flushed" in again["result"]["noop"]
@@ -70,12 +71,19 @@ def test_flush_then_ready_brings_every_vm_back(make_cluster):
 
 
 def test_vm_with_no_target_is_shut_down_marked_autostart_and_started_by_ready(make_cluster):
-    """A running VM that fits nowhere else is shut down with the reason recorded and autostart set; ready starts it
-    again on its node and clears autostart."""
+    """A flush that would shut a VM down is refused (409 insufficient_capacity naming it and the shortfall, nothing
+    written); with allow_shutdown the VM that fits nowhere else is shut down with the reason recorded and autostart
+    set; ready starts it again on its node and clears autostart."""
     c = make_cluster([NodeSpec("hv1", 16384), NodeSpec("hv2", 4096)])
     assert c.define_vm("big", 9000, node="hv1", start=True)["state"] == "succeeded"
     assert c.define_vm("small", 256, node="hv1", start=True)["state"] == "succeeded"
-    ended = c.wait_job(api(c, "post", "/nodes/hv1/flush").json()["id"], timeout=60)
+    before = zk_state(c.zk)
+    r = api(c, "post", "/nodes/hv1/flush")
+    assert r.status_code == 409 and r.json()["error"] == "insufficient_capacity", r.text
+    assert r.json()["details"]["vms"] == ["big"] and r.json()["details"]["shortfall_mib"] == 9000
+    assert "big" in r.json()["message"] and "allow-shutdown" in r.json()["message"]
+    assert zk_state(c.zk) == before  # refused: no job, no state, nothing
+    ended = c.wait_job(api(c, "post", "/nodes/hv1/flush", json={"allow_shutdown": True}).json()["id"], timeout=60)
     assert ended["state"] == "succeeded", ended
     placed = vms(c)
     assert (placed["big"]["node"], placed["big"]["state"], placed["big"]["meta"]["autostart"]) == \
@@ -136,15 +144,18 @@ def test_parallel_flushes_of_two_nodes_respect_the_limits(make_cluster):
 
 
 def test_user_migrations_wait_for_node_work(make_cluster):
-    """While a node is being flushed, a user-requested migration is refused (node work goes first); after, it runs."""
+    """While a node has a live flush job, a user-requested migration is refused (node work goes first); after, or
+    with only a leftover state and no job, it runs."""
     c = make_cluster(NODES)
     assert c.define_vm("user-vm", 128, node="hv2", start=True)["state"] == "succeeded"
-    c.zk.set(c.schema.path("node.domain_state", "hv1"), b"flush")  # as a running flush of hv1 has it
+    c.zk.set(c.schema.path("node.active_job", "hv1"), b"a-live-flush")  # as a running flush of hv1 has it
     r = api(c, "post", "/vms/user-vm/migrate", json={"target": "hv3"})
     assert r.status_code == 409 and r.json()["error"] == "migration_limit" and "hv1" in r.json()["message"]
-    c.zk.set(c.schema.path("node.domain_state", "hv1"), b"ready")
+    c.zk.set(c.schema.path("node.active_job", "hv1"), b"")
+    c.zk.set(c.schema.path("node.domain_state", "hv4"), b"flush")  # a state left behind with no job blocks nothing
     r = api(c, "post", "/vms/user-vm/migrate", json={"target": "hv3"})
     assert r.status_code == 202 and c.wait_job(r.json()["id"])["state"] == "succeeded"
+    c.zk.set(c.schema.path("node.domain_state", "hv4"), b"ready")
 
 
 def test_ready_during_a_flush_cancels_it_cleanly(make_cluster):
@@ -192,10 +203,16 @@ def test_failed_child_is_listed_and_the_flush_goes_on(make_cluster):
     placed = vms(c)
     assert (placed["doomed"]["node"], placed["doomed"]["state"]) == ("hv1", "running")
     assert all(placed[f"ok{i}"]["node"] == "hv3" for i in range(3))
+    node = api(c, "get", "/nodes/hv1").json()
+    assert node["domain_state"] == "ready" and node["active_job"] == ""  # not "flushed": doomed still runs there
+    fault = next(f for f in node["faults"] if f["id"] == "flush")
+    assert job["id"] in fault["message"] and "still on hv1: doomed" in fault["message"]
 
 
 def test_flush_whose_node_dies_ends_with_a_reason_and_ready_works_later(make_cluster):
-    """If N's worker dies mid-flush, the flush ends failed with the reason; after N returns, ready works."""
+    """If N's worker dies mid-flush, the flush ends failed with the reason; N is left ready (not stuck in flush) with
+    a fault that says what happened and what to do; user migrations are accepted; after N returns, ready brings its
+    VMs back and clears the fault."""
     c = make_cluster(NODES)
     assert api(c, "put", "/cluster/limits", json={"migrate_cluster": 1}).status_code == 200
     for i in range(6):
@@ -206,10 +223,23 @@ def test_flush_whose_node_dies_ends_with_a_reason_and_ready_works_later(make_clu
     c.workers["hv1"].kill()
     ended = c.wait_job(job["id"], timeout=60)
     assert ended["state"] == "failed" and "hv1's worker is not running" in ended["reason"], ended
+    node = api(c, "get", "/nodes/hv1").json()
+    assert (node["domain_state"], node["active_job"]) == ("ready", "")  # not stuck in "flush"
+    fault = next(f for f in node["faults"] if f["id"] == "flush")["message"]
+    assert f"flush job {job['id']} failed" in fault and "pvc node ready hv1" in fault, fault
+    assert any("pvc node ready hv1" in step for step in node["next"]), node["next"]
+    status = api(c, "get", "/cluster").json()
+    assert any(f["id"] == "node:hv1:flush" for f in status["faults"]) and status["node_states"]["hv1"]["next"]
+    wait_until(lambda: all(not v["active_job"] for v in vms(c).values()), 60, "children to end")
+    moved = next(v["name"] for v in vms(c).values() if v["node"] != "hv1")
+    r = api(c, "post", f"/vms/{moved}/migrate", json={"target": "hv4", "force": True})
+    assert r.status_code == 202, r.text  # user migrations are not blocked by the failed flush
+    assert c.wait_job(r.json()["id"])["state"] == "succeeded"
     c.start_worker("hv1")
     c.wait_worker("hv1")
     wait_until(lambda: all(not v["active_job"] for v in vms(c).values()), 60, "children to end")
     back = c.wait_job(api(c, "post", "/nodes/hv1/ready").json()["id"], timeout=120)
     assert back["state"] == "succeeded", back
-    assert api(c, "get", "/nodes/hv1").json()["domain_state"] == "ready"
+    node = api(c, "get", "/nodes/hv1").json()
+    assert node["domain_state"] == "ready" and not any(f["id"] == "flush" for f in node["faults"])
     assert all(v["node"] == "hv1" and v["state"] == "running" for v in vms(c).values())
