@@ -33,10 +33,12 @@ from pvc_tasks.jobs import Op
 from pvc_tasks.state import domain_records, names, node_records
 from zk_schema import Schema
 
-__all__ = ["ACTIVE", "Drain", "drain", "flush_order", "guard", "state_checks"]
+__all__ = ["ACTIVE", "PLACEMENT_KEYS", "Drain", "drain", "flush_order", "guard", "state_checks"]
 
 #: VM states that need a running target (a paused VM keeps its memory).
 ACTIVE = ("running", "paused")
+#: The VM keys a flush's decisions read (not the XML): scans of every VM stay cheap.
+PLACEMENT_KEYS = ("node", "state", "memory", "meta.node_limit", "meta.autostart", "active_job", "last_node")
 
 
 def flush_order(vms: Iterable[dict]) -> list[dict]:
@@ -107,7 +109,7 @@ def guard(zk: KazooClient, schema: Schema, node: str) -> list[Op]:
     nodes = node_records(zk, schema)
     draining = [n["name"] for n in nodes if n.get("domain_state") == "flush"]
     in_flight = [job for n in nodes for job in _json(n.get("reserved"))]
-    estimate = drain(nodes, domain_records(zk, schema), node, draining, in_flight)
+    estimate = drain(nodes, domain_records(zk, schema, PLACEMENT_KEYS), node, draining, in_flight)
     if not estimate.fits:
         unavailable = sorted(n["name"] for n in nodes if n["name"] != node and n["name"] not in estimate.targets)
         raise Conflict(

@@ -71,7 +71,8 @@ def _noop(store: JobStore, kind: str, node: str, why: str, origin: Origin | None
 
 
 def _running_on(zk: KazooClient, schema: Schema, node: str) -> list[str]:
-    return [v["name"] for v in domain_records(zk, schema) if v["node"] == node and v["state"] in capacity.ACTIVE]
+    return [v["name"] for v in domain_records(zk, schema, capacity.PLACEMENT_KEYS)
+            if v["node"] == node and v["state"] in capacity.ACTIVE]
 
 
 def submit_node_action(zk: KazooClient, schema: Schema, node: str, action: str, origin: Origin | None = None,
@@ -143,7 +144,8 @@ def _concerned(kind: str, node: str, vm: dict) -> bool:
 def _plan(zk: KazooClient, schema: Schema, kind: str, node: str) -> list[str]:
     """The VMs a flush or unflush of ``node`` is about, in the order it takes them (``capacity.flush_order``);
     fixed at the job's first pass (later passes then cost O(slots), not O(VMs))."""
-    return [v["name"] for v in capacity.flush_order(domain_records(zk, schema)) if _concerned(kind, node, v)]
+    return [v["name"] for v in capacity.flush_order(domain_records(zk, schema, capacity.PLACEMENT_KEYS))
+            if _concerned(kind, node, v)]
 
 
 def _submit_child(zk: KazooClient, schema: Schema, job: Job, vm: dict, failed_before: str) -> tuple[str, str, str]:
@@ -221,14 +223,23 @@ def _cancel_children(ctx, job: Job, result: dict, notes: list[str], token: str) 
     return continue_job(ctx.jobs, job.id, token, result, notes, f"cancelling: waiting for {len(running)} child job(s)")
 
 
-def _late_arrivals(zk: KazooClient, schema: Schema, job: Job, result: dict) -> tuple[list[str], str]:
+def _late_arrivals(store: JobStore, job: Job, result: dict) -> tuple[list[str], str]:
     """Before a flush may call N flushed: VMs that reached N after the plan was made (a migration to N that was
     placed before the flush began), and whether one is still on its way (a reservation on N)."""
+    zk, schema = store.zk, store.schema
     known = set(result["plan"])
     arrived = [name for name in _plan(zk, schema, "flush", job.node) if name not in known]
-    reserved = placement.read_reserved(zk, schema, job.node)[0]
-    waiting = f"{len(reserved)} migration(s) to {job.node} placed before the flush are finishing" if reserved else ""
+    incoming = [job_id for job_id in placement.read_reserved(zk, schema, job.node)[0] if _live(store, job_id)]
+    waiting = f"{len(incoming)} migration(s) to {job.node} placed before the flush are finishing" if incoming else ""
     return arrived, waiting
+
+
+def _live(store: JobStore, job_id: str) -> bool:
+    """A reservation's job still runs (one that ended has given its reservation back, or the checker says so)."""
+    try:
+        return not store.get(job_id).terminal
+    except NotFound:
+        return False
 
 
 def _pass(ctx, job: Job, token: str) -> dict:
@@ -266,7 +277,7 @@ def _pass(ctx, job: Job, token: str) -> dict:
     result["total"] = len(result["plan"])
     left = len(result["plan"]) - len(result["done"]) - len(result["stayed"])
     if not running and left <= 0 and job.kind == "flush":
-        arrived, waiting = _late_arrivals(zk, schema, job, result)
+        arrived, waiting = _late_arrivals(store, job, result)
         if arrived or waiting:
             result["plan"] += arrived
             notes += [f"{name} arrived on {node} during the flush: it leaves too" for name in arrived]

@@ -15,8 +15,11 @@ Phases and rollback, per task
                reason in ``failed_reason``; the state is what libvirt reports. An unflush's start
                (``clear_autostart``) clears the VM's autostart with its success, never before. Refused on a node
                that is flushing or flushed (409 ``node_not_ready``).
-    shutdown   ``shutdown``: ACPI request, then wait (bounded by ``timeout``, default 180 s). On timeout the job
-               fails with a reason and the VM keeps running; cancel stops waiting and leaves the VM as it is.
+    shutdown   ``shutdown``: ACPI request, then wait (bounded by ``timeout``, default 180 s). On timeout the VM is
+               forced off and the job says so (``result.forced``), unless ``shutdown_force`` (the VM's meta, else
+               the cluster's config; default on, as PVC) is off: then the job fails with a reason and the VM keeps
+               running. Cancel stops waiting and leaves the VM as it is; ``vm stop`` during it supersedes it
+               (``pvc_tasks.submit``): this job ends cancelled and the stop job forces the VM off.
     stop       ``stop``: force off (libvirt destroy).
     restart    ``shutdown`` (bounded, as above) then ``start``.
     undefine   ``undefine``: refuses a running VM; success deletes the VM record.
@@ -24,21 +27,52 @@ Phases and rollback, per task
 
 from __future__ import annotations
 
+from kazoo.exceptions import NoNodeError
+
 from pvc_tasks import vfs
 from pvc_tasks.jobs import Job, JobState, JobStore, Op
 from pvc_tasks.runner import JobFailed, JobRun, job_task
 
-__all__ = ["TASKS", "define_orphaned", "unrecorded"]
+__all__ = ["TASKS", "define_orphaned", "graceful_shutdown", "shutdown_force", "unrecorded"]
 
 
-def _graceful_shutdown(run: JobRun, vm: str, timeout: float, step: int, steps: int) -> None:
-    run.phase("shutdown", step, steps, f"asking {vm} to shut down (up to {timeout:g} s)")
+def shutdown_force(run: JobRun, vm: str) -> bool:
+    """Is a VM whose graceful shutdown timed out forced off? Its meta ``shutdown_force`` ("true"/"false"), else
+    the cluster's ``config.shutdown_force``; by default yes, as PVC does (a layout without the keys: yes too)."""
+    zk, schema = run.ctx.zk, run.ctx.schema
+    for key, instance in (("domain.meta.shutdown_force", (vm,)), ("base.config.shutdown_force", ())):
+        if key not in schema.keys:
+            continue
+        try:
+            value = zk.get(schema.path(key, *instance))[0].decode()
+        except NoNodeError:
+            continue
+        if value in ("true", "false"):
+            return value == "true"
+    return True
+
+
+def graceful_shutdown(run: JobRun, vm: str, timeout: float) -> bool:
+    """ACPI shutdown, then a wait bounded by ``timeout``; a guest still running after it is forced off (libvirt
+    destroy) when ``shutdown_force`` says so, and the job says it was; otherwise the job fails and the VM keeps
+    running. True when it was forced off. A ``vm stop`` that superseded this job ends it cancelled."""
     if run.hv.state(vm) != "running":
-        return
+        return False
     run.hv.shutdown(vm)
-    if not run.wait_for(lambda: run.hv.state(vm) != "running", timeout):
-        raise JobFailed(f"VM {vm} did not shut down within {timeout:g} s and is still running; "
-                        f"use `pvc vm stop {vm}` to force it off")
+    if run.wait_for(lambda: run.hv.state(vm) != "running", timeout):
+        run.cancel_point()  # stopped by a superseding `vm stop`: say so, not "shut down"
+        return False
+    if not shutdown_force(run, vm):
+        raise JobFailed(f"VM {vm} did not shut down within {timeout:g} s and is still running on {run.ctx.node} "
+                        f"(shutdown_force is off); use `pvc vm stop {vm}` to force it off")
+    run.note_only(f"{vm} did not shut down within {timeout:g} s: forced off (shutdown_force)")
+    run.hv.destroy(vm)
+    return True
+
+
+def _graceful_shutdown(run: JobRun, vm: str, timeout: float, step: int, steps: int) -> bool:
+    run.phase("shutdown", step, steps, f"asking {vm} to shut down (up to {timeout:g} s)")
+    return graceful_shutdown(run, vm, timeout)
 
 
 def _timeout(run: JobRun, params: dict) -> float:
@@ -72,8 +106,8 @@ def start(run: JobRun, vm: str, node: str, **params) -> dict:
 @job_task("pvc.vm.shutdown")
 def shutdown(run: JobRun, vm: str, node: str, **params) -> dict:
     """Runs on the VM's node: graceful shutdown, bounded by ``timeout``."""
-    _graceful_shutdown(run, vm, _timeout(run, params), 1, 1)
-    return {"node": node, "state": run.hv.state(vm)}
+    forced = _graceful_shutdown(run, vm, _timeout(run, params), 1, 1)
+    return {"node": node, "state": run.hv.state(vm), "forced": forced}
 
 
 @job_task("pvc.vm.stop")
@@ -88,10 +122,10 @@ def stop(run: JobRun, vm: str, node: str, **params) -> dict:
 @job_task("pvc.vm.restart")
 def restart(run: JobRun, vm: str, node: str, **params) -> dict:
     """Runs on the VM's node: graceful shutdown (bounded), then start."""
-    _graceful_shutdown(run, vm, _timeout(run, params), 1, 2)
+    forced = _graceful_shutdown(run, vm, _timeout(run, params), 1, 2)
     run.phase("start", 2, 2, f"starting {vm}")
     run.hv.start(vm)
-    return {"node": node, "state": run.hv.state(vm)}
+    return {"node": node, "state": run.hv.state(vm), "forced": forced}
 
 
 @job_task("pvc.vm.undefine")

@@ -12,7 +12,8 @@ Methods (the request's, else ``force_live`` -> live, else the VM's ``migration_m
     ``live``       libvirt peer-to-peer live migration where the hypervisor has one (real QEMU nodes). On the
                    test driver, which has no migration API, the definition is handed over instead: the domain is
                    destroyed on S and started on T (see docs/hypervisors.md);
-    ``shutdown``   graceful shutdown on S (bounded), then start on T;
+    ``shutdown``   graceful shutdown on S (bounded; forced off after the bound as ``pvc_tasks.lifecycle`` says),
+                   then start on T;
     ``default``    live, falling back to shutdown when live is impossible or fails;
     a stopped VM only changes node (``cold``). A VM with a hostdev (PCI passthrough) VF always migrates by
     shutdown; asking for live is refused (pvc_tasks.vfs).
@@ -51,6 +52,7 @@ from pvc_tasks import defaults, dispatch, placement, slots, vfs
 from pvc_tasks.context import HypervisorError, MigrationAborted
 from pvc_tasks.errors import Conflict, NotFound
 from pvc_tasks.jobs import Job, JobState, JobStore
+from pvc_tasks.lifecycle import graceful_shutdown
 from pvc_tasks.runner import JobCancelled, JobFailed, JobRun, hop, node_figure_ops, step_task
 from pvc_tasks.state import domain_record, node_alive, vf_record
 
@@ -119,11 +121,8 @@ def prepare(run: JobRun) -> None:
 
 def _shutdown_on_source(run: JobRun, timeout: float) -> None:
     run.note_only(f"shutting {run.vm} down on {run.ctx.node} (up to {timeout:g} s)")
-    if run.hv.state(run.vm) != "running":
-        return
-    run.hv.shutdown(run.vm)
-    if not run.wait_for(lambda: run.hv.state(run.vm) != "running", timeout):
-        raise JobFailed(f"VM {run.vm} did not shut down within {timeout:g} s and still runs on {run.ctx.node}")
+    if graceful_shutdown(run, run.vm, timeout):
+        run.job = run.ctx.jobs.update(run.job.id, lambda j: (j.params.update(forced=True), True)[1])
 
 
 def _live(run: JobRun, target: str, record: dict) -> None:
@@ -219,7 +218,8 @@ def cleanup(run: JobRun) -> None:
         note = f"; cleanup of {source} incomplete: {exc}"
         log.error("cleanup of %s on %s: %s", vm, source, exc)
     run.job = run.ctx.jobs.finish(run.job.id, JobState.SUCCEEDED, "", {"node": target, "from": source,
-                                                                        "how": run.job.params.get("how", "")},
+                                                                        "how": run.job.params.get("how", ""),
+                                                                        "forced": bool(run.job.params.get("forced"))},
                                   ops=lambda _j: node_figure_ops(run.ctx))
     if note:
         run.ctx.jobs.update(run.job.id, lambda j: (j.note(note.lstrip("; ")), True)[1])

@@ -117,7 +117,8 @@ class JobRun:
         LEASES.renew()
         self.job = self.ctx.jobs.get(self.job.id)
         if self.job.cancel_requested:
-            raise JobCancelled(f"cancelled by request during phase {self.job.phase!r}")
+            raise JobCancelled(self.job.params.get("cancel_reason")
+                               or f"cancelled by request during phase {self.job.phase!r}")
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float,
                  interval: float = defaults.STEP_POLL_INTERVAL) -> bool:

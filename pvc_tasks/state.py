@@ -101,9 +101,10 @@ def domain_record(zk: KazooClient, schema: Schema, vm: str) -> dict:
     return record
 
 
-def domain_records(zk: KazooClient, schema: Schema) -> list[dict]:
+def domain_records(zk: KazooClient, schema: Schema, only: Iterable[str] | None = None) -> list[dict]:
+    """Every VM's record (``only``: just those keys, e.g. to leave the XML out of a scan)."""
     all_names = names(zk, schema, "base.domain")
-    records = read_keys(zk, schema, "domain", [(n,) for n in all_names])
+    records = read_keys(zk, schema, "domain", [(n,) for n in all_names], only)
     return [dict(r, name=n) for n, r in zip(all_names, records) if r is not None]
 
 

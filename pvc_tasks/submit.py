@@ -19,7 +19,7 @@ from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
 from pvc_tasks import dispatch, kinds, placement, selector, vfs
 from pvc_tasks.errors import Conflict, Invalid, NotFound
-from pvc_tasks.jobs import Job, JobState, JobStore, Origin, commit, notify_parent
+from pvc_tasks.jobs import Job, JobState, JobStore, Op, Origin, commit, notify_parent
 from pvc_tasks.state import node_alive, node_record, node_records
 from zk_schema import Schema, SchemaError
 
@@ -114,6 +114,9 @@ def meta_values(zk: KazooClient, schema: Schema, meta: dict, *, partial: bool = 
         values["meta.autostart"] = "true" if meta.get("autostart") else "false"
     if meta.get("max_downtime") is not None:
         values["meta.max_downtime"] = str(int(meta["max_downtime"]))
+    if "shutdown_force" in meta:  # None: follow the cluster's config.shutdown_force
+        force = meta["shutdown_force"]
+        values["meta.shutdown_force"] = "" if force is None else "true" if force else "false"
     return values
 
 
@@ -210,10 +213,14 @@ def submit_vm_action(zk: KazooClient, schema: Schema, vm: str, action: str, para
         record = {key: result.get()[0].decode() for key, result in pending.items()}
     except (NoNodeError, SchemaError) as exc:
         raise NotFound(f"no VM {vm!r}", code="vm_not_found") from exc
-    if marker:
+    store = JobStore(zk, schema)
+    shutdown = _running_shutdown(store, marker.decode()) if marker and action == "stop" else None
+    if marker and shutdown is None:
         active = marker.decode()
         raise Conflict(f"VM {vm} already has an active job {active}; wait for it or cancel it first",
                        code="vm_busy", details={"job": active})
+    if shutdown is not None:
+        record["state"] = "running"  # what the shutdown found; the stop acts on what libvirt says when it runs
     if record["state"] not in ACTIONS[action]:
         raise Conflict(f"cannot {action} VM {vm}: it is {record['state']}", code="invalid_state",
                        details={"state": record["state"]})
@@ -224,14 +231,42 @@ def submit_vm_action(zk: KazooClient, schema: Schema, vm: str, action: str, para
         raise Conflict(f"node {node}'s worker is not running, so it cannot {action} {vm}; start pvc-worker "
                        f"--node {node}", code="node_unavailable", details={"node": node})
     job = Job.new(action, vm, node, params or {}, parent=parent, stage=kinds.get(action).first, origin=origin)
-    store = JobStore(zk, schema)
+    ops = [store.create_op(job), ("set", marker_path, job.id.encode(), stat.version)]
+    if shutdown is not None:
+        job.note(f"supersedes shutdown job {shutdown[0].id}: forcing {vm} off")
+        ops = [store.create_op(job), ops[1], _supersede_op(store, *shutdown, job.id)]
     try:
-        commit(zk, [store.create_op(job), ("set", marker_path, job.id.encode(), stat.version)])
+        commit(zk, ops)
     except BadVersionError as exc:
         raise Conflict(f"VM {vm} got another job at the same moment; retry after it ends",
                        code="vm_busy") from exc
+    if shutdown is not None:
+        notify_parent(store, store.get(shutdown[0].id))  # a flush's shutdown child: its flush passes again
     dispatch.publish(job)
     return job
+
+
+def _running_shutdown(store: JobStore, active: str) -> tuple[Job, int] | None:
+    """The VM's active job and its version when it is a shutdown that ``vm stop`` may supersede."""
+    try:
+        job, version = store.get_versioned(active)
+    except NotFound:
+        return None
+    return (job, version) if job.kind == "shutdown" and not job.terminal else None
+
+
+def _supersede_op(store: JobStore, job: Job, version: int, stop_id: str) -> Op:
+    """``vm stop`` while a shutdown job of the VM runs (or waits): the write that ends that job (queued) or asks it
+    to stop (running: its wait is a cancel point), with the reason, version-checked; the stop job takes the VM's
+    marker in the same transaction and forces the VM off."""
+    reason = f"superseded by `vm stop` (job {stop_id}), which forces the VM off"
+    if job.state == JobState.QUEUED:
+        job.end(JobState.CANCELLED, reason)
+    else:
+        job.cancel_requested = True
+        job.params["cancel_reason"] = reason
+        job.note(reason)
+    return ("set", store.path(job.id), job.to_bytes(), version)
 
 
 def cancel_job(zk: KazooClient, schema: Schema, job_id: str) -> Job:

@@ -45,6 +45,7 @@ class ClusterSchema(Schema):
     latest_schema_version = fields.Integer()
     maintenance = fields.Boolean()
     fencing = fields.String(metadata={"description": "enabled | disabled (maintenance mode)"})
+    shutdown_force = fields.Boolean(metadata={"description": "a VM whose graceful shutdown times out is forced off"})
     primary = fields.String(metadata={"description": "the primary coordinator ('' during a failover)"})
     primary_node = fields.String(metadata={"description": "same as primary (PVC's key name)"})
     node_states = fields.Dict(keys=fields.String(), values=fields.Dict(),
@@ -139,6 +140,8 @@ class MetaSchema(Schema):
     migration_method = fields.String(validate=validate.OneOf(MIGRATION_METHODS))
     max_downtime = fields.Integer(allow_none=True, validate=validate.Range(min=1),
                                   metadata={"description": "ms, live migration only"})
+    shutdown_force = fields.Boolean(allow_none=True, metadata={
+        "description": "force the VM off when a graceful shutdown times out (null: the cluster's shutdown_force)"})
 
 
 class VmSchema(Schema):
@@ -181,6 +184,12 @@ class MigrateSchema(Schema):
     force = fields.Boolean(load_default=False, metadata={
         "description": "migrate: a VM already away from its home (last_node) is refused unless forced; forcing keeps "
                        "that home"})
+
+
+class ShutdownForceSchema(Schema):
+    shutdown_force = fields.Boolean(required=True, metadata={
+        "description": "force a VM off when its graceful shutdown times out (default true, as PVC); a VM's meta "
+                       "shutdown_force overrides it"})
 
 
 class FlushSchema(Schema):

@@ -119,6 +119,7 @@ def vm_view(record: dict, *, detail: bool = False) -> dict:
             "autostart": (record.get("meta.autostart") or "") == "true",
             "migration_method": record.get("meta.migration_method") or "default",
             "max_downtime": _int(max_downtime) if max_downtime else None,
+            "shutdown_force": {"true": True, "false": False}.get(record.get("meta.shutdown_force") or ""),
         },
     }
     if detail:

@@ -31,6 +31,7 @@ def status(client, output) -> None:
     emit(output, client().get("/cluster"), lambda c: "\n".join([
         f"schema version: {c['schema_version']} (newest known: {c['latest_schema_version']})",
         f"   maintenance: {'on' if c['maintenance'] else 'off'} (fencing {c['fencing']})",
+        f"     shutdowns: {'forced off' if c['shutdown_force'] else 'fail'} after their timeout",
         f"  primary node: {c['primary'] or '- (election in progress)'}",
         *[f"{'node states' if i == 0 else '':>14}: {name}: daemon {s['daemon_state']}, router {s['router_state']}, "
           f"domain {s['domain_state']}{'' if s['alive'] else ', ABSENT'}"
@@ -93,3 +94,15 @@ def maintenance(client, state, output) -> None:
     result = client().request("PUT", "/cluster/maintenance", json={"maintenance": state == "on"})
     emit(output, result, lambda r: "maintenance mode on: fencing is DISABLED" if r["maintenance"]
          else "maintenance mode off: fencing is enabled")
+
+
+@group.command("shutdown-force")
+@click.argument("state", type=click.Choice(["on", "off"]))
+@output_option
+@click.pass_obj
+def shutdown_force(client, state, output) -> None:
+    """On (default, as PVC): a VM whose graceful shutdown times out is forced off, and the job says so. Off: the
+    job fails and the VM keeps running. A VM's own `pvc vm meta --shutdown-force` overrides it."""
+    result = client().request("PUT", "/cluster/shutdown_force", json={"shutdown_force": state == "on"})
+    emit(output, result, lambda r: "shutdowns that time out: " + ("forced off" if r["shutdown_force"] else
+                                                                  "the job fails, the VM keeps running"))

@@ -22,7 +22,8 @@ def render_vm(v: dict) -> str:
             ("active job", v["active_job"] or "-"), ("failed reason", v["failed_reason"] or "-"),
             ("node limit", ",".join(m["node_limit"]) or "any"), ("selector", m["node_selector"] or "cluster default"),
             ("autostart", m["autostart"]), ("migration", m["migration_method"]),
-            ("max downtime", f"{m['max_downtime']} ms" if m.get("max_downtime") else "-")]
+            ("max downtime", f"{m['max_downtime']} ms" if m.get("max_downtime") else "-"),
+            ("force off", {True: "on", False: "off"}.get(m.get("shutdown_force"), "cluster default"))]
     return "\n".join(f"{k:>13}: {val}" for k, val in rows)
 
 
@@ -156,9 +157,12 @@ _migration_command("unmigrate", "Return a migrated VM to the node it came from."
 @click.option("--autostart/--no-autostart", default=None)
 @click.option("--method", "migration_method", type=click.Choice(["default", "live", "shutdown"]))
 @click.option("--max-downtime", type=click.IntRange(min=1), help="live migration max downtime (ms)")
+@click.option("--shutdown-force", type=click.Choice(["on", "off", "default"]),
+              help="force the VM off when a graceful shutdown times out ('default': the cluster's setting)")
 @output_option
 @click.pass_obj
-def meta(client, vm, node_limit, selector, autostart, migration_method, max_downtime, output) -> None:
+def meta(client, vm, node_limit, selector, autostart, migration_method, max_downtime, shutdown_force,
+         output) -> None:
     """Show or change a VM's placement and migration meta."""
     body: dict = {}
     if node_limit is not None:
@@ -171,6 +175,8 @@ def meta(client, vm, node_limit, selector, autostart, migration_method, max_down
         body["migration_method"] = migration_method
     if max_downtime:
         body["max_downtime"] = max_downtime
+    if shutdown_force:
+        body["shutdown_force"] = {"on": True, "off": False}.get(shutdown_force)
     c = client()
     result = c.request("PUT", f"/vms/{vm}/meta", json=body) if body else c.get(f"/vms/{vm}")
     emit(output, result["meta"] if output == "json" else result, render_vm)

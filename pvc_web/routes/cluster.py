@@ -13,7 +13,14 @@ from pvc_tasks.errors import Invalid
 from pvc_tasks.jobs import JobStore, commit
 from pvc_tasks.state import domain_records, node_records
 from pvc_web.blueprint import Blueprint, handle
-from pvc_web.schemas import ClusterInitSchema, ClusterSchema, LimitsSchema, MaintenanceSchema, SchemaChangeSchema
+from pvc_web.schemas import (
+    ClusterInitSchema,
+    ClusterSchema,
+    LimitsSchema,
+    MaintenanceSchema,
+    SchemaChangeSchema,
+    ShutdownForceSchema,
+)
 from pvc_web.views import faults_view, next_steps
 from zk_schema import SchemaError, available_versions, init_cluster, upgrade_to_latest
 
@@ -39,6 +46,8 @@ def status():
         "latest_schema_version": available_versions()[-1],
         "maintenance": maintenance,
         "fencing": "disabled (maintenance mode)" if maintenance else "enabled",
+        "shutdown_force": (value("base.config.shutdown_force") != "false"
+                           if "base.config.shutdown_force" in schema.keys else True),
         "primary": value("base.config.primary_node"),
         "primary_node": value("base.config.primary_node"),
         "node_states": {n["name"]: {"daemon_state": n["daemon_state"], "router_state": n["router_state"],
@@ -103,3 +112,14 @@ def set_maintenance(args: dict):
     h = handle()
     h.zk.set(h.schema.path("base.config.maintenance"), b"true" if args["maintenance"] else b"false")
     return {"maintenance": args["maintenance"]}
+
+
+@blp.route("/shutdown_force", methods=["PUT"])
+@blp.arguments(ShutdownForceSchema)
+@blp.response(200, ShutdownForceSchema)
+def set_shutdown_force(args: dict):
+    """Whether a VM whose graceful shutdown times out is forced off (default) or the job fails and it keeps
+    running; a VM's meta ``shutdown_force`` overrides it."""
+    h = handle()
+    h.zk.set(h.schema.path("base.config.shutdown_force"), b"true" if args["shutdown_force"] else b"false")
+    return {"shutdown_force": args["shutdown_force"]}

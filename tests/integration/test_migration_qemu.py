@@ -97,16 +97,24 @@ def test_live_migration_moves_the_running_guest(qemu_pair):
     assert c.wait_job(api(c, "post", "/vms/live1/state", json={"state": "stop"}).json()["id"])["state"] == "succeeded"
 
 
-def test_shutdown_migration_of_a_guest_that_ignores_acpi_fails_and_stays(qemu_pair):
-    """method=shutdown on a guest that ignores ACPI: the bounded shutdown fails and the VM keeps running on S."""
+def test_shutdown_migration_of_a_guest_that_ignores_acpi(qemu_pair):
+    """method=shutdown on a guest that ignores ACPI: with shutdown_force off the bounded shutdown fails and the VM
+    keeps running on S; by default it is forced off after the bound and started on T, and the job says so."""
     c = qemu_pair
     assert c.define_vm("deaf", node="hq1", start=True, xml=qemu_domain_xml("deaf"))["state"] == "succeeded"
+    assert api(c, "put", "/vms/deaf/meta", json={"shutdown_force": False}).status_code == 200
     job = c.wait_job(api(c, "post", "/vms/deaf/migrate",
                          json={"target": "hq2", "method": "shutdown", "timeout": 2}).json()["id"])
     assert job["state"] == "failed" and "did not shut down within 2 s" in job["reason"]
     assert qemu_pid(c, "hq1", "deaf") and qemu_pid(c, "hq2", "deaf") is None
     vm = api(c, "get", "/vms/deaf").json()
     assert (vm["node"], vm["state"], vm["active_job"]) == ("hq1", "running", "")
+    assert api(c, "put", "/vms/deaf/meta", json={"shutdown_force": None}).status_code == 200  # the cluster's: on
+    job = c.wait_job(api(c, "post", "/vms/deaf/migrate",
+                         json={"target": "hq2", "method": "shutdown", "timeout": 2}).json()["id"])
+    assert job["state"] == "succeeded" and job["result"]["forced"] is True, job
+    assert qemu_pid(c, "hq2", "deaf") and qemu_pid(c, "hq1", "deaf") is None
+    assert api(c, "get", "/vms/deaf").json()["node"] == "hq2"
     assert c.wait_job(api(c, "post", "/vms/deaf/state", json={"state": "stop"}).json()["id"])["state"] == "succeeded"
 
 
@@ -126,7 +134,7 @@ def test_convergence_timeout_fallback_and_cancel_of_a_running_migration(capped_p
     start_busy_guest(c, "slow", "hq1")
     # 1 ms of downtime at 1 MiB/s is 1 KiB left to copy: never reached by a guest that keeps writing, whether it
     # runs under KVM or, on machines without /dev/kvm, much slower under TCG.
-    assert api(c, "put", "/vms/slow/meta", json={"max_downtime": 1}).status_code == 200
+    assert api(c, "put", "/vms/slow/meta", json={"max_downtime": 1, "shutdown_force": False}).status_code == 200
     job = c.wait_job(api(c, "post", "/vms/slow/migrate", json={"target": "hq2", "method": "live"}).json()["id"])
     assert job["state"] == "failed" and "did not converge within 4 s" in job["reason"], job
     assert qemu_pid(c, "hq1", "slow") and qemu_pid(c, "hq2", "slow") is None

@@ -60,7 +60,7 @@ def test_node_limit_restricts_the_choice(shaped):
     r = api(shaped, "post", "/vms/limited/migrate")
     assert r.status_code == 202 and r.json()["params"]["target"] == "hv1"
     assert shaped.wait_job(r.json()["id"])["state"] == "succeeded"
-    r = api(shaped, "post", "/vms/limited/migrate", json={"target": "hv2"})
+    r = api(shaped, "post", "/vms/limited/migrate", json={"target": "hv2", "force": True})
     assert r.status_code == 409 and r.json()["error"] == "not_in_node_limit"
 
 
@@ -99,7 +99,8 @@ def test_cli_meta_and_migrate_round_trip(shaped):
     out = pvc("vm", "meta", "D", "--selector", "vms", "--max-downtime", "250", "--method", "shutdown", "-o", "json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) | {} == {"node_limit": [], "node_selector": "vms", "autostart": False,
-                                           "migration_method": "shutdown", "max_downtime": 250}
+                                           "migration_method": "shutdown", "max_downtime": 250,
+                                           "shutdown_force": None}
     bad = pvc("vm", "meta", "D", "--limit", "nosuch")
     assert bad.returncode == 3 and "unknown node" in bad.stderr
     moved = pvc("vm", "migrate", "D", "--target", "hv1")

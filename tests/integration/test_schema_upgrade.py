@@ -35,7 +35,7 @@ def test_upgrade_from_0_keeps_every_value_and_workers_reexec(make_cluster):
     s = c.session()
     r = s.post(f"{c.api_url}/api/v1/cluster/upgrade")
     assert r.status_code == 200, r.text
-    assert r.json() == {"schema_version": 5, "created": [], "upgraded_through": [1, 2, 3, 4, 5]}
+    assert r.json() == {"schema_version": 6, "created": [], "upgraded_through": [1, 2, 3, 4, 5, 6]}
 
     # Where each v0 value must be now, written out by hand from the version files (not derived from the upgrade
     # code under test): meta moved under /meta, node_autostart became meta/autostart, the console log was dropped,
@@ -56,12 +56,14 @@ def test_upgrade_from_0_keeps_every_value_and_workers_reexec(make_cluster):
             if moved[old] != old:
                 assert not c.zk.exists(f"/domains/{name}/{old}"), (name, key)
         assert c.zk.get(f"/domains/{name}/meta/max_downtime")[0] == b"300"  # added later, with its default
+        assert c.zk.get(f"/domains/{name}/meta/shutdown_force")[0] == b""  # v6: follow the cluster's setting
     for key, value in node_values.items():
         field = key.split(".")[1]
         assert c.zk.get(f"/nodes/hv2/ipmi/{field}")[0].decode() == value
         assert not c.zk.exists(f"/nodes/hv2/ipmi{field}")
     v1 = Schema.latest()  # the layout the cluster is on now
-    assert v1.version == 5 and v1.missing(c.zk) == []
+    assert v1.version == 6 and v1.missing(c.zk) == []
+    assert c.zk.get("/config/shutdown_force")[0] == b"true"  # v6, PVC's default: force off after the timeout
 
     # Each worker saw the version change and re-executed itself (same PID: execv) on the new layout.
     for node in pids:
