@@ -21,7 +21,6 @@ but not together, the second one's transaction fails and it is decided again wit
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -95,20 +94,12 @@ def state_checks(zk: KazooClient, schema: Schema, skip: str) -> list[Op]:
     return [("check", path, stat.version) for path, result in pending if (stat := result.get()) is not None]
 
 
-def _json(raw: str | None) -> dict:
-    try:
-        value = json.loads(raw or "{}")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def guard(zk: KazooClient, schema: Schema, node: str) -> list[Op]:
     """The version checks under which flushing ``node`` fits; ``Conflict`` insufficient_capacity otherwise."""
     checks = state_checks(zk, schema, node)
     nodes = node_records(zk, schema)
     draining = [n["name"] for n in nodes if n.get("domain_state") == "flush"]
-    in_flight = [job for n in nodes for job in _json(n.get("reserved"))]
+    in_flight = [job for n in nodes for job in selector.reservations(n)]
     estimate = drain(nodes, domain_records(zk, schema, PLACEMENT_KEYS), node, draining, in_flight)
     if not estimate.fits:
         unavailable = sorted(n["name"] for n in nodes if n["name"] != node and n["name"] not in estimate.targets)

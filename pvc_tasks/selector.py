@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-__all__ = ["METHODS", "candidates", "free_memory", "select"]
+__all__ = ["METHODS", "candidates", "free_memory", "reservations", "select"]
 
 METHODS = ("mem", "memprov", "load", "vcpus", "vms")
 
@@ -33,13 +33,18 @@ def _num(record: dict, key: str) -> float:
         return 0.0
 
 
-def _reserved(record: dict) -> tuple[float, float, int]:
-    """(memory MiB, vCPUs, count) reserved on the node by in-flight jobs."""
+def reservations(record: dict) -> dict[str, dict]:
+    """The node's reservations: job id -> {"memory", "vcpus"[, "vfs"]} (unreadable entries left out)."""
     try:
         entries = json.loads(record.get("reserved") or "{}")
     except ValueError:
-        entries = {}
-    values = [e for e in entries.values() if isinstance(e, dict)]
+        return {}
+    return {k: v for k, v in entries.items() if isinstance(v, dict)} if isinstance(entries, dict) else {}
+
+
+def _reserved(record: dict) -> tuple[float, float, int]:
+    """(memory MiB, vCPUs, count) reserved on the node by in-flight jobs."""
+    values = list(reservations(record).values())
     return (sum(float(e.get("memory", 0)) for e in values), sum(float(e.get("vcpus", 0)) for e in values),
             len(values))
 
