@@ -99,6 +99,7 @@ def submit_migration(zk: KazooClient, schema: Schema, vm_name: str, kind: str, t
                            code="node_unavailable", details={"node": source})
         where = vfs.place(zk, schema, vm, found, target, target_states)
         chosen = where.node
+        state_read = zk.get_async(schema.path("node.domain_state", chosen))  # answered while the ops are built
         # ``reserved_on`` never changes: it is where the reservation (and any copy prepare made) must be undone,
         # even if someone re-plans ``target`` meanwhile.
         job = Job.new(kind, vm_name, chosen, {"source": source, "target": chosen, "reserved_on": chosen,
@@ -117,7 +118,7 @@ def submit_migration(zk: KazooClient, schema: Schema, vm_name: str, kind: str, t
                                     int(vm["vcpus"] or 0), list(where.vf_map.values())),
                slots.admit_op(zk, schema, job.id, source, chosen, priority), *where.checks]
         try:
-            ops.append(placement.still_ready_op(zk, schema, chosen, target_states))
+            ops.append(placement.still_ready_op(zk, schema, chosen, target_states, state_read))
         except Conflict:
             if target:
                 raise

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
+from kazoo.interfaces import IAsyncResult
 
 from pvc_tasks import selector
 from pvc_tasks.errors import Conflict, Invalid
@@ -59,12 +60,14 @@ def release_op(zk: KazooClient, schema: Schema, node: str, job_id: str) -> list[
     return [("set", schema.path("node.reserved", node), json.dumps(reserved, sort_keys=True).encode(), version)]
 
 
-def still_ready_op(zk: KazooClient, schema: Schema, node: str, states: tuple[str, ...] = ("ready",)) -> Op:
+def still_ready_op(zk: KazooClient, schema: Schema, node: str, states: tuple[str, ...] = ("ready",),
+                   pending: IAsyncResult | None = None) -> Op:
     """The check, for the transaction that places a VM on ``node``, that the node's domain state is still one of
     ``states`` when it commits: a flush of the node accepted between the placement's reads and its write fails the
-    transaction (the placement is then decided again), so no VM is ever placed on a node being drained."""
+    transaction (the placement is then decided again), so no VM is ever placed on a node being drained.
+    ``pending``: that state's read, already sent with ``zk.get_async`` (its round trip overlaps the caller's)."""
     path = schema.path("node.domain_state", node)
-    data, stat = zk.get(path)
+    data, stat = pending.get() if pending is not None else zk.get(path)
     if data.decode() not in states:
         raise Conflict(f"target {node} is {data.decode()}, not ready", code="node_not_ready", details={"node": node})
     return ("check", path, stat.version)
