@@ -29,7 +29,7 @@ from kazoo.client import KazooClient
 from pvc_tasks import selector
 from pvc_tasks.errors import Conflict
 from pvc_tasks.jobs import Op
-from pvc_tasks.state import domain_records, names, node_records
+from pvc_tasks.state import domain_records_matching, names, node_records
 from zk_schema import Schema
 
 __all__ = ["ACTIVE", "PLACEMENT_KEYS", "Drain", "drain", "flush_order", "guard", "state_checks"]
@@ -100,7 +100,9 @@ def guard(zk: KazooClient, schema: Schema, node: str) -> list[Op]:
     nodes = node_records(zk, schema)
     draining = [n["name"] for n in nodes if n.get("domain_state") == "flush"]
     in_flight = [job for n in nodes for job in selector.reservations(n)]
-    estimate = drain(nodes, domain_records(zk, schema, PLACEMENT_KEYS), node, draining, in_flight)
+    leaving = {node, *draining}
+    vms = domain_records_matching(zk, schema, ("node",), lambda r: r["node"] in leaving, PLACEMENT_KEYS)
+    estimate = drain(nodes, vms, node, draining, in_flight)
     if not estimate.fits:
         unavailable = sorted(n["name"] for n in nodes if n["name"] != node and n["name"] not in estimate.targets)
         raise Conflict(

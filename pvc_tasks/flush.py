@@ -49,7 +49,7 @@ from pvc_tasks.engine import collect_ended, continue_job, record_outcome, take_l
 from pvc_tasks.errors import Conflict, NotFound, PvcError, describe
 from pvc_tasks.faults import fault_ops
 from pvc_tasks.jobs import Job, JobState, JobStore, Op, Origin, commit
-from pvc_tasks.state import domain_record, domain_records, node_alive
+from pvc_tasks.state import domain_record, domain_records_matching, node_alive
 from zk_schema import Schema
 
 __all__ = ["FAULT", "TICK", "end_ops", "submit_node_action"]
@@ -71,8 +71,15 @@ def _noop(store: JobStore, kind: str, node: str, why: str, origin: Origin | None
 
 
 def _running_on(zk: KazooClient, schema: Schema, node: str) -> list[str]:
-    return [v["name"] for v in domain_records(zk, schema, capacity.PLACEMENT_KEYS)
-            if v["node"] == node and v["state"] in capacity.ACTIVE]
+    return [v["name"] for v in _touching(zk, schema, "flush", node) if v["state"] in capacity.ACTIVE]
+
+
+def _touching(zk: KazooClient, schema: Schema, kind: str, node: str) -> list[dict]:
+    """The VMs on ``node`` (and, for an unflush, those whose home it is), with the keys a flush decides on."""
+    if kind == "flush":
+        return domain_records_matching(zk, schema, ("node",), lambda r: r["node"] == node, capacity.PLACEMENT_KEYS)
+    return domain_records_matching(zk, schema, ("node", "last_node"), lambda r: node in (r["node"], r["last_node"]),
+                                   capacity.PLACEMENT_KEYS)
 
 
 def submit_node_action(zk: KazooClient, schema: Schema, node: str, action: str, origin: Origin | None = None,
@@ -144,8 +151,7 @@ def _concerned(kind: str, node: str, vm: dict) -> bool:
 def _plan(zk: KazooClient, schema: Schema, kind: str, node: str) -> list[str]:
     """The VMs a flush or unflush of ``node`` is about, in the order it takes them (``capacity.flush_order``);
     fixed at the job's first pass (later passes then cost O(slots), not O(VMs))."""
-    return [v["name"] for v in capacity.flush_order(domain_records(zk, schema, capacity.PLACEMENT_KEYS))
-            if _concerned(kind, node, v)]
+    return [v["name"] for v in capacity.flush_order(_touching(zk, schema, kind, node)) if _concerned(kind, node, v)]
 
 
 def _submit_child(zk: KazooClient, schema: Schema, job: Job, vm: dict, failed_before: str) -> tuple[str, str, str]:

@@ -8,7 +8,7 @@ password) are never part of a record.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
@@ -24,6 +24,7 @@ __all__ = [
     "desired_vf_config",
     "domain_record",
     "domain_records",
+    "domain_records_matching",
     "free_vm",
     "names",
     "node_alive",
@@ -101,11 +102,21 @@ def domain_record(zk: KazooClient, schema: Schema, vm: str) -> dict:
     return record
 
 
-def domain_records(zk: KazooClient, schema: Schema, only: Iterable[str] | None = None) -> list[dict]:
-    """Every VM's record (``only``: just those keys, e.g. to leave the XML out of a scan)."""
+def domain_records(zk: KazooClient, schema: Schema) -> list[dict]:
     all_names = names(zk, schema, "base.domain")
-    records = read_keys(zk, schema, "domain", [(n,) for n in all_names], only)
+    records = read_keys(zk, schema, "domain", [(n,) for n in all_names])
     return [dict(r, name=n) for n, r in zip(all_names, records) if r is not None]
+
+
+def domain_records_matching(zk: KazooClient, schema: Schema, first: Iterable[str], match: Callable[[dict], bool],
+                            only: Iterable[str] | None = None) -> list[dict]:
+    """The records (``only`` those keys) of the VMs whose ``first`` keys ``match``: a scan reads a key or two per
+    VM and the rest only for the VMs it picked (a flush looks at one node's VMs among thousands)."""
+    all_names = names(zk, schema, "base.domain")
+    light = read_keys(zk, schema, "domain", [(n,) for n in all_names], first)
+    picked = [n for n, r in zip(all_names, light) if r is not None and match(r)]
+    records = read_keys(zk, schema, "domain", [(n,) for n in picked], only)
+    return [dict(r, name=n) for n, r in zip(picked, records) if r is not None]
 
 
 def free_vm(zk: KazooClient, schema: Schema, vm: str) -> tuple[dict, str, ZnodeStat]:
