@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -32,19 +31,13 @@ sys.path.insert(0, str(ROOT))
 
 from bench.lifecycle import percentile  # noqa: E402
 from pvc_dev.cluster import LocalCluster, NodeSpec  # noqa: E402
-from pvc_dev.services import Service, wait_until  # noqa: E402
+from pvc_dev.services import Service, wait_until, zk_stats  # noqa: E402
 
 STEPS = 4
 
 
 def zxid(port: int) -> int:
-    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
-        sock.sendall(b"srvr")
-        text = b""
-        while chunk := sock.recv(4096):
-            text += chunk
-    line = next(ln for ln in text.decode().splitlines() if ln.startswith("Zxid:"))
-    return int(line.split()[1], 16) & 0xFFFFFFFF  # low 32 bits count transactions within the epoch
+    return int(zk_stats(port)["Zxid"], 16) & 0xFFFFFFFF  # low 32 bits count transactions within the epoch
 
 
 def migrate(s, base: str, vm: str, target: str) -> float:

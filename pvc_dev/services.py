@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["Ensemble", "Service", "ServiceDied", "free_port", "start_api", "start_ensemble", "start_flower",
-           "start_rabbitmq", "start_redis", "start_worker", "start_zookeeper", "stop_epmd", "wait_until"]
+           "start_rabbitmq", "start_redis", "start_worker", "start_zookeeper", "stop_epmd", "wait_until", "zk_stats"]
 
 ZK_CLASSPATH = ":".join(f"/usr/share/java/{jar}" for jar in (
     "zookeeper.jar", "zookeeper-jute.jar", "slf4j-api.jar", "slf4j-log4j12.jar", "log4j-1.2.jar",
@@ -130,6 +130,16 @@ def _zk_ok(port: int) -> bool:
     with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
         sock.sendall(b"ruok")
         return sock.recv(8) == b"imok"
+
+
+def zk_stats(port: int) -> dict[str, str]:
+    """A ZooKeeper server's ``srvr`` answer as ``{"Zxid": "0x...", "Received": "123", ...}`` (benches read it)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"srvr")
+        text = b""
+        while chunk := sock.recv(4096):
+            text += chunk
+    return {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in text.decode().splitlines()) if v}
 
 
 def _zoo_cfg(workdir: Path, port: int, tick_ms: int, peers: list[tuple[int, int]]) -> Path:
