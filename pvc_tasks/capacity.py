@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from kazoo.client import KazooClient
 
-from pvc_tasks import selector
+from pvc_tasks import placement, selector
 from pvc_tasks.errors import Conflict
 from pvc_tasks.jobs import Op
 from pvc_tasks.state import domain_records_matching, names, node_records
@@ -66,20 +66,21 @@ def drain(nodes: list[dict], vms: list[dict], node: str, draining: Iterable[str]
     ``in_flight``: job ids holding a reservation (their VM is already counted where it goes)."""
     others = [n for n in sorted(set(draining)) if n != node]
     leaving = {*others, node}
-    targets = {n["name"]: selector.free_memory(n) for n in nodes
-               if n.get("alive") and n.get("domain_state") == "ready" and n["name"] not in leaving}
+    # Copies of the other nodes whose allocated memory grows as VMs are placed; the selector applies its own rules
+    # (alive, ready, node_limit, fits) and its own choice ("mem": most free, ties to the first name).
+    pool = [dict(n) for n in nodes if n["name"] not in leaving]
+    by_name = {n["name"]: n for n in pool}
     flying = set(in_flight)
-    result = Drain(node, targets=sorted(targets))
+    result = Drain(node, targets=[n["name"] for n in selector.candidates(pool, 0)])
     for source in [*others, node]:
         active = [v for v in vms if v.get("node") == source and v.get("state") in ACTIVE
                   and (v.get("active_job") or "") not in flying]
         for vm in flush_order(active):
             memory = int(vm.get("memory") or 0)
-            limit = [n for n in (vm.get("meta.node_limit") or "").split(",") if n]
-            fitting = sorted(name for name, free in targets.items() if free >= memory and (not limit or name in limit))
-            if fitting:
-                chosen = max(fitting, key=lambda name: targets[name])  # ties: the first name, as the selector
-                targets[chosen] -= memory
+            chosen = selector.select(pool, "mem", memory, placement.node_limit(vm))
+            if chosen is not None:
+                target = by_name[chosen]
+                target["memory.allocated"] = str(float(target.get("memory.allocated") or 0) + memory)
             elif source == node:
                 result.shut_down.append(vm["name"])
                 result.shortfall_mib += memory

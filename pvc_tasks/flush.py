@@ -304,16 +304,15 @@ def _fault(job: Job) -> str | None:
         return None
     node, result = job.node, job.result or {}
     plan, done = result.get("plan"), set(result.get("done", []))
+    left = sorted(n for n in plan or [] if n not in done)
     if job.kind == "flush":
-        still = sorted(n for n in plan if n not in done) if plan is not None else []
-        where = (f"still on {node}: {', '.join(still)}" if still else
+        where = (f"still on {node}: {', '.join(left)}" if left else
                  "no VM was left behind" if plan is not None else "its VMs were not moved")
         return (f"flush job {job.id} {job.state}: {job.reason}. {where}. {node} is ready and takes VMs again; fix "
                 f"the cause, then `pvc node flush {node}` again, or `pvc node ready {node}` to bring back the VMs "
                 f"that left")
-    missing = sorted(n for n in plan if n not in done) if plan is not None else []
     return (f"unflush job {job.id} {job.state}: {job.reason}. "
-            + (f"Not back or not started: {', '.join(missing)}. " if missing else "")
+            + (f"Not back or not started: {', '.join(left)}. " if left else "")
             + f"{node} is ready; `pvc node ready {node}` tries again")
 
 

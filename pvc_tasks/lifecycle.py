@@ -27,20 +27,23 @@ Phases and rollback, per task
 
 from __future__ import annotations
 
+from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
 from pvc_tasks import vfs
 from pvc_tasks.jobs import Job, JobState, JobStore, Op
 from pvc_tasks.runner import JobFailed, JobRun, job_task
+from zk_schema import Schema
 
 __all__ = ["TASKS", "define_orphaned", "graceful_shutdown", "shutdown_force", "unrecorded"]
 
 
-def shutdown_force(run: JobRun, vm: str) -> bool:
+def shutdown_force(zk: KazooClient, schema: Schema, vm: str = "") -> bool:
     """Is a VM whose graceful shutdown timed out forced off? Its meta ``shutdown_force`` ("true"/"false"), else
-    the cluster's ``config.shutdown_force``; by default yes, as PVC does (a layout without the keys: yes too)."""
-    zk, schema = run.ctx.zk, run.ctx.schema
-    for key, instance in (("domain.meta.shutdown_force", (vm,)), ("base.config.shutdown_force", ())):
+    the cluster's ``config.shutdown_force`` (without ``vm``: the cluster's alone); by default yes, as PVC does (a
+    layout without the keys: yes too)."""
+    keys = [("domain.meta.shutdown_force", (vm,))] if vm else []
+    for key, instance in [*keys, ("base.config.shutdown_force", ())]:
         if key not in schema.keys:
             continue
         try:
@@ -62,7 +65,7 @@ def graceful_shutdown(run: JobRun, vm: str, timeout: float) -> bool:
     if run.wait_for(lambda: run.hv.state(vm) != "running", timeout):
         run.cancel_point()  # stopped by a superseding `vm stop`: say so, not "shut down"
         return False
-    if not shutdown_force(run, vm):
+    if not shutdown_force(run.ctx.zk, run.ctx.schema, vm):
         raise JobFailed(f"VM {vm} did not shut down within {timeout:g} s and is still running on {run.ctx.node} "
                         f"(shutdown_force is off); use `pvc vm stop {vm}` to force it off")
     run.note_only(f"{vm} did not shut down within {timeout:g} s: forced off (shutdown_force)")

@@ -119,10 +119,10 @@ def prepare(run: JobRun) -> None:
         message=f"{node} is ready for {vm}; moving it off {params['source']}")
 
 
-def _shutdown_on_source(run: JobRun, timeout: float) -> None:
+def _shutdown_on_source(run: JobRun, timeout: float) -> str:
+    """The graceful shutdown of a shutdown migration: ``how`` it left, "forced" when it had to be forced off."""
     run.note_only(f"shutting {run.vm} down on {run.ctx.node} (up to {timeout:g} s)")
-    if graceful_shutdown(run, run.vm, timeout):
-        run.job = run.ctx.jobs.update(run.job.id, lambda j: (j.params.update(forced=True), True)[1])
+    return "forced" if graceful_shutdown(run, run.vm, timeout) else "shutdown"
 
 
 def _live(run: JobRun, target: str, record: dict) -> None:
@@ -162,15 +162,13 @@ def perform(run: JobRun) -> None:
             if method == "live":
                 raise JobFailed(str(exc)) from exc
             run.note_only(f"live migration failed ({exc}); falling back to shutdown migration")
-            _shutdown_on_source(run, timeout)
-            how = "shutdown"
+            how = _shutdown_on_source(run, timeout)
     elif was_running and method in ("live", "default"):
         # No live migration on this hypervisor (test driver, embedded QEMU): hand the definition over instead.
         run.hv.destroy(vm)
         how = "handover"
     elif was_running:
-        _shutdown_on_source(run, timeout)
-        how = "shutdown"
+        how = _shutdown_on_source(run, timeout)
     left = {"handover": f"{vm} left {source}: {run.hv.uri} has no live migration, so its definition is handed "
                         f"over (destroyed here, started on {target})"}.get(how, f"{vm} left {source} ({how})")
     doing = "recording" if not was_running else "verifying" if how == "live" else "starting"
@@ -217,9 +215,9 @@ def cleanup(run: JobRun) -> None:
     except HypervisorError as exc:
         note = f"; cleanup of {source} incomplete: {exc}"
         log.error("cleanup of %s on %s: %s", vm, source, exc)
-    run.job = run.ctx.jobs.finish(run.job.id, JobState.SUCCEEDED, "", {"node": target, "from": source,
-                                                                        "how": run.job.params.get("how", ""),
-                                                                        "forced": bool(run.job.params.get("forced"))},
+    how = run.job.params.get("how", "")
+    run.job = run.ctx.jobs.finish(run.job.id, JobState.SUCCEEDED, "", {"node": target, "from": source, "how": how,
+                                                                        "forced": how == "forced"},
                                   ops=lambda _j: node_figure_ops(run.ctx))
     if note:
         run.ctx.jobs.update(run.job.id, lambda j: (j.note(note.lstrip("; ")), True)[1])

@@ -26,7 +26,8 @@ from pvc_tasks.jobs import Op
 from pvc_tasks.state import node_record, node_records
 from zk_schema import Schema
 
-__all__ = ["check_target", "choose_target", "read_reserved", "release_op", "reserve_op", "still_ready_op"]
+__all__ = ["check_target", "choose_target", "node_limit", "read_reserved", "release_op", "reserve_op",
+           "still_ready_op"]
 
 
 def read_reserved(zk: KazooClient, schema: Schema, node: str) -> tuple[dict, int]:
@@ -73,7 +74,8 @@ def still_ready_op(zk: KazooClient, schema: Schema, node: str, states: tuple[str
     return ("check", path, stat.version)
 
 
-def _limit(vm: dict) -> list[str]:
+def node_limit(vm: dict) -> list[str]:
+    """The nodes a VM may run on (its ``meta.node_limit``; empty: any)."""
     return [n for n in (vm.get("meta.node_limit") or "").split(",") if n]
 
 
@@ -84,7 +86,7 @@ def check_target(zk: KazooClient, schema: Schema, vm: dict, target: str, *, own_
     ``own_job``: a job whose reservation on the target is the VM's own (counted as free when re-checking).
     ``states``: the target's acceptable domain states (an unflush brings VMs back to its node while ``unflush``)."""
     record = node_record(zk, schema, target)
-    memory, limit = int(vm.get("memory") or 0), _limit(vm)
+    memory, limit = int(vm.get("memory") or 0), node_limit(vm)
     if target == vm.get("node"):
         raise Conflict(f"VM {vm['name']} is already on {target}", code="same_node", details={"node": target})
     if not record["alive"]:
@@ -125,7 +127,7 @@ def choose_target(zk: KazooClient, schema: Schema, vm: dict, explicit: str | Non
             fits(node["name"])
         except Conflict as exc:
             unfit[node["name"]] = exc.message
-    chosen = selector.select(nodes, method, memory, _limit(vm), exclude=[vm.get("node", ""), *unfit])
+    chosen = selector.select(nodes, method, memory, node_limit(vm), exclude=[vm.get("node", ""), *unfit])
     if chosen is None:
         why = f"; {'; '.join(unfit.values())}" if unfit else ""
         raise Conflict(f"no target for VM {vm['name']}: no other ready node in its node_limit has {memory} MiB "

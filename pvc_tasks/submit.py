@@ -231,10 +231,10 @@ def submit_vm_action(zk: KazooClient, schema: Schema, vm: str, action: str, para
         raise Conflict(f"node {node}'s worker is not running, so it cannot {action} {vm}; start pvc-worker "
                        f"--node {node}", code="node_unavailable", details={"node": node})
     job = Job.new(action, vm, node, params or {}, parent=parent, stage=kinds.get(action).first, origin=origin)
-    ops = [store.create_op(job), ("set", marker_path, job.id.encode(), stat.version)]
     if shutdown is not None:
         job.note(f"supersedes shutdown job {shutdown[0].id}: forcing {vm} off")
-        ops = [store.create_op(job), ops[1], _supersede_op(store, *shutdown, job.id)]
+    ops = [store.create_op(job), ("set", marker_path, job.id.encode(), stat.version),
+           *([_supersede_op(store, *shutdown, job.id)] if shutdown is not None else [])]
     try:
         commit(zk, ops)
     except BadVersionError as exc:

@@ -11,6 +11,7 @@ from pvc_tasks import slots
 from pvc_tasks.backlog import backlog
 from pvc_tasks.errors import Invalid
 from pvc_tasks.jobs import JobStore, commit
+from pvc_tasks.lifecycle import shutdown_force
 from pvc_tasks.state import domain_records, node_records
 from pvc_web.blueprint import Blueprint, handle
 from pvc_web.schemas import (
@@ -46,8 +47,7 @@ def status():
         "latest_schema_version": available_versions()[-1],
         "maintenance": maintenance,
         "fencing": "disabled (maintenance mode)" if maintenance else "enabled",
-        "shutdown_force": (value("base.config.shutdown_force") != "false"
-                           if "base.config.shutdown_force" in schema.keys else True),
+        "shutdown_force": shutdown_force(zk, schema),
         "primary": value("base.config.primary_node"),
         "primary_node": value("base.config.primary_node"),
         "node_states": {n["name"]: {"daemon_state": n["daemon_state"], "router_state": n["router_state"],
