@@ -24,6 +24,7 @@ setup(
         "requests>=2.31,<3",
         "waitress>=3,<4",
         "libvirt-python>=9",
+        "cryptography>=41",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2", "ruff>=0.6", "pyyaml>=6"],

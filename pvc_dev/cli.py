@@ -1,4 +1,4 @@
-"""``pvc-dev up|down|status``: the dev cluster of the README's first command.
+"""``pvc-dev up|down|status|secret-key``: the dev cluster of the README's first command.
 
 ``up`` starts ZooKeeper, Redis, three node workers (libvirt test driver; hv1 8 GiB, hv2 16 GiB, hv3 4 GiB), the
 API and Flower (basic auth) on loopback with free ports, creates a few VMs, prints how to reach everything, and
@@ -23,6 +23,7 @@ from pathlib import Path
 from pvc_dev.bmc import BMC_PASSWORD, BMC_USER
 from pvc_dev.cluster import LocalCluster, NodeSpec
 from pvc_dev.guests import qemu_domain_xml
+from pvc_tasks.secrets import new_key
 
 __all__ = ["main"]
 
@@ -84,8 +85,8 @@ def _banner(c: LocalCluster, workdir: Path) -> str:
 pvc dev cluster is up ({len(c.nodes)} nodes, {c.nodes[0].hypervisor} hypervisor).
 Ctrl-C here, or `pvc-dev down`, stops it.
 
-  API       {c.api_url}/api/v1        (token: {c.token})
-  Swagger   {c.api_url}/api/v1/docs   (browser: any user name, the token as password)
+  API       {c.api_url}/api/v1        (admin token: {c.token}; read-only token: {c.read_token})
+  Swagger   {c.api_url}/api/v1/docs   (browser: any user name, the token as password; then Authorize with it)
   Flower    {c.flower_url}            (user {c.flower_user}, password {c.flower_password})
   ZooKeeper {c.zk_hosts}
   Broker    {c.broker_url}
@@ -121,6 +122,7 @@ def up(args: argparse.Namespace) -> int:
         shutil.rmtree(workdir / sub, ignore_errors=True)
     qemu = args.hypervisor == "qemu"
     cluster = LocalCluster(workdir, QEMU_NODES if qemu else DEV_NODES, token=_secret(workdir, "token", 24),
+                           read_token=_secret(workdir, "read-token", 24),
                            flower_password=_secret(workdir, "flower-password", 12))
     print("starting ZooKeeper, Redis, 3 workers, the API and Flower ...", flush=True)
     cluster.start()
@@ -192,5 +194,10 @@ def main(argv: list[str] | None = None) -> int:
                       help="test: libvirt's test driver (default); qemu: a libvirtd + real QEMU guests per node")
     sub.add_parser("down", help="stop a dev cluster started from this directory")
     sub.add_parser("status", help="is a dev cluster running, and where")
+    sub.add_parser("secret-key", help="print a new secret_key (seals IPMI passwords in ZooKeeper; the same on "
+                                      "every node)")
     args = parser.parse_args(argv)
+    if args.command == "secret-key":
+        print(new_key())
+        return 0
     return {"up": up, "down": down, "status": status}[args.command](args)

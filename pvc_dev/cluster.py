@@ -39,8 +39,12 @@ from pvc_dev.services import (
     stop_epmd,
     wait_until,
 )
+from pvc_tasks.config import load_settings
 from pvc_tasks.dispatch import message_count
 from pvc_tasks.routing import node_queue
+from pvc_tasks.secrets import new_key
+from pvc_tasks.zkclient import connect
+from pvc_web.auth import entry
 from zk_schema import Schema, init_cluster
 
 __all__ = ["LocalCluster", "NodeSpec", "domain_xml", "node_xml"]
@@ -130,7 +134,13 @@ class LocalCluster:
     vhost: str = "/"
     flower: bool = True
     flower_user: str = "admin"
+    #: The API token of the admin ``admin`` and of the read-only ``reader`` (the API is given their hashes only).
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    read_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    #: pvc's ZooKeeper identity (``user:password``): every process of the cluster and the harness authenticate.
+    zookeeper_auth: str = field(default_factory=lambda: f"pvc:{secrets.token_urlsafe(18)}", repr=False)
+    #: Seals the IPMI passwords in ZooKeeper; given to the workers only (the API never needs it).
+    secret_key: str = field(default_factory=new_key, repr=False)
     flower_password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
     worker_env: dict[str, str] = field(default_factory=dict)
     #: More ``PVC_*`` settings for the API process (e.g. ``PVC_PUBLISH_COPIES`` in the duplicate-message tests).
@@ -199,7 +209,9 @@ class LocalCluster:
     def env(self) -> dict[str, str]:
         """PVC_* settings every process of this cluster shares."""
         broker = {"PVC_BROKER": self.broker_url} if self.rabbitmq else {"PVC_REDIS": self.redis_url}
-        return {"PVC_ZOOKEEPER": self.zk_hosts, **broker, "PVC_API_TOKENS": self.token, "PVC_CONFIG": ""}
+        tokens = [entry("admin", "admin", self.token), entry("reader", "read-only", self.read_token)]
+        return {"PVC_ZOOKEEPER": self.zk_hosts, "PVC_ZOOKEEPER_AUTH": self.zookeeper_auth, **broker,
+                "PVC_API_TOKENS": ",".join(tokens), "PVC_CONFIG": ""}
 
     def client_env(self) -> dict[str, str]:
         """What the ``pvc`` CLI needs to talk to this cluster."""
@@ -209,9 +221,14 @@ class LocalCluster:
     def zk(self) -> KazooClient:
         """A kazoo client on this cluster's chroot, for inspection."""
         if self._zk is None:
-            self._zk = KazooClient(hosts=self.zk_hosts, timeout=10)
+            self._zk = self.client(self.zk_hosts)
             self._zk.start(timeout=15)
         return self._zk
+
+    def client(self, hosts: str) -> KazooClient:
+        """An unstarted kazoo client with this cluster's identity (the one ``pvc_tasks.zkclient`` gives pvc)."""
+        return connect(load_settings(env={"PVC_ZOOKEEPER": hosts, "PVC_ZOOKEEPER_AUTH": self.zookeeper_auth}),
+                       timeout=10)
 
     @property
     def schema(self) -> Schema:
@@ -232,9 +249,9 @@ class LocalCluster:
             elif self.zookeeper is None:
                 self.zookeeper = start_zookeeper(self.workdir / "zookeeper")
                 self.services.append(self.zookeeper)
-            root = KazooClient(hosts=self.zookeeper.info["hosts"], timeout=10)
+            root = self.client(str(self.zookeeper.info["hosts"]))
             root.start(timeout=15)
-            root.ensure_path(self.chroot)
+            root.ensure_path(self.chroot)  # with the cluster's ACL, as everything below it
             root.stop()
             root.close()
             if self.broker == "rabbitmq" and self.shared_rabbitmq is not None:
@@ -381,7 +398,8 @@ class LocalCluster:
                "PVC_IPMI_PASSWORD": BMC_PASSWORD} if node in self.bmc else {}
         spec = self.spec(node)
         sriov = {"PVC_SRIOV_PFS": ",".join(pf for pf, _count in spec.sriov)} if spec.hypervisor == "test" else {}
-        env = {**self.env(), "PVC_LIBVIRT_URI": self.libvirt_uri(node), **bmc, **sriov, **self.worker_env,
+        env = {**self.env(), "PVC_SECRET_KEY": self.secret_key, "PVC_LIBVIRT_URI": self.libvirt_uri(node), **bmc,
+               **sriov, **self.worker_env,
                **(extra_env or {})}
         if self.spec(node).hypervisor == "qemu":
             env.setdefault("PVC_MIGRATION_URI", "tcp://127.0.0.1")  # migration data over loopback

@@ -143,11 +143,14 @@ def zk_stats(port: int) -> dict[str, str]:
 
 
 def _zoo_cfg(workdir: Path, port: int, tick_ms: int, peers: list[tuple[int, int]]) -> Path:
+    """The server's configuration. Of the four-letter words only ``ruok`` (liveness) and ``srvr`` (mode, zxid,
+    counters) are answered: ``envi``, ``conf``, ``cons``, ``dump`` and ``wchp`` tell anyone who connects about the
+    machine, the session ids and the paths being watched."""
     cfg = workdir / "zoo.cfg"
     servers = "".join(f"server.{i}=127.0.0.1:{peer}:{election}\n" for i, (peer, election) in enumerate(peers, 1))
     cfg.write_text(f"tickTime={tick_ms}\ndataDir={workdir / 'data'}\nclientPort={port}\nclientPortAddress=127.0.0.1\n"
                    "admin.enableServer=false\nforceSync=no\nmaxSessionTimeout=60000\n"
-                   "4lw.commands.whitelist=ruok,srvr,mntr,stat,conf,envi\ninitLimit=10\nsyncLimit=5\n" + servers)
+                   "4lw.commands.whitelist=ruok,srvr\ninitLimit=10\nsyncLimit=5\n" + servers)
     (workdir / "log4j.properties").write_text("log4j.rootLogger=WARN, F\n"
                                               "log4j.appender.F=org.apache.log4j.FileAppender\n"
                                               f"log4j.appender.F.File={workdir / 'zookeeper.log'}\n"
@@ -157,9 +160,11 @@ def _zoo_cfg(workdir: Path, port: int, tick_ms: int, peers: list[tuple[int, int]
 
 
 def _zookeeper(workdir: Path, port: int, tick_ms: int, peers: list[tuple[int, int]], myid: int = 0) -> Service:
-    workdir.mkdir(parents=True, exist_ok=True)
+    # 0700: the snapshots and the transaction log hold every key's data (ACLs guard only the wire).
+    workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    workdir.chmod(0o700)
+    (workdir / "data").mkdir(mode=0o700, exist_ok=True)
     if myid:
-        (workdir / "data").mkdir(exist_ok=True)
         (workdir / "data" / "myid").write_text(f"{myid}\n")
     cfg = _zoo_cfg(workdir, port, tick_ms, peers)
     argv = ["java", "-Xmx256m", "-XX:+UseSerialGC", f"-Dlog4j.configuration=file:{workdir / 'log4j.properties'}",

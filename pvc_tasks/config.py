@@ -31,6 +31,11 @@ class Settings:
     #: Celery broker: ``redis://...`` or RabbitMQ ``amqp://user:password@host:port/vhost``; empty: ``redis``.
     broker: str = field(default="", repr=False)
     zk_session_timeout: float = defaults.ZK_SESSION_TIMEOUT
+    #: pvc's ZooKeeper identity, ``user:password`` (digest): every client authenticates with it and every node it
+    #: creates is readable and writable by it alone (``zk_schema.acl``).
+    zookeeper_auth: str = field(default="", repr=False)
+    #: Seals the IPMI passwords kept in ZooKeeper (``pvc_tasks.secrets``); the same on every node, never in ZooKeeper.
+    secret_key: str = field(default="", repr=False)
     # Worker
     node: str = ""
     libvirt_uri: str = defaults.LIBVIRT_URI
@@ -78,6 +83,11 @@ class Settings:
     # API
     api_listen: str = defaults.API_LISTEN
     api_threads: int = defaults.API_THREADS
+    api_connection_limit: int = defaults.API_CONNECTION_LIMIT
+    api_connections_per_client: int = defaults.API_CONNECTIONS_PER_CLIENT
+    api_idle_timeout: float = defaults.API_IDLE_TIMEOUT
+    api_request_timeout: float = defaults.API_REQUEST_TIMEOUT
+    api_max_body: int = defaults.API_MAX_BODY
     api_tokens: list[str] = field(default_factory=list, repr=False)
 
     @property

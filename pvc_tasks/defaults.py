@@ -125,5 +125,23 @@ MAX_DOWNTIME_MS = 300
 API_LISTEN = "127.0.0.1:7370"
 #: Waitress threads serving the API.
 API_THREADS = 8
+#: Open connections the API accepts at once (idle ones cost a file descriptor, not a thread).
+API_CONNECTION_LIMIT = 2000
+#: Open connections one client address may hold; more are closed at once (``pvc_web.wsgi``).
+API_CONNECTIONS_PER_CLIENT = 256
+#: Seconds a keep-alive connection may sit idle between requests before the API closes it.
+API_IDLE_TIMEOUT = 15.0
+#: Seconds a request may take to arrive in full (headers and body) once its first byte came: slow senders are cut.
+API_REQUEST_TIMEOUT = 20.0
+#: Largest request body in bytes; a larger Content-Length is answered 413 before the body is read.
+API_MAX_BODY = 4 * 1024 * 1024
+#: Deepest nesting of a JSON request body (objects and arrays); deeper is answered 400.
+API_JSON_DEPTH = 32
+#: Largest VM XML in UTF-8 bytes: with the rest of the define transaction it stays far below ZooKeeper's
+#: ``jute.maxbuffer`` (1 MiB by default), the largest request a server accepts.
+XML_MAX_BYTES = 512 * 1024
+#: Largest ZooKeeper transaction pvc sends (bytes of data, plus paths): a bigger one would make the server drop
+#: the connection, and with it every request in flight on the shared session (``pvc_tasks.jobs.commit``).
+ZK_MAX_REQUEST = 1000 * 1024
 #: Jobs a list request returns at most unless it asks for fewer.
 JOB_LIST_LIMIT = 200

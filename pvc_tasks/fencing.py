@@ -41,6 +41,7 @@ from pvc_tasks.engine import collect_ended, continue_job, record_outcome, resume
 from pvc_tasks.errors import Conflict, NotFound, describe
 from pvc_tasks.jobs import Job, JobState, JobStore, commit, orphan
 from pvc_tasks.recovery import submit_recovery
+from pvc_tasks.secrets import SecretError, unseal
 from pvc_tasks.state import domain_record, domain_records, keepalive_age
 from zk_schema import Schema
 
@@ -85,8 +86,13 @@ def _fence_step(ctx, job: Job) -> dict:
     """Step 1: IPMI power off, verify off, power on (through the worker's adapter, ``ctx.fence``)."""
     zk, schema, target = ctx.zk, ctx.schema, job.params["target"]
     started = time.time()
-    outcome = ctx.fence(*(zk.get(schema.path(f"node.ipmi.{k}", target))[0].decode()
-                          for k in ("hostname", "username", "password")))
+    hostname, username, stored = (zk.get(schema.path(f"node.ipmi.{k}", target))[0].decode()
+                                  for k in ("hostname", "username", "password"))
+    try:
+        outcome = ctx.fence(hostname, username, unseal(stored, ctx.settings.secret_key))
+    except SecretError as exc:
+        outcome = {"ok": False, "reason": f"cannot read {target}'s IPMI password: {exc}", "steps": [],
+                   "seconds": 0.0}
     log.warning("fence of %s: %s%s (%.1f s)", target, "confirmed" if outcome["ok"] else "FAILED",
                 f": {outcome['reason']}" if outcome["reason"] else "", outcome["seconds"])
     record = {"job": job.id, "state": "fenced" if outcome["ok"] else "fence-failed", "since": time.time(),

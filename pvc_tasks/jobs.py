@@ -32,7 +32,7 @@ from kazoo.exceptions import (
 )
 
 from pvc_tasks import defaults
-from pvc_tasks.errors import NotFound
+from pvc_tasks.errors import Invalid, NotFound
 from zk_schema import Schema
 
 __all__ = ["TERMINAL", "TRANSIENT", "Job", "JobState", "JobStore", "Op", "Origin", "commit", "end_ops", "notify_parent",
@@ -54,11 +54,12 @@ TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
 @dataclass(frozen=True)
 class Origin:
-    """What an API request with an ``Idempotency-Key`` fixes about the job it creates: its id (derived from the
-    client's token and key) and the request's fingerprint."""
+    """What an API request fixes about the job it creates: who asked (the token's name), and with an
+    ``Idempotency-Key`` the job's id (derived from the client's token and key) and the request's fingerprint."""
 
-    job_id: str
-    request: str
+    job_id: str = ""
+    request: str = ""
+    requested_by: str = ""
 
 
 #: One step of a ZooKeeper transaction (``commit``), as a plain tuple so that ops compose by list concatenation.
@@ -104,17 +105,21 @@ class Job:
     #: The fingerprint (method, path, body) of the API request that created the job with an ``Idempotency-Key``
     #: (pvc_web.idempotency): a retry with the same key and request gets this job back.
     request: str = ""
+    #: The name of the API token that asked for the job; empty for jobs pvc creates itself (a flush's or a
+    #: fence's children: see ``parent``).
+    requested_by: str = ""
 
     @classmethod
     def new(cls, kind: str, vm: str, node: str, params: dict | None = None, parent: str = "", *,
             stage: str, origin: Origin | None = None) -> Job:
         """A queued job whose first message is ``stage`` on ``node``'s queue, published right after the record is
         committed (``sent`` is set now: the re-driver counts from here if that publish never happens). ``origin``:
-        the id and request fingerprint an API request with an ``Idempotency-Key`` asks for."""
+        who asked, and the id and request fingerprint an API request with an ``Idempotency-Key`` asks for."""
         now = time.time()
-        return cls(id=origin.job_id if origin else str(uuid.uuid4()), kind=kind, vm=vm, node=node,
-                   params=dict(params or {}), created=now, parent=parent, stage=stage, sent=now,
-                   request=origin.request if origin else "")
+        origin = origin or Origin()
+        return cls(id=origin.job_id or str(uuid.uuid4()), kind=kind, vm=vm, node=node, params=dict(params or {}),
+                   created=now, parent=parent, stage=stage, sent=now, request=origin.request,
+                   requested_by=origin.requested_by)
 
     @property
     def terminal(self) -> bool:
@@ -176,7 +181,16 @@ def patient(fn: Callable, *args, deadline: float = defaults.ZK_RETRY_DEADLINE):
 
 
 def commit(zk: KazooClient, ops: Iterable[Op]) -> list:
-    """Run ops as one ZooKeeper transaction; raises the first failure (BadVersionError, NodeExistsError, ...)."""
+    """Run ops as one ZooKeeper transaction; raises the first failure (BadVersionError, NodeExistsError, ...).
+
+    A transaction larger than ``ZK_MAX_REQUEST`` is refused here (``Invalid``, code ``too_large``): sent, it would
+    exceed the server's ``jute.maxbuffer`` and the server would drop the connection, failing every other request
+    in flight on this process's shared session."""
+    ops = list(ops)
+    size = sum(len(op[1]) + (len(op[2]) if op[0] in ("create", "set") else 0) + 64 for op in ops)
+    if size > defaults.ZK_MAX_REQUEST:
+        raise Invalid(f"the change is too large for ZooKeeper ({size} bytes; at most {defaults.ZK_MAX_REQUEST})",
+                      code="too_large", details={"bytes": size})
     tx = zk.transaction()
     for op in ops:
         if op[0] == "create":

@@ -10,7 +10,6 @@ outbox, and the re-driver publishes it once the broker answers (``pvc_tasks.redr
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 import xml.etree.ElementTree as ET
 
@@ -20,6 +19,7 @@ from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 from pvc_tasks import dispatch, kinds, placement, selector, vfs
 from pvc_tasks.errors import Conflict, Invalid, NotFound
 from pvc_tasks.jobs import Job, JobState, JobStore, Op, Origin, commit, notify_parent
+from pvc_tasks.names import NAME_RULE, is_name
 from pvc_tasks.state import node_alive, node_record, node_records
 from zk_schema import Schema, SchemaError
 
@@ -28,7 +28,6 @@ __all__ = ["ACTIONS", "cancel_job", "meta_values", "parse_domain_xml", "set_meta
 
 log = logging.getLogger(__name__)
 
-VM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 MIGRATION_METHODS = ("default", "live", "shutdown")
 
 #: Action -> VM states it may start from (anything else is 409 invalid_state, with the state in the message).
@@ -52,9 +51,9 @@ def parse_domain_xml(xml: str) -> tuple[str, int, int]:
         raise Invalid(f"xml: not well-formed XML ({exc})", details={"xml": [str(exc)]}) from exc
     if root.tag != "domain":
         raise Invalid("xml: the root element must be <domain>", details={"xml": ["root element is not <domain>"]})
-    name = (root.findtext("name") or "").strip()
-    if not VM_NAME.match(name):
-        raise Invalid(f"xml: <name> {name!r} must be 1-63 letters, digits, '_', '.' or '-'",
+    name = root.findtext("name") or ""
+    if not is_name(name):
+        raise Invalid(f"xml: <name> {name!r} must be {NAME_RULE}, exactly (no spaces around it)",
                       details={"xml": ["invalid or missing <name>"]})
     memory = root.find("memory")
     try:

@@ -1,7 +1,8 @@
 """``create_app(settings)``: the Flask application factory of ``pvc-api``.
 
 Every route lives under ``/api/v1``; the OpenAPI 3 document is ``/api/v1/openapi.json`` and Swagger UI is
-``/api/v1/docs`` (both behind the token; a browser is asked for it through Basic auth).
+``/api/v1/docs`` (both behind the token; a browser is asked for it through Basic auth, which only these pages
+accept: ``pvc_web.auth``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from flask import Flask
 
 from pvc_tasks.app import configure
 from pvc_tasks.config import Settings
-from pvc_web import auth, errors
+from pvc_web import auth, errors, limits, names
 from pvc_web.blueprint import API_PREFIX, PvcApi
 from pvc_web.cluster import ClusterHandle
 from pvc_web.routes import cluster, health, jobs, nodes, sriov, vms
@@ -30,7 +31,7 @@ def create_app(settings: Settings, handle: ClusterHandle | None = None) -> Flask
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="docs",
         OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
-        MAX_CONTENT_LENGTH=2 * 1024 * 1024,
+        MAX_CONTENT_LENGTH=settings.api_max_body,
         API_SPEC_OPTIONS={
             "info": {"description": "Jobs for VM lifecycle on a pvc cluster. Authenticate with the X-Api-Key "
                                     "header. Mutations answer 202 with a Location of the job."},
@@ -46,7 +47,9 @@ def create_app(settings: Settings, handle: ClusterHandle | None = None) -> Flask
     app.extensions["pvc"] = handle
     app.extensions["pvc_settings"] = settings
     app.extensions["pvc_waiters"] = threading.BoundedSemaphore(max(1, settings.api_threads // 2))
-    auth.install(app, settings.api_tokens)
+    auth.install(app, auth.TokenTable(settings.api_tokens))
+    limits.install(app)
+    names.install(app)
     errors.register(app)
     api = PvcApi(app)
     for module in (health, cluster, nodes, vms, jobs, sriov):

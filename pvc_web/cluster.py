@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 import threading
 
-from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException
 
 from pvc_tasks.config import Settings
 from pvc_tasks.errors import Unavailable
+from pvc_tasks.zkclient import connect
 from zk_schema import Schema, SchemaError, cluster_version
 
 __all__ = ["ClusterHandle"]
@@ -27,7 +27,7 @@ class ClusterHandle:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.zk = KazooClient(hosts=settings.zookeeper, timeout=settings.zk_session_timeout)
+        self.zk = connect(settings)
         self._schema: Schema | None = None
         self._lock = threading.Lock()
         self._watching = False

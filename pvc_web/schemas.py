@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate
 
-from pvc_tasks.defaults import JOB_LIST_LIMIT
+from pvc_tasks.defaults import JOB_LIST_LIMIT, XML_MAX_BYTES
 from pvc_tasks.jobs import JobState
+from pvc_tasks.kinds import KINDS
+from pvc_tasks.names import JOB_ID, NAME, NAME_RULE
 from pvc_tasks.selector import METHODS
 from pvc_tasks.submit import ACTIONS, MIGRATION_METHODS
+
+
+def Name(**kwargs) -> fields.String:
+    """A VM, node, PF or VF name (``pvc_tasks.names``): anything else is a 400 naming the field."""
+    return fields.String(validate=validate.Regexp(NAME, error=f"must be {NAME_RULE}"), **kwargs)
+
+
+def JobId(**kwargs) -> fields.String:
+    return fields.String(validate=validate.Regexp(JOB_ID, error="must be a job id (a UUID)"), **kwargs)
+
+
+def _xml_size(value: str) -> None:
+    """Bytes, not characters: ZooKeeper's limit is in bytes, and one character may take four."""
+    size = len(value.encode())
+    if not 0 < size <= XML_MAX_BYTES:
+        raise ValidationError(f"must be 1-{XML_MAX_BYTES} bytes of UTF-8 (this is {size})")
 
 
 class ErrorSchema(Schema):
@@ -74,6 +92,7 @@ class SchemaChangeSchema(Schema):
     schema_version = fields.Integer()
     created = fields.List(fields.String(), metadata={"description": "keys created with defaults"})
     upgraded_through = fields.List(fields.Integer())
+    secured = fields.Integer(metadata={"description": "nodes that were given pvc's ACL (readable by pvc alone)"})
 
 
 class _Memory(Schema):
@@ -133,7 +152,7 @@ class NodeSchema(Schema):
 
 
 class MetaSchema(Schema):
-    node_limit = fields.List(fields.String(), metadata={"description": "nodes the VM may run on (empty: any)"})
+    node_limit = fields.List(Name(), metadata={"description": "nodes the VM may run on (empty: any)"})
     node_selector = fields.String(validate=validate.OneOf(("", *METHODS)),
                                   metadata={"description": "empty: the cluster default"})
     autostart = fields.Boolean()
@@ -162,9 +181,9 @@ class VmDetailSchema(VmSchema):
 
 
 class VmDefineSchema(Schema):
-    xml = fields.String(required=True, validate=validate.Length(min=1, max=1_000_000),
-                        metadata={"description": "libvirt domain XML"})
-    node = fields.String(metadata={"description": "target node; default: chosen by the selector"})
+    xml = fields.String(required=True, validate=_xml_size,
+                        metadata={"description": f"libvirt domain XML, at most {XML_MAX_BYTES} bytes of UTF-8"})
+    node = Name(metadata={"description": "target node; default: chosen by the selector"})
     meta = fields.Nested(MetaSchema)
 
 
@@ -175,7 +194,7 @@ class VmStateSchema(Schema):
 
 
 class MigrateSchema(Schema):
-    target = fields.String(metadata={"description": "target node; default: the VM's selector, else the cluster's"})
+    target = Name(metadata={"description": "target node; default: the VM's selector, else the cluster's"})
     method = fields.String(validate=validate.OneOf(("default", "live", "shutdown")),
                            metadata={"description": "default: the VM's migration_method"})
     force_live = fields.Boolean(load_default=False, metadata={"description": "same as method=live"})
@@ -216,6 +235,8 @@ class JobSchema(Schema):
     reason = fields.String()
     result = fields.Dict()
     parent = fields.String()
+    requested_by = fields.String(metadata={"description": "the name of the API token that asked for the job; empty "
+                                                          "when pvc created it (see parent)"})
     cancel_requested = fields.Boolean()
     revision = fields.Integer(metadata={"description": "increases on every change of the job (show only)"})
 
@@ -229,10 +250,10 @@ class JobWaitSchema(Schema):
 
 class JobQuerySchema(Schema):
     state = fields.String(validate=validate.OneOf([s.value for s in JobState]))
-    kind = fields.String()
-    parent = fields.String(metadata={"description": "children of this job (e.g. a flush's migrations)"})
-    node = fields.String()
-    vm = fields.String()
+    kind = fields.String(validate=validate.OneOf(sorted(KINDS)))
+    parent = JobId(metadata={"description": "children of this job (e.g. a flush's migrations)"})
+    node = Name()
+    vm = Name()
     limit = fields.Integer(load_default=JOB_LIST_LIMIT, validate=validate.Range(min=1, max=10_000))
 
 
@@ -285,8 +306,8 @@ class VfSchema(Schema):
 
 
 class VfQuerySchema(Schema):
-    node = fields.String()
-    pf = fields.String()
+    node = Name()
+    pf = Name()
 
 
 #: Built after the classes exist (built before them, it named only marshmallow's ``Schema``).

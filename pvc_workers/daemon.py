@@ -41,7 +41,9 @@ from pvc_tasks.config import Settings, load_settings
 from pvc_tasks.context import HypervisorError, NicError, NodeContext, install
 from pvc_tasks.jobs import commit
 from pvc_tasks.routing import CLUSTER_QUEUE, worker_hostname, worker_queues
+from pvc_tasks.secrets import check_key, seal
 from pvc_tasks.sriov import apply_all
+from pvc_tasks.zkclient import connect
 from pvc_workers import inspect  # noqa: F401 - importing registers the remote-control command pvc_domains
 from pvc_workers.election import Election
 from pvc_workers.health import check_own_bmc
@@ -98,7 +100,7 @@ def _register(zk: KazooClient, schema: Schema, settings: Settings) -> bool:
               "router_state": "secondary" if settings.coordinator else "client",
               "schema_version": str(schema.version), "hypervisor": settings.libvirt_uri,
               "ipmi.hostname": settings.ipmi_hostname, "ipmi.username": settings.ipmi_username,
-              "ipmi.password": settings.ipmi_password}
+              "ipmi.password": seal(settings.ipmi_password, settings.secret_key)}
     # Presence and the reset state in one transaction: a reader never sees this process's presence beside the
     # "run" state of a predecessor.
     ops = [("create", presence, str(os.getpid()).encode(), "ephemeral")]
@@ -129,7 +131,7 @@ class Daemon:
         self.stop = threading.Event()
         self.reexec = False
         self.election: Election | None = None
-        self.zk = KazooClient(hosts=settings.zookeeper, timeout=settings.zk_session_timeout)
+        self.zk = connect(settings)
 
     def prepare(self) -> NodeContext:
         settings = self.settings
@@ -242,7 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level,
                         format=f"%(asctime)s %(levelname)s [{settings.node or '?'}] %(name)s: %(message)s")
     logging.getLogger("kazoo").setLevel(logging.WARNING)
-    daemon = Daemon(settings)
+    try:
+        if settings.ipmi_password:
+            check_key(settings.secret_key)
+        daemon = Daemon(settings)
+    except ValueError as exc:  # MissingIdentity, SecretError: say which setting, never its value
+        print(f"pvc-worker: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         status = daemon.run()
     except StartupError as exc:

@@ -55,20 +55,24 @@ def status(client, output) -> None:
 @output_option
 @click.pass_obj
 def init(client, version, output) -> None:
-    """Create the cluster in ZooKeeper (safe to repeat: adds only missing keys)."""
+    """Create the cluster in ZooKeeper, readable by pvc's identity alone (safe to repeat: adds only missing keys
+    and puts pvc's ACL on any node that lacks it)."""
     body = {"version": version} if version is not None else {}
     emit(output, client().post("/cluster/init", body),
-         lambda r: f"cluster at schema version {r['schema_version']}; {len(r['created'])} key(s) created")
+         lambda r: f"cluster at schema version {r['schema_version']}; {len(r['created'])} key(s) created; "
+                   f"ACL set on {r['secured']} node(s)")
 
 
 @group.command("upgrade")
 @output_option
 @click.pass_obj
 def upgrade(client, output) -> None:
-    """Upgrade the ZooKeeper layout to the newest schema; workers re-exec themselves to load it."""
+    """Upgrade the ZooKeeper layout to the newest schema (workers re-exec themselves to load it) and put pvc's ACL
+    on every node of the cluster that lacks it (a cluster created before ACLs existed)."""
     emit(output, client().post("/cluster/upgrade"),
          lambda r: f"cluster at schema version {r['schema_version']}"
-                   + (f" (upgraded through {r['upgraded_through']})" if r["upgraded_through"] else " (no change)"))
+                   + (f" (upgraded through {r['upgraded_through']})" if r["upgraded_through"] else " (no change)")
+                   + f"; ACL set on {r['secured']} node(s)")
 
 
 @group.command("limits")

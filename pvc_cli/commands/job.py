@@ -15,11 +15,19 @@ def group() -> None:
     """Jobs: what they do, where, how far they got, and why they ended."""
 
 
+def _by(j: dict) -> str:
+    """Who asked: the API token's name, or pvc itself (a flush's or a fence's child job)."""
+    if j.get("requested_by"):
+        return j["requested_by"]
+    return f"pvc (job {j['parent']})" if j.get("parent") else "pvc"
+
+
 def render_job(j: dict) -> str:
     lines = [f"{k:>10}: {v}" for k, v in (("id", j["id"]), ("kind", j["kind"]), ("vm", j["vm"]), ("node", j["node"]),
                                            ("state", j["state"]), ("phase", f"{j['phase']} ({j['step']}/{j['steps']})"),
                                            ("percent", f"{j['percent']}%"), ("created", age(j["created"])),
-                                           ("finished", age(j["finished"])), ("reason", j["reason"] or "-"),
+                                           ("by", _by(j)), ("finished", age(j["finished"])),
+                                           ("reason", j["reason"] or "-"),
                                            ("result", j["result"] or "-"))]
     lines += [f"{'':>10}  {m['text']}" for m in j.get("messages") or []]
     return "\n".join(lines)
@@ -39,7 +47,8 @@ def list_jobs(client, state, kind, node, vm, limit, output) -> None:
     emit(output, jobs, lambda rows: table(rows, [
         ("ID", lambda j: j["id"]), ("KIND", lambda j: j["kind"]), ("VM", lambda j: j["vm"]),
         ("NODE", lambda j: j["node"]), ("STATE", lambda j: j["state"]), ("%", lambda j: j["percent"]),
-        ("CREATED", lambda j: age(j["created"])), ("REASON", lambda j: j["reason"][:60])]))
+        ("CREATED", lambda j: age(j["created"])), ("BY", lambda j: j.get("requested_by") or "pvc"),
+        ("REASON", lambda j: j["reason"][:60])]))
 
 
 @group.command("show")

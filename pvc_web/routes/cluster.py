@@ -24,6 +24,7 @@ from pvc_web.schemas import (
 )
 from pvc_web.views import faults_view, next_steps
 from zk_schema import SchemaError, available_versions, init_cluster, upgrade_to_latest
+from zk_schema.acl import secure_tree
 
 PREFIX = "/cluster"
 blp = Blueprint("cluster", __name__, description="Cluster status, creation, schema upgrades, limits, maintenance")
@@ -70,25 +71,29 @@ def status():
 @blp.arguments(ClusterInitSchema, required=False)
 @blp.response(200, SchemaChangeSchema)
 def init(args: dict):
-    """Create the cluster's keys (idempotent: on an existing cluster, adds only missing keys)."""
+    """Create the cluster's keys, readable by pvc's ZooKeeper identity alone (idempotent: on an existing cluster,
+    adds only missing keys and puts pvc's ACL where it is missing)."""
     h = handle()
     try:
         schema, created = init_cluster(h.zk, args.get("version"))
     except SchemaError as exc:
         raise Invalid(f"version: {exc}", details={"version": [str(exc)]}) from exc
+    secured = secure_tree(h.zk, h.zk.default_acl)
     h.refresh()
-    return {"schema_version": schema.version, "created": created, "upgraded_through": []}
+    return {"schema_version": schema.version, "created": created, "upgraded_through": [], "secured": secured}
 
 
 @blp.route("/upgrade", methods=["POST"])
 @blp.response(200, SchemaChangeSchema)
 def upgrade():
-    """Upgrade the cluster's ZooKeeper layout to the newest schema, one version at a time; workers re-exec."""
+    """Upgrade the cluster's ZooKeeper layout to the newest schema, one version at a time (workers re-exec), and
+    put pvc's ACL on every node that lacks it."""
     h = handle()
     h.schema  # noqa: B018 - 503 when no cluster exists yet
     steps = upgrade_to_latest(h.zk)
+    secured = secure_tree(h.zk, h.zk.default_acl)
     schema = h.refresh()
-    return {"schema_version": schema.version, "created": [], "upgraded_through": steps}
+    return {"schema_version": schema.version, "created": [], "upgraded_through": steps, "secured": secured}
 
 
 @blp.route("/limits", methods=["PUT"])

@@ -34,14 +34,18 @@ def test_missing_or_wrong_token_is_401(cluster, headers, unchanged):
         r = requests.request(method, f"{cluster.api_url}/api/v1{path}", headers=headers, json={}, timeout=5)
         body = assert_error(r, 401, "unauthorised")
         assert cluster.token not in body["message"]
-        assert r.headers["WWW-Authenticate"].startswith("Basic")
+        docs = path == "/openapi.json" and method == "get"
+        assert r.headers["WWW-Authenticate"].startswith("Basic" if docs else "ApiKey")
 
 
-def test_health_is_open_and_basic_auth_works(cluster):
-    """Health needs no token; a browser may send the token as the Basic password."""
+def test_health_is_open_and_basic_auth_opens_only_the_docs(cluster):
+    """Health needs no token; a browser may send the token as the Basic password, for the documentation only."""
     assert requests.get(f"{cluster.api_url}/api/v1/health", timeout=5).json()["status"] == "ok"
+    for path in ("/openapi.json", "/docs"):
+        r = requests.get(f"{cluster.api_url}/api/v1{path}", auth=("anyone", cluster.token), timeout=5)
+        assert r.status_code == 200, path
     r = requests.get(f"{cluster.api_url}/api/v1/nodes", auth=("anyone", cluster.token), timeout=5)
-    assert r.status_code == 200
+    assert "X-Api-Key" in assert_error(r, 401, "unauthorised")["message"]
 
 
 @pytest.mark.parametrize("path,code", [("/vms/nope", "vm_not_found"), ("/nodes/nope", "node_not_found"),

@@ -1,0 +1,33 @@
+"""The one way a pvc process opens ZooKeeper: authenticated as pvc's identity, creating nodes only it can read.
+
+``connect(settings)`` returns an unstarted ``KazooClient`` whose ``auth_data`` is the digest identity of the
+``zookeeper_auth`` setting and whose ``default_acl`` gives that identity alone every right (``zk_schema.acl``).
+A process without the setting does not start: a pvc client that could create world-readable nodes would undo
+the ACLs for every key it writes.
+"""
+
+from __future__ import annotations
+
+from kazoo.client import KazooClient
+
+from pvc_tasks.config import Settings
+from zk_schema.acl import acl_for, parse_identity
+
+__all__ = ["MissingIdentity", "connect"]
+
+
+class MissingIdentity(ValueError):
+    """``zookeeper_auth`` is not set (or not ``user:password``)."""
+
+
+def connect(settings: Settings, *, timeout: float | None = None) -> KazooClient:
+    if not settings.zookeeper_auth:
+        raise MissingIdentity("zookeeper_auth is not set: every pvc process authenticates to ZooKeeper as "
+                              "'user:password' (PVC_ZOOKEEPER_AUTH or the config file; docs/security.md)")
+    try:
+        parse_identity(settings.zookeeper_auth)
+    except ValueError as exc:
+        raise MissingIdentity(str(exc)) from None
+    return KazooClient(hosts=settings.zookeeper, timeout=timeout or settings.zk_session_timeout,
+                       auth_data=[("digest", settings.zookeeper_auth)],
+                       default_acl=acl_for(settings.zookeeper_auth))

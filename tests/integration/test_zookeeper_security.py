@@ -1,0 +1,75 @@
+"""ZooKeeper is readable and writable by pvc's identity alone, and the IPMI passwords in it are sealed."""
+
+import pytest
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoAuthError, NoNodeError
+from kazoo.security import OPEN_ACL_UNSAFE
+
+from pvc_dev.bmc import BMC_PASSWORD
+from pvc_dev.invariants import zk_snapshot
+from pvc_tasks.secrets import PREFIX, SecretError, new_key, unseal
+
+
+@pytest.fixture
+def outsider(cluster):
+    """A kazoo client on the cluster's tree that does not authenticate (anyone on the network)."""
+    zk = KazooClient(hosts=cluster.zk_hosts, timeout=10)
+    zk.start(timeout=15)
+    yield zk
+    zk.stop()
+    zk.close()
+
+
+def _denied(call) -> bool:
+    """True when ZooKeeper refused ``call`` for want of rights (or the node was deleted meanwhile: a lock, a job)."""
+    try:
+        call()
+    except (NoAuthError, NoNodeError):
+        return True
+    return False
+
+
+def test_an_unauthenticated_client_reads_and_writes_nothing(cluster, outsider):
+    """Every znode of the cluster (the chroot included) refuses an unauthenticated reader and writer."""
+    schema = cluster.schema
+    paths = sorted(zk_snapshot(cluster.zk))
+    assert len(paths) > 100 and "/" in paths
+    readable = [p for p in paths if not _denied(lambda p=p: outsider.get(p))]
+    listable = [p for p in paths if not _denied(lambda p=p: outsider.get_children(p))]
+    assert readable == [] and listable == []
+    maintenance = schema.path("base.config.maintenance")
+    xml_parent = schema.path("domain", "any-vm").rsplit("/", 1)[0]
+    assert _denied(lambda: outsider.set(maintenance, b"true"))
+    assert _denied(lambda: outsider.create(f"{xml_parent}/intruder", b"<domain/>"))
+    assert _denied(lambda: outsider.create("/intruder", b""))
+    assert _denied(lambda: outsider.delete(schema.path("base.config.maintenance")))
+    assert _denied(lambda: outsider.set_acls(maintenance, OPEN_ACL_UNSAFE))
+    assert cluster.zk.get(maintenance)[0] in (b"true", b"false")
+
+
+def test_the_ipmi_password_is_sealed_with_a_key_that_is_not_in_zookeeper(cluster):
+    """pvc itself reads the stored password only as a sealed token; the workers' key opens it, another key fails."""
+    stored = cluster.zk.get(cluster.schema.path("node.ipmi.password", "hv1"))[0].decode()
+    assert stored.startswith(PREFIX) and BMC_PASSWORD not in stored
+    assert unseal(stored, cluster.secret_key) == BMC_PASSWORD
+    with pytest.raises(SecretError, match="another secret_key"):
+        unseal(stored, new_key())
+    every_value = b"".join(zk_snapshot(cluster.zk).values())
+    assert BMC_PASSWORD.encode() not in every_value and cluster.secret_key.encode() not in every_value
+
+
+def test_upgrade_puts_the_acl_on_a_cluster_created_open(cluster, api, outsider):
+    """A tree created before ACLs existed (world-readable) is closed by ``pvc cluster upgrade``; repeating it
+    changes nothing."""
+    opened = sorted(zk_snapshot(cluster.zk))
+    for path in opened:
+        try:
+            cluster.zk.set_acls(path, OPEN_ACL_UNSAFE)
+        except NoNodeError:
+            pass
+    assert outsider.get(cluster.schema.path("base.config.maintenance"))
+    r = api.post(f"{api.base}/cluster/upgrade")
+    assert r.status_code == 200, r.text
+    assert r.json()["secured"] >= len(opened) - 5  # a few (locks, ephemeral) may have gone meanwhile
+    assert [p for p in opened if not _denied(lambda p=p: outsider.get(p))] == []
+    assert api.post(f"{api.base}/cluster/upgrade").json()["secured"] == 0
