@@ -34,6 +34,7 @@ setup(
             "pvc=pvc_cli.main:cli",
             "pvc-worker=pvc_workers.daemon:main",
             "pvc-api=pvc_web.server:main",
+            "pvc-flower=pvc_web.flower:main",
             "pvc-dev=pvc_dev.cli:main",
         ]
     },

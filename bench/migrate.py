@@ -53,7 +53,8 @@ def migrate(s, base: str, vm: str, target: str) -> float:
 
 def baseline(cluster: LocalCluster, rounds: int, writes: int, workdir: Path) -> list[float]:
     redis_db = cluster.redis_url.rsplit("/", 1)[0] + "/15"
-    env = {"BENCH_REDIS": redis_db, "BENCH_ZOOKEEPER": cluster.zk_hosts, "PYTHONPATH": str(ROOT)}
+    env = {"BENCH_REDIS": redis_db, "BENCH_ZOOKEEPER": cluster.zk_hosts, "BENCH_ZOOKEEPER_AUTH": cluster.zookeeper_auth,
+           "PYTHONPATH": str(ROOT)}
     os.environ.update(env)
     celery = str(Path(sys.executable).with_name("celery"))
     workers = [Service(f"bench-{q}", [celery, "-A", "bench.noop_app", "worker", "--pool", "threads",

@@ -13,6 +13,8 @@ import threading
 from celery import Celery
 from kazoo.client import KazooClient
 
+from zk_schema.acl import acl_for
+
 app = Celery("bench", broker=os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/15"),
              backend=os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/15"))
 app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"],
@@ -26,7 +28,10 @@ def _zookeeper() -> KazooClient:
     global _zk
     with _zk_lock:
         if _zk is None:
-            _zk = KazooClient(hosts=os.environ["BENCH_ZOOKEEPER"])
+            # Authenticated as pvc is (the cluster's chroot admits nobody else), with the same ACL on its node.
+            identity = os.environ["BENCH_ZOOKEEPER_AUTH"]
+            _zk = KazooClient(hosts=os.environ["BENCH_ZOOKEEPER"], auth_data=[("digest", identity)],
+                              default_acl=acl_for(identity))
             _zk.start()
             _zk.ensure_path("/bench")
         return _zk

@@ -355,13 +355,13 @@ def start_api(env: dict[str, str], workdir: Path, port: int | None = None) -> Se
 
 
 def start_flower(broker: str, user: str, password: str, workdir: Path) -> Service:
-    """Flower behind basic auth, listening to the workers' events on ``broker``. The broker URL and the password
-    go through the environment (Celery's ``CELERY_BROKER_URL``, Flower's ``FLOWER_BASIC_AUTH``): argv is visible
-    to every user of the machine."""
+    """``pvc-flower`` (Flower behind basic auth, ``/metrics`` included, its control API off), listening to the
+    workers' events on ``broker``. The broker URL and the password go through the environment (Celery's
+    ``CELERY_BROKER_URL``, Flower's ``FLOWER_BASIC_AUTH``): argv is visible to every user of the machine."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    argv = [_bin("celery"), "-A", "pvc_tasks.app", "flower", "--address=127.0.0.1", f"--port={port}",
-            "--persistent=False", f"--db={workdir / 'flower.db'}"]
+    argv = [_bin("pvc-flower"), "--address=127.0.0.1", f"--port={port}", "--persistent=False",
+            f"--db={workdir / 'flower.db'}"]
     env = {"CELERY_BROKER_URL": broker, "FLOWER_BASIC_AUTH": f"{user}:{password}"}
     svc = Service("flower", argv, workdir / "flower.log", env=env, port=port, url=f"http://127.0.0.1:{port}")
     return _await(svc, lambda: urllib.request.urlopen(f"{svc.info['url']}/healthcheck", timeout=2), 30,

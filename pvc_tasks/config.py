@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pvc_tasks import defaults
+from pvc_tasks.xml_policy import XmlPolicy
 
 __all__ = ["BROKER_SCHEMES", "Settings", "load_settings"]
 
@@ -88,6 +89,19 @@ class Settings:
     api_idle_timeout: float = defaults.API_IDLE_TIMEOUT
     api_request_timeout: float = defaults.API_REQUEST_TIMEOUT
     api_max_body: int = defaults.API_MAX_BODY
+    #: The VM XML policy (``pvc_tasks.xml_policy``): what a define may ask of the hypervisors.
+    xml_allowed_paths: list[str] = field(default_factory=lambda: list(defaults.XML_ALLOWED_PATHS))
+    xml_allowed_emulators: list[str] = field(default_factory=lambda: list(defaults.XML_ALLOWED_EMULATORS))
+    xml_allowed_protocols: list[str] = field(default_factory=lambda: ["rbd"])
+    xml_allowed_pools: list[str] = field(default_factory=list)
+    xml_allow_qemu_namespace: bool = False
+    xml_allow_hostdev: bool = False
+
+    @property
+    def xml_policy(self) -> XmlPolicy:
+        return XmlPolicy(tuple(self.xml_allowed_paths), tuple(self.xml_allowed_emulators),
+                         tuple(self.xml_allowed_protocols), tuple(self.xml_allowed_pools),
+                         self.xml_allow_qemu_namespace, self.xml_allow_hostdev)
     api_tokens: list[str] = field(default_factory=list, repr=False)
 
     @property

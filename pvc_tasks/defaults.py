@@ -140,6 +140,11 @@ API_JSON_DEPTH = 32
 #: Largest VM XML in UTF-8 bytes: with the rest of the define transaction it stays far below ZooKeeper's
 #: ``jute.maxbuffer`` (1 MiB by default), the largest request a server accepts.
 XML_MAX_BYTES = 512 * 1024
+#: Where a VM's XML may point on a host (disk images, firmware, NVRAM); see pvc_tasks.xml_policy.
+XML_ALLOWED_PATHS = ("/var/lib/libvirt/images", "/var/lib/libvirt/qemu/nvram", "/usr/share/OVMF", "/usr/share/qemu",
+                     "/usr/share/seabios")
+#: The QEMU binaries a VM's ``<emulator>`` may name (Debian, Ubuntu, RHEL).
+XML_ALLOWED_EMULATORS = ("/usr/bin/qemu-system-x86_64", "/usr/bin/kvm", "/usr/bin/qemu-kvm", "/usr/libexec/qemu-kvm")
 #: Largest ZooKeeper transaction pvc sends (bytes of data, plus paths): a bigger one would make the server drop
 #: the connection, and with it every request in flight on the shared session (``pvc_tasks.jobs.commit``).
 ZK_MAX_REQUEST = 1000 * 1024

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import uuid
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
@@ -20,7 +21,8 @@ from pvc_tasks import dispatch, kinds, placement, selector, vfs
 from pvc_tasks.errors import Conflict, Invalid, NotFound
 from pvc_tasks.jobs import Job, JobState, JobStore, Op, Origin, commit, notify_parent
 from pvc_tasks.names import NAME_RULE, is_name
-from pvc_tasks.state import node_alive, node_record, node_records
+from pvc_tasks.state import domain_records_matching, node_alive, node_record, node_records, vf_records
+from pvc_tasks.xml_policy import XmlPolicy, violations
 from zk_schema import Schema, SchemaError
 
 __all__ = ["ACTIONS", "cancel_job", "meta_values", "parse_domain_xml", "set_meta", "submit_define", "submit_vm_action",
@@ -29,6 +31,8 @@ __all__ = ["ACTIONS", "cancel_job", "meta_values", "parse_domain_xml", "set_meta
 log = logging.getLogger(__name__)
 
 MIGRATION_METHODS = ("default", "live", "shutdown")
+#: Rounds a define decides again after a racing change (another define, a VF claim, a flush of its node).
+DEFINE_ATTEMPTS = 5
 
 #: Action -> VM states it may start from (anything else is 409 invalid_state, with the state in the message).
 ACTIONS = {
@@ -153,40 +157,65 @@ def _choose_node(zk: KazooClient, schema: Schema, memory_mib: int, meta: dict, u
 
 
 def submit_define(zk: KazooClient, schema: Schema, xml: str, node: str | None = None,
-                  meta: dict | None = None, origin: Origin | None = None) -> Job:
-    """Create VM + define job in one transaction and enqueue it on the chosen node."""
+                  meta: dict | None = None, origin: Origin | None = None, policy: XmlPolicy | None = None) -> Job:
+    """Create VM + define job in one transaction and enqueue it on the chosen node.
+
+    The XML must pass ``policy`` (``pvc_tasks.xml_policy``; the default policy when None) and its UUID must be
+    new to the cluster. The transaction bumps the version of the VM directory (``base.domain``), which every
+    define reads before it looks for its UUID: of two defines racing with one UUID, the second fails its version
+    check, decides again and finds the first's VM."""
     meta = meta or {}
     name, memory_mib, vcpus = parse_domain_xml(xml)
+    _check_policy(zk, schema, xml, policy or XmlPolicy())
     xml, vm_uuid = with_uuid(xml)
     values = meta_values(zk, schema, meta)
-    if zk.exists(schema.path("domain", name)) is not None:
-        raise Conflict(f"a VM named {name} already exists", code="vm_exists", details={"vm": name})
-    per_node = vfs.for_define(zk, schema, xml, [n["name"] for n in node_records(zk, schema)])
-    if node:
-        if zk.exists(schema.path("node", node)) is None:
-            raise Invalid(f"node: no node named {node!r}", details={"node": [f"unknown node {node!r}"]})
-        _require_ready(zk, schema, node)
-        if isinstance(per_node.get(node), Conflict):
-            raise per_node[node]
-    else:
-        node = _choose_node(zk, schema, memory_mib, meta, [n for n, v in per_node.items() if isinstance(v, Conflict)])
-    found = per_node.get(node) or []
-    job = Job.new("define", name, node, {}, stage=kinds.get("define").first, origin=origin)
-    values.update(xml=xml, uuid=vm_uuid, node=node, state="defining", memory=str(memory_mib), vcpus=str(vcpus),
-                  active_job=job.id)
-    ops = [("create", path, data) for path, data in schema.create_ops("domain", name, values=values)]
-    store = JobStore(zk, schema)
-    # The VFs it names are marked used by it in the same transaction (version-checked, see pvc_tasks.vfs).
-    claims = vfs.claim_ops(zk, schema, node, name, found)
-    try:
-        commit(zk, ops + claims + [store.create_op(job), placement.still_ready_op(zk, schema, node)])
-    except NodeExistsError as exc:
-        raise Conflict(f"a VM named {name} already exists", code="vm_exists", details={"vm": name}) from exc
-    except BadVersionError as exc:
-        placement.still_ready_op(zk, schema, node)  # node_not_ready when a flush of the node won the race
-        raise Conflict(f"a VF that VM {name} names was taken at the same moment; retry", code="vf_in_use") from exc
-    dispatch.publish(job)
-    return job
+    for _attempt in range(DEFINE_ATTEMPTS):
+        directory = zk.exists(schema.path("base.domain"))
+        if zk.exists(schema.path("domain", name)) is not None:
+            raise Conflict(f"a VM named {name} already exists", code="vm_exists", details={"vm": name})
+        twin = domain_records_matching(zk, schema, ["uuid"], lambda r: r["uuid"] == vm_uuid, only=["uuid"])
+        if twin:
+            raise Conflict(f"VM {twin[0]['name']} already has UUID {vm_uuid}; give this VM another <uuid> (or none: "
+                           f"one is generated)", code="uuid_exists", details={"vm": twin[0]["name"], "uuid": vm_uuid})
+        per_node = vfs.for_define(zk, schema, xml, [n["name"] for n in node_records(zk, schema)])
+        chosen = node
+        if chosen:
+            if zk.exists(schema.path("node", chosen)) is None:
+                raise Invalid(f"node: no node named {chosen!r}", details={"node": [f"unknown node {chosen!r}"]})
+            _require_ready(zk, schema, chosen)
+            if isinstance(per_node.get(chosen), Conflict):
+                raise per_node[chosen]
+        else:
+            chosen = _choose_node(zk, schema, memory_mib, meta,
+                                  [n for n, v in per_node.items() if isinstance(v, Conflict)])
+        found = per_node.get(chosen) or []
+        job = Job.new("define", name, chosen, {}, stage=kinds.get("define").first, origin=origin)
+        record = dict(values, xml=xml, uuid=vm_uuid, node=chosen, state="defining", memory=str(memory_mib),
+                      vcpus=str(vcpus), active_job=job.id)
+        ops = [("create", path, data) for path, data in schema.create_ops("domain", name, values=record)]
+        # The VFs it names are marked used by it in the same transaction (version-checked, see pvc_tasks.vfs).
+        claims = vfs.claim_ops(zk, schema, chosen, name, found)
+        try:
+            commit(zk, ops + claims + [JobStore(zk, schema).create_op(job),
+                                       placement.still_ready_op(zk, schema, chosen),
+                                       ("set", schema.path("base.domain"), b"", directory.version)])
+        except NodeExistsError as exc:
+            raise Conflict(f"a VM named {name} already exists", code="vm_exists", details={"vm": name}) from exc
+        except BadVersionError:
+            continue  # another define, a VF claim or a flush of the node committed first: decide again
+        dispatch.publish(job)
+        return job
+    raise Conflict(f"VM {name}: other defines kept changing the cluster; retry", code="busy")
+
+
+def _check_policy(zk: KazooClient, schema: Schema, xml: str, policy: XmlPolicy) -> None:
+    if "hostdev" in xml:  # which PCI addresses are the cluster's VFs (the only host devices allowed by default)
+        addresses = {vfs.pci_of_record(r) for r in vf_records(zk, schema, only=vfs.PCI_KEYS)}
+        policy = replace(policy, vf_addresses=frozenset(a for a in addresses if a))
+    problems = violations(ET.fromstring(xml), policy)
+    if problems:
+        raise Invalid(f"xml: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
+                      code="xml_not_allowed", details={"xml": problems})
 
 
 def _refuse_start_on_drained(zk: KazooClient, schema: Schema, vm: str, node: str) -> None:

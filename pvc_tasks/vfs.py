@@ -34,8 +34,9 @@ from pvc_tasks.placement import choose_target, read_reserved
 from pvc_tasks.state import VF_USE_KEYS, delete_tree_ops, vf_records
 from zk_schema import Schema
 
-__all__ = ["Placement", "VfUse", "claim_ops", "commit_ops", "for_define", "hostdev_names", "place", "plan",
-           "release_ops", "remove_vm_ops", "reserved_names", "rewrite", "uses", "vm_uses"]
+__all__ = ["PCI_KEYS", "Placement", "VfUse", "claim_ops", "commit_ops", "for_define", "hostdev_names",
+           "pci_of_record", "place", "plan", "release_ops", "remove_vm_ops", "reserved_names", "rewrite", "uses",
+           "vm_uses"]
 
 _PCI = ("domain", "bus", "slot", "function")
 ET.register_namespace("qemu", "http://libvirt.org/schemas/domain/qemu/1.0")
@@ -63,7 +64,12 @@ def _pci_of(element: ET.Element | None) -> tuple[int, ...] | None:
         return None
 
 
-def _vf_pci(record: dict) -> tuple[int, ...] | None:
+#: The keys of a VF record that hold its PCI address.
+PCI_KEYS = tuple(f"pci.{a}" for a in _PCI)
+
+
+def pci_of_record(record: dict) -> tuple[int, ...] | None:
+    """A VF record's PCI address (domain, bus, slot, function), None when it has none."""
     try:
         return tuple(int(record.get(f"pci.{a}") or "", 0) for a in _PCI)
     except ValueError:
@@ -87,7 +93,7 @@ def _devices(root: ET.Element):
 def uses(xml: str, node_vfs: list[dict]) -> list[VfUse]:
     """The VFs of a node (``node_vfs``: its VF records) that the domain XML names, in document order."""
     by_name = {r["name"]: r for r in node_vfs}
-    by_pci = {_vf_pci(r): r for r in node_vfs}
+    by_pci = {pci_of_record(r): r for r in node_vfs}
     found = []
     for mode, _element, dev, pci in _devices(ET.fromstring(xml)):
         record = by_name.get(dev or "") if mode == "macvtap" else by_pci.get(pci)
@@ -160,7 +166,7 @@ def rewrite(xml: str, found: list[VfUse], mapping: dict[str, str], target_vfs: l
     """The XML with each used VF replaced by its mapped target VF (macvtap: source dev; hostdev: PCI address)."""
     root = ET.fromstring(xml)
     by_name = {r["name"]: r for r in target_vfs}
-    source_pci = {_vf_pci(u.vf): u.name for u in found if u.mode == "hostdev"}
+    source_pci = {pci_of_record(u.vf): u.name for u in found if u.mode == "hostdev"}
     for mode, element, dev, pci in _devices(root):
         if mode == "macvtap" and dev in mapping:
             element.set("dev", by_name[mapping[dev]]["name"])

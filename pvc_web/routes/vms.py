@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from flask import current_app
+
 from pvc_tasks.migration_submit import submit_migration
 from pvc_tasks.state import domain_record, domain_records
 from pvc_tasks.submit import set_meta, submit_define, submit_vm_action
@@ -36,9 +38,12 @@ def list_vms():
 @blp.alt_response(409, description="a VM of that name exists, the node is not available, or nothing fits")
 @idempotent
 def define_vm(args: dict):
-    """Define a VM from libvirt XML on ``node`` or on the node the selector picks."""
+    """Define a VM from libvirt XML on ``node`` or on the node the selector picks. The XML must pass the API's
+    XML policy (400 ``xml_not_allowed`` naming each offending element: host paths outside the allowed directories,
+    ``qemu:`` elements, host devices that are not the cluster's VFs) and its UUID must be new (409 ``uuid_exists``)."""
     h = handle()
-    job = submit_define(h.zk, h.schema, args["xml"], args.get("node"), args.get("meta"), origin=origin())
+    job = submit_define(h.zk, h.schema, args["xml"], args.get("node"), args.get("meta"), origin=origin(),
+                        policy=current_app.extensions["pvc_settings"].xml_policy)
     return accepted(job_view(job))
 
 

@@ -50,3 +50,18 @@ def test_flower_shows_each_migration_step_on_its_nodes_worker(cluster, api, vm_n
 
     found = wait_until(steps, 30, "Flower to record the four steps")
     assert {name: task["worker"] for name, task in found.items()} == expected
+
+
+def test_flower_metrics_need_the_credentials_and_its_control_api_is_off(cluster):
+    """``/metrics`` asks for the credentials; shutting a worker down or sending a task through Flower is refused
+    (403) even with them, and the worker keeps running."""
+    flower = cluster.start_flower()
+    url, auth = flower.info["url"], (cluster.flower_user, cluster.flower_password)
+    assert requests.get(f"{url}/metrics", timeout=5).status_code == 401
+    assert requests.get(f"{url}/metrics", auth=auth, timeout=5).status_code == 200
+    for path in ("/api/worker/shutdown/pvc@hv1", "/api/worker/queue/cancel-consumer/pvc@hv1?queue=node.hv1",
+                 "/api/task/async-apply/pvc.vm.stop"):
+        r = requests.post(f"{url}{path}", auth=auth, json={}, timeout=10)
+        assert r.status_code == 403 and "read-only" in r.text, (path, r.status_code, r.text)
+    assert requests.get(f"{url}/api/workers", auth=auth, timeout=10).status_code == 200
+    assert cluster.workers["hv1"].alive()

@@ -1,5 +1,7 @@
 """Names that are not names, wherever a client can put them, get a 4xx with the error shape and change nothing."""
 
+import threading
+import uuid
 from urllib.parse import quote
 
 import pytest
@@ -66,3 +68,58 @@ def test_a_bad_name_is_named_in_the_answer(api):
     assert "node" in body["details"] and "letters, digits" in body["message"]
     body = assert_error(api.post(f"{api.base}/vms/x/migrate", json={"target": "a/b"}), 400, "invalid_request")
     assert "target" in body["details"]
+
+
+@pytest.mark.parametrize("device,where", [
+    ("<disk type='file' device='disk'><source file='/etc/shadow'/><target dev='vda'/></disk>", "@file"),
+    ("<disk type='block' device='disk'><source dev='/dev/sda'/><target dev='vda'/></disk>", "@dev"),
+    ("<hostdev mode='subsystem' type='pci'><source><address domain='0' bus='0x3b' slot='0' function='0'/></source>"
+     "</hostdev>", "hostdev[1]"),
+    ("<emulator>/bin/sh</emulator>", "emulator[1]"),
+], ids=["shadow", "raw-disk", "pci-not-a-vf", "emulator"])
+def test_xml_asking_for_the_host_is_refused(api, vm_name, device, where, unchanged):  # noqa: F811
+    """XML that points libvirt at host files, disks, devices or programs is a 400 naming the element."""
+    xml = domain_xml(vm_name, 64).replace("</domain>", f"<devices>{device}</devices></domain>")
+    body = assert_error(api.post(f"{api.base}/vms", json={"xml": xml}), 400, "xml_not_allowed")
+    assert any(where in problem for problem in body["details"]["xml"]), body
+
+
+def test_qemu_commandline_is_refused(api, vm_name, unchanged):  # noqa: F811
+    """``qemu:commandline`` would run anything as QEMU: refused by default."""
+    xml = domain_xml(vm_name, 64).replace(
+        "<domain type='test'>", "<domain type='test' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>"
+    ).replace("</domain>", "<qemu:commandline><qemu:arg value='-boot'/></qemu:commandline></domain>")
+    body = assert_error(api.post(f"{api.base}/vms", json={"xml": xml}), 400, "xml_not_allowed")
+    assert "qemu:commandline" in body["message"]
+
+
+def test_a_uuid_is_unique_in_the_cluster(cluster, api, vm_name):
+    """A second VM with a UUID the cluster knows is refused; of defines racing with one new UUID exactly one wins."""
+    taken = str(uuid.uuid4())
+    with_uuid = lambda name, u: domain_xml(name, 64).replace("</name>", f"</name><uuid>{u}</uuid>")  # noqa: E731
+    first = api.post(f"{api.base}/vms", json={"xml": with_uuid(vm_name, taken), "node": "hv1"})
+    assert first.status_code == 202, first.text
+    cluster.wait_job(first.json()["id"])
+    body = assert_error(api.post(f"{api.base}/vms", json={"xml": with_uuid(vm_name + "b", taken)}), 409,
+                        "uuid_exists")
+    assert body["details"]["vm"] == vm_name
+    fresh, barrier = str(uuid.uuid4()), threading.Barrier(4)
+    answers: list = [None] * 4
+
+    def define(i: int) -> None:
+        session = cluster.session()
+        barrier.wait(30)
+        answers[i] = session.post(f"{api.base}/vms", json={"xml": with_uuid(f"{vm_name}r{i}", fresh)}, timeout=60)
+
+    threads = [threading.Thread(target=define, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    codes = sorted(r.status_code for r in answers)
+    assert codes == [202, 409, 409, 409], [r.text for r in answers]
+    winner = next(r.json() for r in answers if r.status_code == 202)
+    cluster.wait_job(winner["id"])
+    assert [r.json()["error"] for r in answers if r.status_code == 409] == ["uuid_exists"] * 3
+    for name in (vm_name, winner["vm"]):
+        cluster.wait_job(api.delete(f"{api.base}/vms/{name}").json()["id"])

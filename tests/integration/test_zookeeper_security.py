@@ -1,5 +1,9 @@
 """ZooKeeper is readable and writable by pvc's identity alone, and the IPMI passwords in it are sealed."""
 
+import socket
+import stat
+from pathlib import Path
+
 import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError, NoNodeError
@@ -73,3 +77,24 @@ def test_upgrade_puts_the_acl_on_a_cluster_created_open(cluster, api, outsider):
     assert r.json()["secured"] >= len(opened) - 5  # a few (locks, ephemeral) may have gone meanwhile
     assert [p for p in opened if not _denied(lambda p=p: outsider.get(p))] == []
     assert api.post(f"{api.base}/cluster/upgrade").json()["secured"] == 0
+
+
+def _four_letter(port: int, word: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(word)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    return answer
+
+
+def test_the_server_keeps_its_data_private_and_tells_strangers_little(cluster):
+    """The data directory (snapshots, transaction log) is 0700; of the four-letter words only ruok and srvr are
+    answered."""
+    server = cluster.zookeeper
+    workdir = Path(server.log_path).parent
+    assert stat.S_IMODE(workdir.stat().st_mode) == 0o700 and stat.S_IMODE((workdir / "data").stat().st_mode) == 0o700
+    port = int(server.info["port"])
+    assert _four_letter(port, b"ruok") == b"imok" and b"Zxid" in _four_letter(port, b"srvr")
+    for word in (b"envi", b"conf", b"cons", b"dump", b"wchp", b"mntr"):
+        assert b"not in the whitelist" in _four_letter(port, word), word
