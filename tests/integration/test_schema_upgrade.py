@@ -3,7 +3,13 @@
 from pvc_dev.cluster import domain_xml
 from pvc_dev.services import wait_until
 from pvc_tasks.jobs import commit
+from pvc_tasks.secrets import unseal
 from zk_schema import Schema
+
+
+def opened(c, stored: str) -> str:
+    """A stored IPMI value as the fencer reads it (the password is sealed with the workers' key)."""
+    return unseal(stored, c.secret_key)
 
 
 def test_upgrade_from_0_keeps_every_value_and_workers_reexec(make_cluster):
@@ -29,13 +35,14 @@ def test_upgrade_from_0_keeps_every_value_and_workers_reexec(make_cluster):
     c.start(schema_version=0, seed=seed)
     assert c.zk.get(Schema.load(0).path("node.schema_version", "hv1"))[0] == b"0"
     for key, value in node_values.items():  # the workers registered their IPMI settings at the v0 paths
-        assert c.zk.get(v0.path(f"node.{key}", "hv2"))[0].decode() == value
+        assert opened(c, c.zk.get(v0.path(f"node.{key}", "hv2"))[0].decode()) == value
     pids = {n: w.pid for n, w in c.workers.items()}
 
     s = c.session()
     r = s.post(f"{c.api_url}/api/v1/cluster/upgrade")
     assert r.status_code == 200, r.text
-    assert r.json() == {"schema_version": 6, "created": [], "upgraded_through": [1, 2, 3, 4, 5, 6]}
+    # secured 0: every node was created with pvc's ACL already (kazoo's default_acl), the chroot included.
+    assert r.json() == {"schema_version": 6, "created": [], "upgraded_through": [1, 2, 3, 4, 5, 6], "secured": 0}
 
     # Where each v0 value must be now, written out by hand from the version files (not derived from the upgrade
     # code under test): meta moved under /meta, node_autostart became meta/autostart, the console log was dropped,
@@ -59,7 +66,7 @@ def test_upgrade_from_0_keeps_every_value_and_workers_reexec(make_cluster):
         assert c.zk.get(f"/domains/{name}/meta/shutdown_force")[0] == b""  # v6: follow the cluster's setting
     for key, value in node_values.items():
         field = key.split(".")[1]
-        assert c.zk.get(f"/nodes/hv2/ipmi/{field}")[0].decode() == value
+        assert opened(c, c.zk.get(f"/nodes/hv2/ipmi/{field}")[0].decode()) == value
         assert not c.zk.exists(f"/nodes/hv2/ipmi{field}")
     v1 = Schema.latest()  # the layout the cluster is on now
     assert v1.version == 6 and v1.missing(c.zk) == []
