@@ -128,6 +128,8 @@ class LocalCluster:
     zookeeper: Service | Ensemble | None = None  # shared server (tests); None: start our own
     #: Servers of our own ZooKeeper when we start one: 1, or 3 for an ensemble (``zookeeper_ensemble``).
     zookeeper_servers: int = 1
+    #: Our own ZooKeeper server speaks TLS (a throwaway CA); every client of the cluster connects with it.
+    zookeeper_tls: bool = False
     #: The Celery broker: ``redis`` (we start one) or ``rabbitmq`` (no Redis then): a private RabbitMQ server we
     #: start, or ``vhost`` of ``shared_rabbitmq``, a server of the test session (never restarted by a cluster).
     broker: str = "redis"
@@ -176,9 +178,14 @@ class LocalCluster:
 
     # ---- addresses ------------------------------------------------------------------------------------------
     @property
-    def zk_hosts(self) -> str:
+    def zk_servers(self) -> str:
+        """The servers' client addresses (their TLS ports on a ``zookeeper_tls`` cluster)."""
         assert self.zookeeper is not None
-        return f"{self.zookeeper.info['hosts']}{self.chroot}"
+        return str(self.zookeeper.info["tls_hosts" if self.zookeeper_tls else "hosts"])
+
+    @property
+    def zk_hosts(self) -> str:
+        return f"{self.zk_servers}{self.chroot}"
 
     @property
     def redis_url(self) -> str:
@@ -213,7 +220,8 @@ class LocalCluster:
         tokens = [entry("admin", "admin", self.token), entry("reader", "read-only", self.read_token)]
         # Guests' disk images live in the cluster's directory: the XML policy must let their defines through.
         images = ",".join([*XML_ALLOWED_PATHS, str(self.workdir.resolve())])
-        return {"PVC_ZOOKEEPER": self.zk_hosts, "PVC_ZOOKEEPER_AUTH": self.zookeeper_auth, **broker,
+        tls = self._zk_tls()
+        return {"PVC_ZOOKEEPER": self.zk_hosts, "PVC_ZOOKEEPER_AUTH": self.zookeeper_auth, **tls, **broker,
                 "PVC_API_TOKENS": ",".join(tokens), "PVC_XML_ALLOWED_PATHS": images, "PVC_CONFIG": ""}
 
     def client_env(self) -> dict[str, str]:
@@ -228,9 +236,18 @@ class LocalCluster:
             self._zk.start(timeout=15)
         return self._zk
 
+    def _zk_tls(self) -> dict[str, str]:
+        """The ``PVC_ZOOKEEPER_TLS_*`` settings of a ``zookeeper_tls`` cluster (paths, no secret in them)."""
+        if not self.zookeeper_tls:
+            return {}
+        info = self.zookeeper.info
+        return {"PVC_ZOOKEEPER_TLS_CA": str(info["ca"]), "PVC_ZOOKEEPER_TLS_CERT": str(info["client_cert"]),
+                "PVC_ZOOKEEPER_TLS_KEY": str(info["client_key"])}
+
     def client(self, hosts: str) -> KazooClient:
         """An unstarted kazoo client with this cluster's identity (the one ``pvc_tasks.zkclient`` gives pvc)."""
-        return connect(load_settings(env={"PVC_ZOOKEEPER": hosts, "PVC_ZOOKEEPER_AUTH": self.zookeeper_auth}),
+        tls = self._zk_tls()
+        return connect(load_settings(env={"PVC_ZOOKEEPER": hosts, "PVC_ZOOKEEPER_AUTH": self.zookeeper_auth, **tls}),
                        timeout=10)
 
     @property
@@ -250,9 +267,9 @@ class LocalCluster:
                 self.zookeeper = start_ensemble(self.workdir / "zookeeper", self.zookeeper_servers)
                 self.services.extend(self.zookeeper.members)
             elif self.zookeeper is None:
-                self.zookeeper = start_zookeeper(self.workdir / "zookeeper")
+                self.zookeeper = start_zookeeper(self.workdir / "zookeeper", tls=self.zookeeper_tls)
                 self.services.append(self.zookeeper)
-            root = self.client(str(self.zookeeper.info["hosts"]))
+            root = self.client(self.zk_servers)
             root.start(timeout=15)
             root.ensure_path(self.chroot)  # with the cluster's ACL, as everything below it
             root.stop()
@@ -297,7 +314,9 @@ class LocalCluster:
         old.kill()
         old.log_file.close()
         time.sleep(down)
-        self.zookeeper = start_zookeeper(self.workdir / "zookeeper", port=int(old.info["port"]))
+        secure = int(str(old.info["tls_hosts"]).rsplit(":", 1)[1]) if self.zookeeper_tls else None
+        self.zookeeper = start_zookeeper(self.workdir / "zookeeper", port=int(old.info["port"]), tls=self.zookeeper_tls,
+                                         secure_port=secure)
         self.services[self.services.index(old)] = self.zookeeper
         return self.zookeeper
 

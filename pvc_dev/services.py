@@ -142,7 +142,41 @@ def zk_stats(port: int) -> dict[str, str]:
     return {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in text.decode().splitlines()) if v}
 
 
-def _zoo_cfg(workdir: Path, port: int, tick_ms: int, peers: list[tuple[int, int]]) -> Path:
+def _tls_files(workdir: Path) -> tuple[Path, Path]:
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate (``client.crt``,
+    ``client.key``), both signed by it (openssl), in ``workdir/tls`` (0700): (the CA's PEM, the server's key +
+    certificate PEM)."""
+    tls = workdir / "tls"
+    tls.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ca, key, server = tls / "ca.pem", tls / "ca.key", tls / "server.pem"
+    if not server.exists():
+        def run(*argv: str) -> None:
+            subprocess.run(["openssl", *argv], check=True, capture_output=True, timeout=60, cwd=tls)
+        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(ca), "-days", "30",
+            "-subj", "/CN=pvc-dev-ca")
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj",
+            "/CN=127.0.0.1")
+        (tls / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        run("x509", "-req", "-in", "server.csr", "-CA", str(ca), "-CAkey", str(key), "-CAcreateserial", "-out",
+            "server.crt", "-days", "30", "-extfile", "san.cnf")
+        server.write_bytes((tls / "server.key").read_bytes() + (tls / "server.crt").read_bytes())
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=pvc")
+        run("x509", "-req", "-in", "client.csr", "-CA", str(ca), "-CAkey", str(key), "-CAcreateserial", "-out",
+            "client.crt", "-days", "30")
+    return ca, server
+
+
+def _tls_cfg(workdir: Path, secure_port: int) -> str:
+    """A TLS client port beside the plain one (the plain one stays for ``ruok``/``srvr``; production drops it);
+    clients must show a certificate of the same CA (``ssl.clientAuth=need``)."""
+    ca, server = _tls_files(workdir)
+    return (f"secureClientPort={secure_port}\nsecureClientPortAddress=127.0.0.1\n"
+            "serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory\n"
+            f"ssl.keyStore.location={server}\nssl.keyStore.type=PEM\n"
+            f"ssl.trustStore.location={ca}\nssl.trustStore.type=PEM\nssl.clientAuth=need\n")
+
+
+def _zoo_cfg(workdir: Path, port: int, tick_ms: int, peers: list[tuple[int, int]], extra: str = "") -> Path:
     """The server's configuration. Of the four-letter words only ``ruok`` (liveness) and ``srvr`` (mode, zxid,
     counters) are answered: ``envi``, ``conf``, ``cons``, ``dump`` and ``wchp`` tell anyone who connects about the
     machine, the session ids and the paths being watched."""
@@ -150,7 +184,7 @@ def _zoo_cfg(workdir: Path, port: int, tick_ms: int, peers: list[tuple[int, int]
     servers = "".join(f"server.{i}=127.0.0.1:{peer}:{election}\n" for i, (peer, election) in enumerate(peers, 1))
     cfg.write_text(f"tickTime={tick_ms}\ndataDir={workdir / 'data'}\nclientPort={port}\nclientPortAddress=127.0.0.1\n"
                    "admin.enableServer=false\nforceSync=no\nmaxSessionTimeout=60000\n"
-                   "4lw.commands.whitelist=ruok,srvr\ninitLimit=10\nsyncLimit=5\n" + servers)
+                   "4lw.commands.whitelist=ruok,srvr\ninitLimit=10\nsyncLimit=5\n" + servers + extra)
     (workdir / "log4j.properties").write_text("log4j.rootLogger=WARN, F\n"
                                               "log4j.appender.F=org.apache.log4j.FileAppender\n"
                                               f"log4j.appender.F.File={workdir / 'zookeeper.log'}\n"
@@ -159,25 +193,33 @@ def _zoo_cfg(workdir: Path, port: int, tick_ms: int, peers: list[tuple[int, int]
     return cfg
 
 
-def _zookeeper(workdir: Path, port: int, tick_ms: int, peers: list[tuple[int, int]], myid: int = 0) -> Service:
+def _zookeeper(workdir: Path, port: int, tick_ms: int, peers: list[tuple[int, int]], myid: int = 0,
+               secure_port: int = 0) -> Service:
     # 0700: the snapshots and the transaction log hold every key's data (ACLs guard only the wire).
     workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
     workdir.chmod(0o700)
     (workdir / "data").mkdir(mode=0o700, exist_ok=True)
     if myid:
         (workdir / "data" / "myid").write_text(f"{myid}\n")
-    cfg = _zoo_cfg(workdir, port, tick_ms, peers)
+    cfg = _zoo_cfg(workdir, port, tick_ms, peers, _tls_cfg(workdir, secure_port) if secure_port else "")
     argv = ["java", "-Xmx256m", "-XX:+UseSerialGC", f"-Dlog4j.configuration=file:{workdir / 'log4j.properties'}",
             "-cp", ZK_CLASSPATH, "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(cfg)]
-    return Service("zookeeper", argv, workdir / "stdout.log", port=port, hosts=f"127.0.0.1:{port}", myid=myid)
+    tls = {"tls_hosts": f"127.0.0.1:{secure_port}", "ca": str(workdir / "tls" / "ca.pem"),
+           "client_cert": str(workdir / "tls" / "client.crt"),
+           "client_key": str(workdir / "tls" / "client.key")} if secure_port else {}
+    return Service("zookeeper", argv, workdir / "stdout.log", port=port, hosts=f"127.0.0.1:{port}", myid=myid,
+                   **tls)
 
 
-def start_zookeeper(workdir: Path, *, tick_ms: int = 500, port: int | None = None) -> Service:
+def start_zookeeper(workdir: Path, *, tick_ms: int = 500, port: int | None = None, tls: bool = False,
+                    secure_port: int | None = None) -> Service:
     """One ZooKeeper server; ``tick_ms`` 500 allows 1 s sessions for tests (forceSync off: data is disposable, but
     it survives a SIGKILL of the server, which the OS has already been given). ``port``: restart a server on the
-    port its clients use, with the data it had."""
+    port its clients use, with the data it had. ``tls``: also a TLS client port (``info["tls_hosts"]``) with a
+    certificate of a throwaway CA (``info["ca"]``), on ``secure_port`` when restarting."""
     port = port or free_port()
-    return _await(_zookeeper(workdir, port, tick_ms, []), lambda: _zk_ok(port), 30, "ZooKeeper to answer ruok")
+    svc = _zookeeper(workdir, port, tick_ms, [], secure_port=(secure_port or free_port()) if tls else 0)
+    return _await(svc, lambda: _zk_ok(port), 30, "ZooKeeper to answer ruok")
 
 
 def _zk_mode(port: int) -> str:

@@ -35,6 +35,11 @@ class Settings:
     #: pvc's ZooKeeper identity, ``user:password`` (digest): every client authenticates with it and every node it
     #: creates is readable and writable by it alone (``zk_schema.acl``).
     zookeeper_auth: str = field(default="", repr=False)
+    #: TLS to ZooKeeper (its ``secureClientPort``): the CA that signed the servers' certificates; empty: plain TCP.
+    #: With a client certificate and key too when the servers ask for one (``ssl.clientAuth=need``).
+    zookeeper_tls_ca: str = ""
+    zookeeper_tls_cert: str = ""
+    zookeeper_tls_key: str = ""
     #: Seals the IPMI passwords kept in ZooKeeper (``pvc_tasks.secrets``); the same on every node, never in ZooKeeper.
     secret_key: str = field(default="", repr=False)
     # Worker

@@ -3,7 +3,8 @@
 ``connect(settings)`` returns an unstarted ``KazooClient`` whose ``auth_data`` is the digest identity of the
 ``zookeeper_auth`` setting and whose ``default_acl`` gives that identity alone every right (``zk_schema.acl``).
 A process without the setting does not start: a pvc client that could create world-readable nodes would undo
-the ACLs for every key it writes.
+the ACLs for every key it writes. With ``zookeeper_tls_ca`` the connection is TLS, verifying the server's
+certificate against that CA (and presenting ``zookeeper_tls_cert``/``_key`` when set).
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ def connect(settings: Settings, *, timeout: float | None = None) -> KazooClient:
         parse_identity(settings.zookeeper_auth)
     except ValueError as exc:
         raise MissingIdentity(str(exc)) from None
+    tls = {}
+    if settings.zookeeper_tls_ca:
+        tls = {"use_ssl": True, "verify_certs": True, "ca": settings.zookeeper_tls_ca,
+               "certfile": settings.zookeeper_tls_cert or None, "keyfile": settings.zookeeper_tls_key or None}
     return KazooClient(hosts=settings.zookeeper, timeout=timeout or settings.zk_session_timeout,
                        auth_data=[("digest", settings.zookeeper_auth)],
-                       default_acl=acl_for(settings.zookeeper_auth))
+                       default_acl=acl_for(settings.zookeeper_auth), **tls)

@@ -59,7 +59,7 @@ def _cluster(zookeeper, workdir: Path, nodes=None, flower: bool = False, own_zoo
     """``own_zookeeper``: the cluster starts its own server (a test that restarts ZooKeeper), not the shared one;
     ``zookeeper_servers=3``: its own 3-server ensemble."""
     kwargs.setdefault("fencing", False)
-    own_zookeeper = own_zookeeper or kwargs.get("zookeeper_servers", 1) > 1
+    own_zookeeper = own_zookeeper or kwargs.get("zookeeper_servers", 1) > 1 or kwargs.get("zookeeper_tls", False)
     return LocalCluster(workdir, list(nodes or NODES), zookeeper=None if own_zookeeper else zookeeper, flower=flower,
                         worker_env=dict(FAST_WORKER_ENV, **kwargs.pop("worker_env", {})), **kwargs)
 

@@ -36,29 +36,29 @@ def acl_for(identity: str) -> list[ACL]:
 def secure_tree(zk: KazooClient, acl: list[ACL], path: str = "/") -> int:
     """Give every node below ``path`` (and ``path`` itself when the client is chrooted, i.e. ``/`` is the
     cluster's own root) exactly ``acl``; returns how many nodes changed. Idempotent; safe while the cluster runs
-    (an ACL change does not touch data or versions of the data)."""
+    (an ACL change does not touch data or versions of the data). One level of the tree at a time, its reads sent
+    together (kazoo's async calls), so a cluster of thousands of VMs costs a few round trips per level."""
+    if path == "/" and not zk.chroot:
+        level = [f"/{child}" for child in zk.get_children("/") if f"/{child}" != _ZOOKEEPER_OWN]
+    else:
+        level = [path]
     changed = 0
-
-    def visit(node: str) -> None:
-        nonlocal changed
-        try:
-            current, _ = zk.get_acls(node)
+    while level:
+        reads = [(node, zk.get_acls_async(node), zk.get_children_async(node)) for node in level]
+        level, writes = [], []
+        for node, acls, children in reads:
+            try:
+                current, _ = acls.get()
+                names = children.get()
+            except NoNodeError:
+                continue  # deleted meanwhile (a finished job, a lock): nothing to protect
             if list(current) != list(acl):
-                zk.set_acls(node, acl)
+                writes.append(zk.set_acls_async(node, acl))
+            level += [f"{node.rstrip('/')}/{name}" for name in names]
+        for write in writes:
+            try:
+                write.get()
                 changed += 1
-            children = zk.get_children(node)
-        except NoNodeError:
-            return  # deleted meanwhile (a finished job, a lock): nothing to protect
-        for child in children:
-            visit(f"{node.rstrip('/')}/{child}")
-
-    if path == "/":
-        if zk.chroot:
-            visit("/")
-            return changed
-        for child in zk.get_children("/"):
-            if f"/{child}" != _ZOOKEEPER_OWN:
-                visit(f"/{child}")
-        return changed
-    visit(path)
+            except NoNodeError:
+                continue
     return changed

@@ -92,8 +92,9 @@ def test_no_wait_then_watch_and_json_output(cluster, pvc, vm_name):
 def test_define_rejected_by_libvirt_fails_and_leaves_nothing(cluster, pvc, tmp_path):
     """XML libvirt refuses: the define job fails with libvirt's reason, exit 1, and the VM record is gone."""
     xml = tmp_path / "bad.xml"
-    xml.write_text(domain_xml("badbus").replace("</os>", "</os><devices><disk type='file'><source file='/x'/>"
-                                                         "<target dev='vda' bus='nonsense'/></disk></devices>"))
+    disk = ("<devices><disk type='file'><source file='/var/lib/libvirt/images/x'/>"
+            "<target dev='vda' bus='nonsense'/></disk></devices>")
+    xml.write_text(domain_xml("badbus").replace("</os>", "</os>" + disk))
     result = pvc("vm", "define", str(xml), "--node", "hv1")
     assert result.returncode == 1
     assert "failed" in result.stdout and "nonsense" in result.stdout
