@@ -6,6 +6,7 @@ import threading
 import uuid
 
 import pytest
+import redis
 import requests
 
 from pvc_dev.cluster import domain_xml
@@ -131,3 +132,21 @@ def test_jobs_show_who_asked_for_them(cluster, api, pvc):  # noqa: F811
     assert shown.returncode == 0 and re.search(r"by: admin", shown.stdout), shown.stdout
     listed = pvc("job", "list", "--node", "hv3", "-o", "json")
     assert any(j["id"] == job["id"] and j["requested_by"] == "admin" for j in __import__("json").loads(listed.stdout))
+
+
+def test_redis_serves_only_pvcs_user(cluster):
+    """The broker refuses a client without credentials, the default user and a wrong password; pvc's ACL user,
+    which every worker and the API use, is served."""
+    port, password = int(cluster.redis.info["port"]), str(cluster.redis.info["password"])
+
+    def client(**auth) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=port, socket_timeout=5, **auth)
+
+    with pytest.raises(redis.AuthenticationError):
+        client().ping()
+    for auth in ({"password": password}, {"username": "default", "password": password},
+                 {"username": "pvc", "password": password + "x"}):
+        with pytest.raises(redis.AuthenticationError):
+            client(**auth).ping()
+    assert client(username="pvc", password=password).ping()
+    assert cluster.broker_url.startswith("redis://pvc:")
