@@ -89,8 +89,8 @@ def watch(client: Client, job: dict, timeout: float, quiet: bool) -> tuple[dict,
 
 def _outcome(job: dict) -> str:
     result = job.get("result") or {}
-    if job["kind"] in ("flush", "unflush"):
-        head = f"job {job['id']} {job['kind']} {job['node']}: {job['state']}"
+    if job["kind"] in ("flush", "unflush", "fence", "evacuate"):
+        head = f"job {job['id']} {job['kind']} {job['node'] or job['params'].get('target', '')}: {job['state']}"
         if result.get("noop"):
             return f"{head} (nothing to do: {result['noop']})"
         done, stayed = len(result.get("done", [])), result.get("stayed", {})

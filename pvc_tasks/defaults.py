@@ -33,8 +33,9 @@ SUCCESSFUL_FENCE = "migrate"
 #: After a failed fence: ``none`` (VMs marked failed with the reason; never run twice) or ``migrate`` (recover,
 #: but only when the dead node self-fences and its self-fence interval has passed; see docs/fencing.md).
 FAILED_FENCE = "none"
-#: Storm guard: when at least this fraction of the nodes look dead at once, nothing is fenced (the primary may be
-#: the one cut off) and a cluster fault is raised. 0.5: fence only while a strict majority is healthy.
+#: Storm guard: when two or more nodes look dead at once and they are at least this fraction of the nodes in play,
+#: nothing is fenced and a cluster fault is raised (pvc_workers.monitor; why in docs/fencing.md). 0.5: a correlated
+#: failure of half of the cluster waits for an operator; a single failure is always fenced.
 FENCE_STORM_FRACTION = 0.5
 #: Self-fence: a worker cut off from ZooKeeper longer than this (s) stops its VMs. 0 = off (PVC's default too).
 SELF_FENCE_AFTER = 0.0

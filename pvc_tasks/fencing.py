@@ -4,7 +4,9 @@ Protocol
     0. declare   the primary's monitor (``pvc_workers.monitor``) decided X is dead (keepalives missed, saving throws
                  spent, not in maintenance, no storm). ONE transaction: X's ``daemon_state`` run -> dead
                  (version-checked: X is declared dead, and fenced, once) + the fence job + X's ``fence`` record.
-    1. fence     IPMI power off -> verify off -> power on (``pvc_workers.ipmi``, each command bounded). The
+    1. fence     if X's worker started again since, the job is cancelled: X runs, nothing to fence; while
+                 maintenance mode is on, the job waits (X was declared just before maintenance began). Then
+                 IPMI power off -> verify off -> power on (``pvc_workers.ipmi``, each command bounded). The
                  outcome is recorded in the job (``result.fence``) and in X's ``fence`` key before anything else,
                  so a new primary resuming the job never fences twice.
     2. jobs      every job still queued or running on X ends (a migration rolls back through its other node, see
@@ -50,6 +52,9 @@ __all__ = ["FENCE", "declare_dead", "resume"]
 log = logging.getLogger(__name__)
 
 FENCE = "pvc.cluster.fence"
+#: What a fence job waiting for maintenance to end says (job ``waiting``, ``pvc job show``).
+MAINTENANCE_WAIT = ("maintenance mode is on: {node} is declared dead and will be fenced when maintenance ends "
+                    "(`pvc cluster maintenance off`); if its worker starts again first, nothing is fenced")
 
 
 def declare_dead(zk: KazooClient, schema: Schema, node: str, why: str) -> Job | None:
@@ -72,10 +77,11 @@ def declare_dead(zk: KazooClient, schema: Schema, node: str, why: str) -> Job | 
 
 
 def resume(store: JobStore) -> int:
-    """At takeover: send every unfinished cluster job's pass again, freeing leases of the previous primary."""
+    """At takeover: send every unfinished cluster job's pass (fence, evacuate) again, freeing leases of the
+    previous primary."""
     count = 0
     for job in store.all():
-        if job.terminal or job.node or job.kind != "fence":
+        if job.terminal or job.node or job.kind not in ("fence", "evacuate"):
             continue
         resume_passes(store, job)
         count += 1
@@ -102,8 +108,10 @@ def _fence_step(ctx, job: Job) -> dict:
 
 
 def _policy(ctx, target: str, fenced: dict) -> tuple[str, str]:
-    """("migrate" | "none", why) for the VMs of ``target`` after its fence."""
+    """("migrate" | "none" | "wait", why) for the VMs of ``target`` after its fence (or before an evacuation)."""
     settings = ctx.settings
+    if fenced.get("off_by"):
+        return "migrate", f"{target} is powered off ({fenced['off_by']}): evacuated by hand"
     if fenced["ok"]:
         return settings.successful_fence, f"{target} was fenced (powered off)"
     why = f"fence of {target} failed ({fenced['reason']})"
@@ -148,7 +156,7 @@ def _end_jobs_of(store: JobStore, target: str, before: float) -> int:
     return still_open
 
 
-def _recover_vm(ctx, job: Job, name: str, policy: str, why: str) -> tuple[str, str]:
+def _recover_vm(ctx, job: Job, name: str, policy: str, why: str, start: bool) -> tuple[str, str]:
     """Step 3 for one VM: ("child", id) | ("done", note) | ("stayed", reason) | ("wait", why)."""
     zk, schema, target = ctx.zk, ctx.schema, job.params["target"]
     if policy == "wait":
@@ -158,7 +166,7 @@ def _recover_vm(ctx, job: Job, name: str, policy: str, why: str) -> tuple[str, s
         return ("stayed", reason) if _mark(zk, schema, name, {"state": "failed", "failed_reason": reason}) else \
             ("wait", f"{name} has an active job")
     try:
-        return "child", submit_recovery(zk, schema, name, target, job.id).id
+        return "child", submit_recovery(zk, schema, name, target, job.id, start=start).id
     except Conflict as exc:
         if exc.code == "moved":
             return "done", f"{name} already left {target}"
@@ -173,6 +181,11 @@ def _recover_vm(ctx, job: Job, name: str, policy: str, why: str) -> tuple[str, s
 @app.task(name=FENCE)
 def tick(job_id: str, vm: str, node: str, periodic: bool = False) -> dict:
     """Runs on the primary: one pass of a fence job (see the module docstring)."""
+    return run_pass(job_id, periodic)
+
+
+def run_pass(job_id: str, periodic: bool) -> dict:
+    """One pass of a fence or evacuate job (``pvc_tasks.evacuate``), under the job's lease."""
     from pvc_tasks.context import current
 
     ctx = current()
@@ -183,24 +196,39 @@ def tick(job_id: str, vm: str, node: str, periodic: bool = False) -> dict:
     try:
         return _pass(ctx, job, token)
     except Exception as exc:  # a pass that broke must not stall the job: note it, free the lease, pass again
-        log.exception("fence pass of job %s failed", job_id)
+        log.exception("%s pass of job %s failed", job.kind, job_id)
         return continue_job(ctx.jobs, job_id, token, dict(job.result), [f"pass failed: {describe(exc)}"], "")
+
+
+def _plan(ctx, job: Job) -> dict:
+    """The VMs this job takes care of, read before anything else (before a power cycle, so that X's returning
+    worker is not what we read): a fence, those that ran on X; an evacuation, every VM on X, starting on their
+    new node those that ran (running, paused, marked failed by a fence, or stopped with autostart after one)."""
+    on_x = [v for v in domain_records(ctx.zk, ctx.schema) if v["node"] == job.params["target"]]
+    if job.kind != "evacuate":
+        return {"plan": [v["name"] for v in on_x if v["state"] in ("running", "paused")], "start": []}
+    ran = [v["name"] for v in on_x if v["state"] in ("running", "paused", "failed")
+           or (v["state"] == "stopped" and v["meta.autostart"] == "true")]
+    return {"plan": [v["name"] for v in on_x if v["state"] != "defining"], "start": ran}
 
 
 def _pass(ctx, job: Job, token: str) -> dict:
     store, zk, schema, target = ctx.jobs, ctx.zk, ctx.schema, job.params["target"]
     result, notes = dict(job.result), []
-    if "plan" not in result:  # before the power cycle: X's returning worker must not be what we read
-        result.update(plan=[v["name"] for v in domain_records(zk, schema)
-                            if v["node"] == target and v["state"] in ("running", "paused")],
-                      done=[], stayed={}, running={}, total=0)
+    if "plan" not in result:
+        result.update(_plan(ctx, job), done=[], stayed={}, running={}, total=0)
     if "fence" not in result:
-        if zk.get(schema.path("base.config.maintenance"))[0].decode() == "true":
-            store.finish(job.id, JobState.CANCELLED, f"maintenance mode is on: {target} was not fenced")
-            return {"job": job.id, "state": "cancelled"}
-        result["fence"] = _fence_step(ctx, job)
-        notes.append(f"fence of {target}: " + ("confirmed off" if result["fence"]["ok"]
-                                                  else f"FAILED: {result['fence']['reason']}"))
+        if zk.get(schema.path("node.daemon_state", target))[0].decode() != "dead":
+            return _came_back(ctx, job, result)
+        if job.kind == "evacuate":  # nothing to power off: the fence before it, or the operator, says it is off
+            result["fence"] = {"ok": True, "reason": "", "steps": [], "seconds": 0.0,
+                               "off_by": job.params["off_by"]}
+        elif zk.get(schema.path("base.config.maintenance"))[0].decode() == "true" and not job.params.get("manual"):
+            return continue_job(store, job.id, token, result, [], MAINTENANCE_WAIT.format(node=target))
+        else:
+            result["fence"] = _fence_step(ctx, job)
+            notes.append(f"fence of {target}: " + ("confirmed off" if result["fence"]["ok"]
+                                                      else f"FAILED: {result['fence']['reason']}"))
     policy, why = _policy(ctx, target, result["fence"])
     if result.get("policy") != policy:
         notes.append(f"{len(result['plan'])} VM(s) ran on {target}: {why}; policy {policy}")
@@ -220,11 +248,24 @@ def _pass(ctx, job: Job, token: str) -> dict:
         except NotFound:
             result["done"].append(name)
             continue
-        waiting = record_outcome(result, notes, name, *_recover_vm(ctx, job, name, policy, why)) or waiting
+        start = job.kind == "fence" or name in result.get("start", [])
+        waiting = record_outcome(result, notes, name, *_recover_vm(ctx, job, name, policy, why, start)) or waiting
     result["total"] = len(result["plan"])
     if running or waiting or len(result["done"]) + len(result["stayed"]) < result["total"]:
         return continue_job(store, job.id, token, result, notes, waiting)
     return _end(ctx, job, result, notes, policy, why)
+
+
+def _came_back(ctx, job: Job, result: dict) -> dict:
+    """Before its fence, X's worker started again (it re-registers, so X is no longer ``dead``): it started none
+    of its VMs and nobody else runs them, so there is nothing to fence; powering a live node off would only take
+    its VMs down."""
+    target, what = job.params["target"], "evacuated" if job.kind == "evacuate" else "fenced"
+    reason = f"{target} came back before it was {what} (its worker started again); its VMs stay with it"
+    record = {"job": job.id, "state": "returned", "since": time.time(), "reason": reason}
+    ctx.jobs.finish(job.id, JobState.CANCELLED, reason, result, release=False,
+                    ops=lambda _j: [("set", ctx.schema.path("node.fence", target), json.dumps(record).encode(), -1)])
+    return {"job": job.id, "state": "cancelled"}
 
 
 def _end(ctx, job: Job, result: dict, notes: list[str], policy: str, why: str) -> dict:
@@ -233,6 +274,9 @@ def _end(ctx, job: Job, result: dict, notes: list[str], policy: str, why: str) -
     ops = []
     if policy == "migrate":  # its VMs left with last_node = X: `pvc node ready X` brings them back
         ops.append(("set", schema.path("node.domain_state", target), b"flushed", -1))
+    if job.kind == "evacuate":
+        record = {"job": job.id, "state": "evacuated", "since": time.time(), "reason": why}
+        ops.append(("set", schema.path("node.fence", target), json.dumps(record).encode(), -1))
     if fenced and not stayed:
         outcome, reason = JobState.SUCCEEDED, ""
     else:

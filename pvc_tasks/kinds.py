@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pvc_tasks import fencing, flush, lifecycle, migration, recovery, sriov
+from pvc_tasks import evacuate, fencing, flush, lifecycle, migration, recovery, sriov
 from pvc_tasks.config import Settings
 from pvc_tasks.jobs import Job, JobStore, Op
 from pvc_tasks.runner import fail_orphan
@@ -112,6 +112,8 @@ KINDS: dict[str, Kind] = {kind.name: kind for kind in [
     *(Kind(name, (flush.TICK,), "node.<node>: the engine of a node's flush or unflush runs beside its hypervisor",
            end_ops=flush.end_ops, engine=True, bound=_engine) for name in ("flush", "unflush")),
     Kind("fence", (fencing.FENCE,), "cluster: run by the primary, whoever that is now", engine=True, bound=_engine),
+    Kind("evacuate", (evacuate.EVACUATE,), "cluster: run by the primary; the evacuated node is down",
+         engine=True, bound=_engine),
 ]}
 
 

@@ -1,7 +1,8 @@
 """Recovery of a fenced node's VM on another node: one job on the TARGET's queue (never the dead node's).
 
 The fence job (``pvc_tasks.fencing``) submits one ``recover`` job per VM that ran on the dead node X, only after X
-was seen powered off (or, after a failed fence, only as its policy allows):
+was seen powered off (or, after a failed fence, only as its policy allows); an evacuation (``pvc_tasks.evacuate``)
+one per VM on X, defining without starting those that were not running:
 
     fence job   choose T as for a migration (the VM's selector, node_limit, fit; X excluded); ONE transaction:
                 recover job (a child of the fence job) + VM marker (version-checked) + reservation on T
@@ -54,9 +55,11 @@ def load_hook(spec: str) -> Callable[[str, str, str], None]:
         raise JobFailed(f"storage lock hook {spec!r} cannot be loaded: {exc}") from exc
 
 
-def submit_recovery(zk: KazooClient, schema: Schema, vm_name: str, dead: str, parent: str) -> Job:
-    """Create the recover job of ``vm_name`` (which ran on the dead node) on a chosen target and send it.
-    ``Conflict``: no target (code ``no_target``) or the VM got another job (``vm_busy``)."""
+def submit_recovery(zk: KazooClient, schema: Schema, vm_name: str, dead: str, parent: str,
+                    start: bool = True) -> Job:
+    """Create the recover job of ``vm_name`` (which ran on the dead node) on a chosen target and send it; with
+    ``start`` False (an evacuated VM that was not running) it is only defined there. ``Conflict``: no target
+    (code ``no_target``) or the VM got another job (``vm_busy``)."""
     store = JobStore(zk, schema)
     for _attempt in range(10):
         vm, marker_path, marker_stat = free_vm(zk, schema, vm_name)
@@ -64,7 +67,8 @@ def submit_recovery(zk: KazooClient, schema: Schema, vm_name: str, dead: str, pa
             raise Conflict(f"VM {vm_name} is no longer on {dead}", code="moved")
         where = vfs.place(zk, schema, vm, vfs.vm_uses(zk, schema, dead, vm["xml"]))
         target = where.node
-        job = Job.new("recover", vm_name, target, {"dead": dead, **where.job_params()}, parent=parent, stage=START)
+        job = Job.new("recover", vm_name, target, {"dead": dead, "start": start, **where.job_params()},
+                      parent=parent, stage=START)
         job.steps = 3
         try:
             commit(zk, [store.create_op(job), ("set", marker_path, job.id.encode(), marker_stat.version),
@@ -98,9 +102,10 @@ def start(run: JobRun, vm: str, node: str, **_params) -> dict:
     try:
         if run.hv.state(vm) == "missing":
             run.hv.define(params.get("target_xml") or record["xml"])  # with this node's VFs, if it uses any
-        run.phase("start", 3, 3, f"starting {vm} on {node} (was on fenced node {dead})")
-        if run.hv.state(vm) != "running":
-            run.hv.start(vm)
+        if params.get("start", True):
+            run.phase("start", 3, 3, f"starting {vm} on {node} (was on fenced node {dead})")
+            if run.hv.state(vm) != "running":
+                run.hv.start(vm)
     except HypervisorError as exc:
         if run.hv.state(vm) not in ("missing", "running"):
             run.hv.undefine(vm)

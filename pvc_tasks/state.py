@@ -19,6 +19,7 @@ from pvc_tasks.jobs import Op
 from zk_schema import Schema
 
 __all__ = [
+    "LEADING",
     "VF_USE_KEYS",
     "delete_tree_ops",
     "desired_vf_config",
@@ -72,9 +73,15 @@ def read_keys(zk: KazooClient, schema: Schema, section: str, instances: Iterable
     return records
 
 
+#: Router states that only a live worker can be in (PVC's names); a node without presence shows ``secondary``.
+LEADING = ("primary", "takeover", "relinquish")
+
+
 def _node_extra(zk: KazooClient, schema: Schema, name: str, record: dict) -> dict:
     record["name"] = name
     record["alive"] = zk.exists(schema.path("node.presence", name)) is not None
+    if not record["alive"] and record.get("router_state") in LEADING:  # it crashed while primary: no longer so
+        record["router_state"] = "secondary"
     return record
 
 

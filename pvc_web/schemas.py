@@ -217,6 +217,12 @@ class FlushSchema(Schema):
                        "the flush with 409 insufficient_capacity"})
 
 
+class EvacuateSchema(Schema):
+    confirm_powered_off = fields.Boolean(load_default=False, metadata={
+        "description": "you state that the node is powered off (it was not fenced, or its fence failed): its VMs "
+                       "are then started elsewhere, so it must really be off; recorded with your token's name"})
+
+
 class JobSchema(Schema):
     id = fields.String()
     kind = fields.String()

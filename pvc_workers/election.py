@@ -27,6 +27,7 @@ from kazoo.exceptions import CancelledError, KazooException
 from pvc_tasks.context import NodeContext
 from pvc_tasks.fencing import resume
 from pvc_tasks.routing import CLUSTER_QUEUE
+from pvc_tasks.state import LEADING, node_records
 from pvc_workers.monitor import Monitor
 
 __all__ = ["Election"]
@@ -87,6 +88,7 @@ class Election(threading.Thread):
         log.warning("%s won the primary election: taking over", ctx.node)
         self._router_state("takeover")
         ctx.zk.set(ctx.schema.path("base.config.primary_node"), ctx.node.encode())
+        self._clear_crashed_leaders()
         self.consumer.call_soon(self.consumer.add_task_queue, CLUSTER_QUEUE.name)
         resumed = resume(ctx.jobs)
         self.monitor = Monitor(ctx, lambda: self._holding(lock))
@@ -95,6 +97,15 @@ class Election(threading.Thread):
         log.warning("%s is primary (%d unfinished cluster job(s) resumed)", ctx.node, resumed)
         while not self.stop.wait(ctx.settings.keepalive_interval / 2) and self._holding(lock):
             pass
+
+    def _clear_crashed_leaders(self) -> None:
+        """A primary that crashed never wrote ``secondary``: we hold the lock, so no other node leads; say so."""
+        ctx = self.ctx
+        for record in node_records(ctx.zk, ctx.schema):
+            if record["name"] != ctx.node and not record["alive"]:
+                path = ctx.schema.path("node.router_state", record["name"])
+                if ctx.zk.get(path)[0].decode() in LEADING:
+                    ctx.zk.set(path, b"secondary")
 
     def _relinquish(self, lock) -> None:
         ctx = self.ctx

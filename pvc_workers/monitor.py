@@ -14,12 +14,21 @@ Only nodes whose ``daemon_state`` is ``run`` are judged: a node that stopped cle
 (``init``) or is already ``dead`` is never fenced again. Two guards stop fencing and say so:
 
     maintenance  ``pvc cluster maintenance on``: dead nodes are reported (node fault), not fenced;
-    storm        when suspect-or-dead nodes are at least ``fence_storm_fraction`` of all nodes, the likelier
-                 truth is that THIS node is cut off: nothing is fenced; cluster fault ``fence_storm``.
+    storm        ``storm_guard``: when TWO OR MORE nodes look dead at once and they are at least
+                 ``fence_storm_fraction`` of the nodes in play, nothing is fenced; cluster fault ``fence_storm``.
+
+Why the storm rule is safe and enough (docs/fencing.md, "Storm guard"): a primary cut off from the others is
+also cut off from ZooKeeper's quorum, or its session expires and it loses the primary lock; either way it cannot
+commit the transaction that declares a node dead. So one node looking dead is never evidence against the primary
+(in a 2-node cluster, too); the guard is for correlated failures (a switch, a PDU, an overloaded ZooKeeper making
+several keepalives late at once), where fencing many nodes does more harm than asking the operator. Nodes in
+play: the primary and every node in ``run``; a node declared dead earlier whose fence has ended (fenced or
+failed) and that stayed down is out of play, so it does not make a later single failure look like a storm.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -31,9 +40,23 @@ from pvc_tasks.fencing import declare_dead
 from pvc_tasks.state import names
 from pvc_workers.health import set_fault
 
-__all__ = ["Monitor"]
+__all__ = ["Monitor", "storm_guard"]
 
 log = logging.getLogger(__name__)
+
+
+def storm_guard(looking_dead: int, in_play: int, fraction: float) -> bool:
+    """True when fencing must wait for an operator: at least two nodes look dead at once and they are at least
+    ``fraction`` of the nodes in play (the primary included)."""
+    return looking_dead >= 2 and looking_dead >= fraction * in_play
+
+
+def _fence_state(ctx: NodeContext, node: str) -> str:
+    data = ctx.zk.get(ctx.schema.path("node.fence", node))[0]
+    try:
+        return json.loads(data or b"{}").get("state", "")
+    except ValueError:
+        return ""
 
 
 class Monitor(threading.Thread):
@@ -92,11 +115,14 @@ class Monitor(threading.Thread):
                             spent + 1, throws)
             else:
                 dead.append(node)
-        total = len(nodes) + 1
-        storm = len(looking_dead) / total >= settings.fence_storm_fraction
+        fencing = {n for n in nodes if states[n] == "dead" and _fence_state(ctx, n) == "fencing"}
+        in_play = 1 + sum(states[n] == "run" for n in nodes) + len(fencing)
+        looking_dead = [n for n in looking_dead if states[n] == "run" or n in fencing]
+        storm = storm_guard(len(looking_dead), in_play, settings.fence_storm_fraction)
         set_fault(ctx, "base.faults", "fence_storm",
-                  f"{len(looking_dead)} of {total} nodes look dead at once ({', '.join(looking_dead)}): nothing "
-                  f"is fenced, since this primary ({ctx.node}) may be the one cut off" if storm else None)
+                  f"{len(looking_dead)} of {in_play} nodes look dead at once ({', '.join(looking_dead)}): nothing "
+                  f"is fenced; check the network and power they share, then fence or evacuate them by hand "
+                  f"(docs/fencing.md)" if storm else None)
         maintenance = zk.get(schema.path("base.config.maintenance"))[0].decode() == "true"
         for node in dead:
             why = f"no keepalive for {suspect_after + throws} intervals of {settings.keepalive_interval:g} s"

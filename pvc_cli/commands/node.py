@@ -1,4 +1,4 @@
-"""``pvc node list|info``."""
+"""``pvc node list|info|flush|ready|fence|evacuate``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pvc_cli.wait import finish, wait_options
 
 @click.group("node")
 def group() -> None:
-    """Nodes: workers, states and resources; flush (drain) and ready."""
+    """Nodes: workers, states and resources; flush (drain) and ready; fence and evacuate a node that is down."""
 
 
 def _keepalive(n: dict) -> str:
@@ -88,3 +88,40 @@ def ready(client, node, wait, timeout, output) -> None:
     VMs); also after a failed flush, whose fault it clears."""
     c = client()
     finish(c, c.post(f"/nodes/{node}/ready"), wait, timeout, output)
+
+
+@group.command("fence")
+@click.argument("node")
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+@wait_options
+@output_option
+@click.pass_obj
+def fence(client, node, yes, wait, timeout, output) -> None:
+    """Fence a node whose worker is down, now, through its BMC: power off, verify off, power on; then its VMs are
+    recovered elsewhere (or marked failed) by the fencing policies, as after an automatic fence, in maintenance
+    mode too. Refused (exit 3) while the node's worker runs."""
+    if not yes and not click.confirm(f"Power-cycle node {node} through its BMC?", err=True):
+        raise click.Abort()
+    c = client()
+    finish(c, c.post(f"/nodes/{node}/fence"), wait, timeout, output)
+
+
+@group.command("evacuate")
+@click.argument("node")
+@click.option("--confirm-powered-off", is_flag=True,
+              help="you know that the node is powered off (it was not fenced, or its fence failed); recorded in "
+                   "the job with your token's name")
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+@wait_options
+@output_option
+@click.pass_obj
+def evacuate(client, node, confirm_powered_off, yes, wait, timeout, output) -> None:
+    """Recover every VM of a node that is down on the other nodes (those that ran are started there), after its
+    fence succeeded or with --confirm-powered-off. Refused (exit 3) while its worker runs, or when it is not known
+    to be off."""
+    if confirm_powered_off and not yes and not click.confirm(
+            f"Node {node} is powered off and runs no VM? Its VMs will be started elsewhere", err=True):
+        raise click.Abort()
+    c = client()
+    finish(c, c.post(f"/nodes/{node}/evacuate", {"confirm_powered_off": True} if confirm_powered_off else {}),
+           wait, timeout, output)

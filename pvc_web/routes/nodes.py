@@ -1,16 +1,18 @@
-"""``/nodes``: the nodes registered by their workers (read-only in this version)."""
+"""``/nodes``: the nodes registered by their workers; flush and ready; fence and evacuate a node that is down."""
 
 from __future__ import annotations
 
+from pvc_tasks.evacuate import submit_evacuate, submit_fence
 from pvc_tasks.flush import submit_node_action
 from pvc_tasks.state import node_record, node_records
 from pvc_web.blueprint import Blueprint, accepted, handle
 from pvc_web.idempotency import idempotent, origin
-from pvc_web.schemas import FlushSchema, JobSchema, NodeSchema
+from pvc_web.schemas import EvacuateSchema, FlushSchema, JobSchema, NodeSchema
 from pvc_web.views import job_view, node_view
 
 PREFIX = "/nodes"
-blp = Blueprint("nodes", __name__, description="Nodes, their workers and resources; flush and ready")
+blp = Blueprint("nodes", __name__, description="Nodes, their workers and resources; flush and ready; fence and "
+                                              "evacuate a node that is down")
 
 
 @blp.route("")
@@ -53,3 +55,31 @@ def ready(node: str):
     whose last node it is, and clear the fault a failed flush left). With nothing to do, a no-op job."""
     h = handle()
     return accepted(job_view(submit_node_action(h.zk, h.schema, node, "ready", origin=origin())))
+
+
+@blp.route("/<string:node>/fence", methods=["POST"])
+@blp.response(202, JobSchema)
+@blp.alt_response(409, description="the node's worker is running (``node_present``), or a fence or evacuation of "
+                                   "it is under way (``node_busy``, ``details.job``)")
+@idempotent
+def fence(node: str):
+    """Fence a node whose worker is down, now: IPMI power off, verify, power on, then the fencing policies for the
+    VMs that ran on it, as after an automatic fence, in maintenance mode too. The job records who asked."""
+    h = handle()
+    return accepted(job_view(submit_fence(h.zk, h.schema, node, origin=origin())))
+
+
+@blp.route("/<string:node>/evacuate", methods=["POST"])
+@blp.arguments(EvacuateSchema, required=False)
+@blp.response(202, JobSchema)
+@blp.alt_response(409, description="the node's worker is running (``node_present``), the node is not known to be "
+                                   "off (``not_fenced``: fence it, or confirm_powered_off), or a fence or "
+                                   "evacuation of it is under way (``node_busy``, ``details.job``)")
+@idempotent
+def evacuate(args: dict, node: str):
+    """Recover every VM of a node that is down on other nodes (one ``recover`` job each; those that ran are
+    started), after its fence succeeded or on your statement that it is powered off (``confirm_powered_off``,
+    recorded in the job with who said it)."""
+    h = handle()
+    return accepted(job_view(submit_evacuate(h.zk, h.schema, node, (args or {}).get("confirm_powered_off", False),
+                                             origin=origin())))

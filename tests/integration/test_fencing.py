@@ -11,11 +11,14 @@ import os
 import signal
 from collections import Counter
 
+import pytest
+
 from pvc_dev.bmc import BMC_PASSWORD, BMC_USER
 from pvc_dev.cluster import NodeSpec
 from pvc_dev.invariants import libvirt_domains
 from pvc_dev.services import wait_until
-from pvc_workers.ipmi import Bmc, chassis_power
+from pvc_tasks.fencing import declare_dead
+from pvc_workers.ipmi import Bmc, chassis_power, power_status
 
 #: Fast detection: 1 s keepalives, suspect after 2 missed, 1 saving throw (a dead node is fenced ~3-4 s after).
 HA_ENV = {"PVC_SUSPECT_AFTER_INTERVALS": "2", "PVC_SAVING_THROWS": "1", "PVC_IPMI_TIMEOUT": "3"}
@@ -166,13 +169,86 @@ def test_storm_guard_fences_nothing_when_half_the_cluster_looks_dead(make_cluste
         assert api(c, "get", f"/nodes/{node}").json()["daemon_state"] == "run"  # never declared dead
 
 
+def test_a_node_declared_dead_as_maintenance_begins_is_fenced_when_it_ends(make_cluster):
+    """Maintenance switched on between a node's declaration and its fence step: the fence job waits, saying why,
+    and fences the node and recovers each of its VMs once maintenance ends."""
+    c = make_cluster(nodes(3), worker_env=HA_ENV, fencing=True)
+    victim = next(n for n in ("hv2", "hv3") if n != primary(c))
+    for i in range(2):
+        assert c.define_vm(f"m{i}", 256, node=victim, start=True)["state"] == "succeeded"
+    assert api(c, "put", "/cluster/maintenance", json={"maintenance": True}).status_code == 200
+    c.workers[victim].kill()
+    job = declare_dead(c.zk, c.schema, victim, "declared an instant before maintenance began")  # the monitor's act
+    assert job is not None
+
+    waiting = wait_until(lambda: (j := api(c, "get", f"/jobs/{job.id}").json())["state"] == "running"
+                         and "maintenance ends" in j["phase"] and j, 30, "the fence job to wait for maintenance")
+    assert "fence" not in waiting["result"] and power_status(bmc(c, victim)) is True  # nothing was fenced
+    assert api(c, "put", "/cluster/maintenance", json={"maintenance": False}).status_code == 200
+    fence = c.wait_job(job.id, timeout=90)
+    assert fence["state"] == "succeeded", fence
+    assert sorted(fence["result"]["done"]) == ["m0", "m1"]
+    assert Counter(j["vm"] for j in jobs(c, "recover")) == {"m0": 1, "m1": 1}
+    assert all(v["node"] != victim and v["state"] == "running" for v in vms(c).values())
+
+
+def test_a_node_back_before_its_fence_is_not_fenced(make_cluster):
+    """A node declared dead whose worker starts again before the fence step (held back by maintenance): the
+    fence job is cancelled with the reason, the node is not powered off, and nothing is recovered elsewhere."""
+    c = make_cluster(nodes(3), worker_env=HA_ENV, fencing=True)
+    victim = next(n for n in ("hv2", "hv3") if n != primary(c))
+    assert c.define_vm("back0", 256, node=victim, start=True)["state"] == "succeeded"
+    assert api(c, "put", "/cluster/maintenance", json={"maintenance": True}).status_code == 200
+    c.workers[victim].kill()
+    job = declare_dead(c.zk, c.schema, victim, "declared an instant before maintenance began")
+    assert job is not None
+    c.power_on(victim)  # the worker's supervisor starts it again
+    c.wait_worker(victim)
+    pid = c.workers[victim].pid
+
+    fence = c.wait_job(job.id, timeout=60)
+    assert fence["state"] == "cancelled" and "came back before it was fenced" in fence["reason"], fence
+    assert api(c, "get", f"/nodes/{victim}").json()["fence"]["state"] == "returned"
+    assert jobs(c, "recover") == []
+    assert vms(c)["back0"]["node"] == victim  # its worker started nothing (the test driver lost the guest)
+    assert c.workers[victim].pid == pid and power_status(bmc(c, victim)) is True
+
+
+def test_storm_guard_lets_a_two_node_cluster_fence(make_cluster):
+    """In a 2-node cluster the one other node dying is half of the cluster but not a storm: it is fenced."""
+    c = make_cluster(nodes(2), worker_env=HA_ENV, fencing=True)
+    victim = next(n for n in ("hv1", "hv2") if n != primary(c))
+    assert c.define_vm("two0", 256, node=victim, start=True)["state"] == "succeeded"
+    chassis_power(bmc(c, victim), "off")
+    assert fence_of(c, victim)["state"] == "succeeded"
+    assert vms(c)["two0"]["node"] != victim and vms(c)["two0"]["state"] == "running"
+    assert not [f for f in api(c, "get", "/cluster").json()["faults"] if f["id"] == "fence_storm"]
+
+
+@pytest.mark.parametrize("size", [3, 4])
+def test_a_node_that_stayed_dead_does_not_make_the_next_failure_a_storm(make_cluster, size):
+    """A node whose fence failed stays dead for good; a later single failure is still fenced, in a 3- and a
+    4-node cluster (the dead node is out of play, not a second node looking dead)."""
+    c = make_cluster(nodes(size), worker_env=HA_ENV, fencing=True)
+    boss = primary(c)
+    gone, victim = [n for n in (f"hv{i}" for i in range(1, size + 1)) if n != boss][:2]
+    c.bmc[gone].stop()  # no BMC: its fence fails and it stays dead
+    c.workers[gone].kill()
+    assert fence_of(c, gone)["state"] == "failed"
+    assert api(c, "get", f"/nodes/{gone}").json()["daemon_state"] == "dead"
+
+    assert c.define_vm(f"late{size}", 256, node=victim, start=True)["state"] == "succeeded"
+    chassis_power(bmc(c, victim), "off")
+    assert fence_of(c, victim)["state"] == "succeeded"
+    assert vms(c)[f"late{size}"]["node"] not in (gone, victim)
+    assert not [f for f in api(c, "get", "/cluster").json()["faults"] if f["id"] == "fence_storm"]
+
+
 def test_primary_failover_runs_queued_cluster_work(make_cluster):
     """Cluster work queued while the primary is frozen runs on the next primary after the old one dies: a fence
     job queued for a dead node completes there, and the dead primary is fenced too (each once); a clean
     shutdown of a primary hands over at once."""
     from pvc_tasks.app import app
-    from pvc_tasks.fencing import declare_dead
-
     c = make_cluster(nodes(5), worker_env=HA_ENV, fencing=True)
     boss = primary(c)
     dead = next(n for n in ("hv2", "hv3", "hv4") if n != boss)
@@ -196,6 +272,22 @@ def test_primary_failover_runs_queued_cluster_work(make_cluster):
     c.workers[successor].stop()  # SIGTERM: relinquish before stopping
     wait_until(lambda: primary(c) not in (successor, boss), 15, "a clean handover")
     assert api(c, "get", f"/nodes/{successor}").json()["router_state"] == "secondary"
+
+
+def test_a_crashed_primary_never_shows_primary(make_cluster):
+    """A primary killed outright never writes ``secondary``: its successor does, and until then the API derives it
+    from the missing presence; the successor alone shows ``primary``."""
+    c = make_cluster(nodes(3), worker_env=HA_ENV, fencing=True)
+    assert api(c, "put", "/cluster/maintenance", json={"maintenance": True}).status_code == 200  # nobody fences it
+    boss = primary(c)
+    c.workers[boss].kill()
+    wait_until(lambda: not api(c, "get", f"/nodes/{boss}").json()["alive"], 30, "the primary's session to expire")
+    assert api(c, "get", f"/nodes/{boss}").json()["router_state"] == "secondary"
+    successor = wait_until(lambda: primary(c) != boss and primary(c), 30, "a new primary")
+    wait_until(lambda: c.zk.get(c.schema.path("node.router_state", boss))[0] == b"secondary", 15,
+               "the successor to correct the crashed primary's router_state")
+    states = {n["name"]: n["router_state"] for n in api(c, "get", "/nodes").json()}
+    assert [n for n, s in states.items() if s == "primary"] == [successor]
 
 
 def test_self_fence_stops_vms_of_a_worker_cut_off_from_zookeeper(make_cluster):
