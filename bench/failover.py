@@ -1,9 +1,11 @@
-"""bench/failover.py: from the power-off of a node holding 20 / 100 VMs to all of them running elsewhere; and a
-soak of worker pauses shorter than the fencing threshold, counting false fences (which must be zero).
+"""bench/failover.py: from the power-off of a node holding 20 / 100 VMs to all of them running elsewhere, for a
+secondary and for the primary; and a soak of worker pauses shorter than the fencing threshold, counting false
+fences (which must be zero).
 
 Each failover run starts its own 4-node cluster (test-driver nodes, one ipmi_sim BMC each), defines the VMs on a
-node that is not the primary, starts them, and powers that node off through its BMC (``ipmitool chassis power
-off``). It then reports, from the power-off:
+node that is not the primary (``secondary``) or on the primary itself (``primary``: its successor must first win
+the primary lock, which it can only when the dead primary's ZooKeeper session has expired), starts them, and powers
+that node off through its BMC (``ipmitool chassis power off``). It then reports, from the power-off:
 
     detection   until the primary declared the node dead (the fence job's creation),
     to primary  from the declaration until the fence task runs (the cluster queue, on the primary),
@@ -17,7 +19,8 @@ last keepalive) and ``fast`` (1 s, 2, 1: ~3 s; what the tests use).
 The soak (fast settings unless ``--soak-settings default``) SIGSTOPs a worker for random pauses below the
 threshold, many times, and counts the fence jobs created: every one would be a false fence.
 
-    .venv/bin/python bench/failover.py [--sizes 20,100] [--settings default,fast] [--soak 30]
+    .venv/bin/python bench/failover.py [--sizes 20,100] [--settings default,fast] [--roles secondary,primary]
+                                       [--soak 30]
 """
 
 from __future__ import annotations
@@ -73,11 +76,11 @@ def wait_primary(c: LocalCluster) -> str:
     return boss
 
 
-def failover(settings: str, size: int) -> dict:
+def failover(settings: str, size: int, role: str) -> dict:
     c = start_cluster(settings)
     try:
         boss = wait_primary(c)
-        victim = next(n for n in ("hv2", "hv3", "hv4") if n != boss)
+        victim = boss if role == "primary" else next(n for n in ("hv2", "hv3", "hv4") if n != boss)
         with ThreadPoolExecutor(8) as pool:
             done = list(pool.map(lambda i: c.define_vm(f"f{i:03d}", 256, node=victim, start=True), range(size)))
         assert all(j["state"] == "succeeded" for j in done)
@@ -97,7 +100,7 @@ def failover(settings: str, size: int) -> dict:
         everywhere = {v["node"] for v in api(c, "/vms") if v["state"] == "running"}
         assert victim not in everywhere and len(api(c, "/vms")) == size
         fenced = ended["result"]["fence"]
-        return {"settings": settings, "vms": size, "detection": ended["created"] - off,
+        return {"settings": settings, "role": role, "vms": size, "detection": ended["created"] - off,
                 "to_primary": fenced["started_at"] - ended["created"], "fence": fenced["seconds"],
                 "recovery": ended["finished"] - fenced["finished_at"], "total": ended["finished"] - off,
                 "threshold": threshold(SETTINGS[settings])}
@@ -136,19 +139,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="20,100")
     parser.add_argument("--settings", default="default,fast")
+    parser.add_argument("--roles", default="secondary,primary", help="which node loses power")
     parser.add_argument("--soak", type=int, default=30, help="number of pauses (0: no soak)")
     parser.add_argument("--soak-settings", default="fast", choices=sorted(SETTINGS))
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     rows = []
     for settings in args.settings.split(","):
-        for size in (int(n) for n in args.sizes.split(",")):
-            print(f"failover of {size} VMs at {settings} settings ...", flush=True)
-            rows.append(failover(settings, size))
+        for role in args.roles.split(","):
+            for size in (int(n) for n in args.sizes.split(",")):
+                print(f"failover of the {role} holding {size} VMs at {settings} settings ...", flush=True)
+                rows.append(failover(settings, size, role))
     print("\npower-off of a node -> all its VMs running elsewhere (seconds)")
-    print("  settings   VMs   dead after   detection   to primary    fence   recovery    total")
+    print("  settings   node        VMs   dead after   detection   to primary    fence   recovery    total")
     for r in rows:
-        print(f"  {r['settings']:8s} {r['vms']:5d}   {r['threshold']:8.0f} s   {r['detection']:9.2f}   "
+        print(f"  {r['settings']:8s} {r['role']:10s} {r['vms']:5d}   {r['threshold']:8.0f} s   {r['detection']:9.2f}   "
               f"{r['to_primary']:10.2f}  {r['fence']:7.2f}   {r['recovery']:8.2f}  {r['total']:7.2f}")
     if args.soak:
         print(f"\nsoak: {args.soak} SIGSTOP pauses of a worker below the threshold ({args.soak_settings}) ...",

@@ -19,7 +19,7 @@ import click
 from pvc_cli.client import Client
 from pvc_cli.output import emit
 
-__all__ = ["EXIT_API", "EXIT_FAILED", "EXIT_TIMEOUT", "EXIT_UNREACHABLE", "finish", "wait_options", "watch"]
+__all__ = ["EXIT_API", "EXIT_FAILED", "EXIT_TIMEOUT", "EXIT_UNREACHABLE", "Progress", "finish", "wait_options", "watch"]
 
 EXIT_FAILED, EXIT_API, EXIT_TIMEOUT, EXIT_UNREACHABLE = 1, 3, 4, 5
 TERMINAL = ("succeeded", "failed", "cancelled")

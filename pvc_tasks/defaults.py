@@ -37,6 +37,12 @@ FAILED_FENCE = "none"
 #: nothing is fenced and a cluster fault is raised (pvc_workers.monitor; why in docs/fencing.md). 0.5: a correlated
 #: failure of half of the cluster waits for an operator; a single failure is always fenced.
 FENCE_STORM_FRACTION = 0.5
+#: An operator's request to move the primary role (`pvc node primary|secondary`) is honoured for this long (s, by
+#: ZooKeeper's clock): a request for a node that died before it could take over must not surprise anyone later.
+PRIMARY_REQUEST_TTL = 60.0
+#: A primary handing over waits at most this long (s) for its running fence passes (an IPMI power cycle takes
+#: up to three ``IPMI_TIMEOUT`` plus the settle time) before it releases the primary lock.
+HANDOVER_WAIT = 30.0
 #: Self-fence: a worker cut off from ZooKeeper longer than this (s) stops its VMs. 0 = off (PVC's default too).
 SELF_FENCE_AFTER = 0.0
 #: Celery worker threads per node. Threads, not processes: the test driver's state is per process, and a node

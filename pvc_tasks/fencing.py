@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
 
@@ -47,7 +48,7 @@ from pvc_tasks.secrets import SecretError, unseal
 from pvc_tasks.state import domain_record, domain_records, keepalive_age
 from zk_schema import Schema
 
-__all__ = ["FENCE", "declare_dead", "resume"]
+__all__ = ["FENCE", "IN_FLIGHT", "declare_dead", "resume", "run_pass"]
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +108,9 @@ def _fence_step(ctx, job: Job) -> dict:
     return dict(outcome, started_at=round(started, 3), finished_at=round(time.time(), 3))
 
 
-def _policy(ctx, target: str, fenced: dict) -> tuple[str, str]:
-    """("migrate" | "none" | "wait", why) for the VMs of ``target`` after its fence (or before an evacuation)."""
+def _policy(ctx, target: str, fenced: dict, clock: str) -> tuple[str, str]:
+    """("migrate" | "none" | "wait", why) for the VMs of ``target`` after its fence (or before an evacuation).
+    ``clock``: a znode this pass has just written (its job), for ZooKeeper's "now"."""
     settings = ctx.settings
     if fenced.get("off_by"):
         return "migrate", f"{target} is powered off ({fenced['off_by']}): evacuated by hand"
@@ -118,7 +120,7 @@ def _policy(ctx, target: str, fenced: dict) -> tuple[str, str]:
     if settings.failed_fence == "none":
         return "none", why + "; policy failed_fence=none"
     self_fence = float(ctx.zk.get(ctx.schema.path("node.self_fence_after", target))[0].decode() or 0)
-    age = keepalive_age(ctx.zk, ctx.schema, target) or 0.0
+    age = keepalive_age(ctx.zk, ctx.schema, target, clock) or 0.0  # by ZooKeeper's clock: a skewed X cannot rush it
     if self_fence <= 0:
         return "none", why + f"; {target} does not self-fence, so it may still run its VMs"
     if age < self_fence + settings.keepalive_interval:
@@ -184,20 +186,46 @@ def tick(job_id: str, vm: str, node: str, periodic: bool = False) -> dict:
     return run_pass(job_id, periodic)
 
 
+class _InFlight:
+    """The cluster passes running in this process: a primary handing over waits for them, so that its successor,
+    which frees their leases at takeover (``resume``), never runs a pass beside one of them (two power cycles)."""
+
+    def __init__(self) -> None:
+        self.count, self.changed = 0, threading.Condition()
+
+    def __enter__(self) -> None:
+        with self.changed:
+            self.count += 1
+
+    def __exit__(self, *_exc) -> None:
+        with self.changed:
+            self.count -= 1
+            self.changed.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True when no pass runs (waiting at most ``timeout`` s)."""
+        with self.changed:
+            return self.changed.wait_for(lambda: self.count == 0, timeout)
+
+
+IN_FLIGHT = _InFlight()
+
+
 def run_pass(job_id: str, periodic: bool) -> dict:
     """One pass of a fence or evacuate job (``pvc_tasks.evacuate``), under the job's lease."""
     from pvc_tasks.context import current
 
     ctx = current()
     token = uuid.uuid4().hex
-    job = take_lease(ctx.jobs, job_id, token, periodic)
-    if job is None:
-        return {"job": job_id, "state": "skipped"}
-    try:
-        return _pass(ctx, job, token)
-    except Exception as exc:  # a pass that broke must not stall the job: note it, free the lease, pass again
-        log.exception("%s pass of job %s failed", job.kind, job_id)
-        return continue_job(ctx.jobs, job_id, token, dict(job.result), [f"pass failed: {describe(exc)}"], "")
+    with IN_FLIGHT:
+        job = take_lease(ctx.jobs, job_id, token, periodic)
+        if job is None:
+            return {"job": job_id, "state": "skipped"}
+        try:
+            return _pass(ctx, job, token)
+        except Exception as exc:  # a pass that broke must not stall the job: note it, free the lease, pass again
+            log.exception("%s pass of job %s failed", job.kind, job_id)
+            return continue_job(ctx.jobs, job_id, token, dict(job.result), [f"pass failed: {describe(exc)}"], "")
 
 
 def _plan(ctx, job: Job) -> dict:
@@ -229,7 +257,7 @@ def _pass(ctx, job: Job, token: str) -> dict:
             result["fence"] = _fence_step(ctx, job)
             notes.append(f"fence of {target}: " + ("confirmed off" if result["fence"]["ok"]
                                                       else f"FAILED: {result['fence']['reason']}"))
-    policy, why = _policy(ctx, target, result["fence"])
+    policy, why = _policy(ctx, target, result["fence"], store.path(job.id))
     if result.get("policy") != policy:
         notes.append(f"{len(result['plan'])} VM(s) ran on {target}: {why}; policy {policy}")
         result["policy"] = policy

@@ -113,6 +113,11 @@ def prepare(run: JobRun) -> None:
     if taken:
         raise JobFailed(f"target {node}'s VF(s) {', '.join(taken)} reserved for {vm} are in use meanwhile")
     live = params["method"] in ("live", "default") and run.hv.live_migration
+    if run.hv.state(vm) in ("stopped", "crashed"):
+        # A copy that is not running, left by an earlier life of this node (ZooKeeper places the VM on the source):
+        # its XML may be stale, so it is never what the VM becomes here.
+        run.note_only(f"removing a stale copy of {vm} that {node}'s libvirt still held")
+        run.hv.undefine(vm)
     if not live and run.hv.state(vm) == "missing":
         run.hv.define(params.get("target_xml") or record["xml"])  # with the target's VFs, if it has any
     hop(run, PERFORM, params["source"], phase=("perform", 2),

@@ -7,7 +7,6 @@ password) are never part of a record.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 
 from kazoo.client import KazooClient
@@ -193,12 +192,14 @@ def desired_vf_config(record: dict) -> dict[str, str]:
     return {key.removeprefix("config."): value or "" for key, value in record.items() if key.startswith("config.")}
 
 
-def keepalive_age(zk: KazooClient, schema: Schema, node: str) -> float | None:
-    try:
-        data, _ = zk.get(schema.path("node.keepalive", node))
-        return time.time() - float(data.decode() or 0)
-    except (NoNodeError, ValueError):
+def keepalive_age(zk: KazooClient, schema: Schema, node: str, clock: str) -> float | None:
+    """Seconds between the node's last keepalive and the last write of ``clock``, a znode the caller has just
+    written (its own keepalive, the job it works on): both stamped by ZooKeeper, so no node's clock matters, and an
+    older ``clock`` only makes the age look smaller. None when the node never wrote one."""
+    stat, now = zk.exists(schema.path("node.keepalive", node)), zk.exists(clock)
+    if stat is None or now is None or stat.version == 0:
         return None
+    return max(0.0, (now.mtime - stat.mtime) / 1000)
 
 
 def delete_tree_ops(zk: KazooClient, path: str) -> list[Op]:

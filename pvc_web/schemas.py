@@ -217,6 +217,13 @@ class FlushSchema(Schema):
                        "the flush with 409 insufficient_capacity"})
 
 
+class HandoverSchema(Schema):
+    node = fields.String(metadata={"description": "the node named in the request"})
+    want = fields.String(metadata={"description": "primary | secondary"})
+    primary = fields.String(metadata={"description": "the primary when the request was made"})
+    done = fields.Boolean(metadata={"description": "true: it already was so, nothing was requested"})
+
+
 class EvacuateSchema(Schema):
     confirm_powered_off = fields.Boolean(load_default=False, metadata={
         "description": "you state that the node is powered off (it was not fenced, or its fence failed): its VMs "

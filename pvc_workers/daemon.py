@@ -56,7 +56,7 @@ from pvc_workers.session import SessionWatch
 from pvc_workers.sriov import nic_for
 from pvc_workers.vf_inventory import VfInventory
 from pvc_workers.watchdog import Watchdog
-from zk_schema import Schema, SchemaError, cluster_version
+from zk_schema import Schema, SchemaError, available_versions, cluster_version
 
 __all__ = ["main"]
 
@@ -104,6 +104,12 @@ def _register(zk: KazooClient, schema: Schema, settings: Settings) -> bool:
     # Presence and the reset state in one transaction: a reader never sees this process's presence beside the
     # "run" state of a predecessor.
     ops = [("create", presence, str(os.getpid()).encode(), "ephemeral")]
+    # What this code can load, for `pvc cluster upgrade` to check before it moves the cluster: at the NEWEST
+    # layout's path (an upgrade reads it there), under the node when this cluster's layout has it there too.
+    latest = Schema.latest()
+    if zk.exists(latest.path("node", node)) is not None:
+        ops.append(("create", latest.path("node.schema_loadable", node),
+                    ",".join(str(v) for v in available_versions()).encode(), "ephemeral"))
     known = {key.name for key in schema.section_keys("node")}  # an older cluster layout lacks newer keys
     ops += [("set", schema.path(f"node.{k}", node), v.encode(), -1) for k, v in values.items() if k in known]
     # A previous worker killed without closing its session holds presence until the session expires.
@@ -131,6 +137,7 @@ class Daemon:
         self.stop = threading.Event()
         self.reexec = False
         self.election: Election | None = None
+        self.returning = False
         self.zk = connect(settings)
 
     def prepare(self) -> NodeContext:
@@ -148,7 +155,7 @@ class Daemon:
             schema = Schema.load(version)
         except SchemaError as exc:
             raise StartupError(f"this worker is too old for the cluster: {exc}") from exc
-        returning = _register(self.zk, schema, settings)
+        returning = self.returning = _register(self.zk, schema, settings)
         if returning:
             log.warning("node %s returns after it was declared dead: no VM is started at start-up", settings.node)
         try:
@@ -196,8 +203,9 @@ class Daemon:
         ctx = self.prepare()
         inventory = Inventory(ctx, self.stop, self.vf_inventory.sync)
         ctx.inventory = inventory.refresh
-        threads = [inventory, Keepalive(ctx, inventory, self.stop), Janitor(ctx, self.stop, self._primary),
-                   SessionWatch(ctx, self.stop), Watchdog(ctx, self.stop),
+        threads = [inventory, Keepalive(ctx, inventory, self.stop),
+                   Janitor(ctx, self.stop, self._primary, self.returning), SessionWatch(ctx, self.stop),
+                   Watchdog(ctx, self.stop),
                    threading.Thread(target=check_own_bmc, args=(ctx,), daemon=True)]
         for thread in threads:
             thread.start()

@@ -17,7 +17,10 @@ Each pass (every ``janitor_interval`` s) over all job records:
 * a job still ``queued`` after ``queue_timeout`` s ends ``failed``: the outer bound, whatever happened;
 * a terminal job older than ``job_retention`` s is deleted;
 * on the primary: the cluster fault ``jobs_over_bound`` is set, or cleared, from the unfinished jobs' ages
-  (``pvc_tasks.backlog``).
+  (``pvc_tasks.backlog``);
+* on a node that returned from being declared dead (``returning``): its local copies of VMs that ZooKeeper now
+  places elsewhere are removed (``pvc_workers.reconcile.remove_stale_copies``) while a fence, evacuation or
+  recovery of this node is unfinished, and once more after the last one ended.
 
 Every worker runs a janitor; they race harmlessly, because ending a job is a compare-and-set that does nothing
 to a job already ended, and a re-drive counts only while the step is still untaken.
@@ -40,6 +43,7 @@ from pvc_tasks.jobs import JobState, orphan
 from pvc_tasks.leases import LEASES
 from pvc_tasks.state import keepalive_age, node_alive
 from pvc_workers.health import set_fault
+from pvc_workers.reconcile import remove_stale_copies
 from pvc_workers.watchdog import restart_worker
 
 __all__ = ["Janitor", "held_here"]
@@ -59,9 +63,12 @@ def held_here() -> set[str]:
 
 
 class Janitor(threading.Thread):
-    def __init__(self, ctx: NodeContext, stop: threading.Event, primary: Callable[[], bool] = lambda: False) -> None:
+    def __init__(self, ctx: NodeContext, stop: threading.Event, primary: Callable[[], bool] = lambda: False,
+                 returning: bool = False) -> None:
         super().__init__(name="janitor", daemon=True)
         self.ctx, self.stop, self.primary = ctx, stop, primary
+        #: This node came back after it was declared dead: its VMs may be committed elsewhere after our start.
+        self.returning = returning
         #: Node -> when (this process's monotonic clock) its presence was first seen missing.
         self.gone_since: dict[str, float] = {}
 
@@ -73,10 +80,17 @@ class Janitor(threading.Thread):
         gone = time.monotonic() - self.gone_since.setdefault(node, time.monotonic())
         if gone < self.ctx.settings.absent_after:
             return None
-        age = keepalive_age(self.ctx.zk, self.ctx.schema, node)
+        age = keepalive_age(self.ctx.zk, self.ctx.schema, node,
+                            self.ctx.schema.path("node.keepalive", self.ctx.node))
         if age is None or age > self.ctx.settings.absent_after:
             return age if age is not None else float("inf")
         return None
+
+    def _recovering_me(self, job) -> bool:
+        """An unfinished fence or evacuation of this node, or recovery of one of its VMs."""
+        node = self.ctx.node
+        return not job.terminal and ((job.params.get("target") == node and job.kind in ("fence", "evacuate"))
+                                     or (job.kind == "recover" and job.params.get("dead") == node))
 
     def judge_leases(self) -> None:
         """End the jobs of this process's steps whose lease lapsed; keep ``step_hung`` while their threads hang."""
@@ -106,6 +120,9 @@ class Janitor(threading.Thread):
         queue_len: dict[str, int | None] = {}
         held: set[str] | None = None
         jobs = self.ctx.jobs.all()
+        if self.returning:
+            self.returning = any(self._recovering_me(job) for job in jobs)
+            remove_stale_copies(self.ctx)
         if self.primary():
             set_fault(self.ctx, "base.faults", "jobs_over_bound", fault_message(backlog(jobs, now, settings)))
         for job in jobs:

@@ -1,9 +1,12 @@
 """The fencing monitor: runs on the primary only, decides which nodes are dead and declares them.
 
-Every ``keepalive_interval`` it reads each node's keepalive znode. Liveness is judged by whether that znode's
-VERSION changed, timed on this process's monotonic clock, never by comparing the timestamp a node wrote with our
-clock: a node with a skewed clock is not fenced for it. At takeover every node starts with a clean slate, so a
-new primary never fences on what it did not see itself.
+Every ``keepalive_interval`` it reads each node's keepalive znode. A node's keepalive AGE is measured on
+ZooKeeper's clock, never with the timestamp the node wrote: the znode's modification time (``mtime``, stamped by
+the ZooKeeper leader when it applied the write) against ZooKeeper's "now", which is this primary's own keepalive's
+``mtime`` plus the time that passed on this process's monotonic clock since that write was first seen (so "now"
+can only lag: ages are never overstated). A node with a skewed clock is not fenced for it, and a new primary
+does not start counting from zero at takeover: the keepalive of a primary that died stopped ageing in nobody's
+head, its ``mtime`` says when it was last written (docs/fencing.md, "Primary loss").
 
     alive     its keepalive changed within ``suspect_after_intervals`` intervals;
     suspect   it did not (fault ``keepalive_missed`` on the node, so ``pvc cluster status`` shows it);
@@ -66,8 +69,8 @@ class Monitor(threading.Thread):
         super().__init__(name="fence-monitor", daemon=True)
         self.ctx, self.still_primary = ctx, still_primary
         self.halted = threading.Event()
-        #: node -> (keepalive znode version, monotonic time it was first seen)
-        self.seen: dict[str, tuple[int, float]] = {}
+        #: (this node's keepalive mtime in ms, the monotonic time it was first seen): ZooKeeper's clock
+        self.own: tuple[int, float] | None = None
 
     def halt(self) -> None:
         self.halted.set()
@@ -82,24 +85,28 @@ class Monitor(threading.Thread):
             except Exception:
                 log.exception("fence monitor pass failed")
 
-    def _missed(self, node: str, now: float) -> float:
-        """Intervals since this node's keepalive last changed (as seen by this monitor)."""
-        version = self.ctx.zk.exists(self.ctx.schema.path("node.keepalive", node)).version
-        last = self.seen.get(node)
-        if last is None or last[0] != version:
-            self.seen[node] = (version, now)
-            return 0.0
-        return (now - last[1]) / self.ctx.settings.keepalive_interval
+    def _server_now(self) -> float:
+        """ZooKeeper's clock now (ms), from this node's own keepalive writes (see the module docstring)."""
+        mtime = self.ctx.zk.exists(self.ctx.schema.path("node.keepalive", self.ctx.node)).mtime
+        if self.own is None or self.own[0] != mtime:
+            self.own = (mtime, time.monotonic())
+        return mtime + (time.monotonic() - self.own[1]) * 1000
+
+    def _age(self, node: str, now: float) -> float:
+        """Seconds since the node's keepalive was last written, on ZooKeeper's clock."""
+        return max(0.0, now - self.ctx.zk.exists(self.ctx.schema.path("node.keepalive", node)).mtime) / 1000
 
     def check(self) -> None:
-        ctx, settings, now = self.ctx, self.ctx.settings, time.monotonic()
+        ctx, settings = self.ctx, self.ctx.settings
         zk, schema = ctx.zk, ctx.schema
+        now = self._server_now()
         nodes = [n for n in names(zk, schema, "base.node") if n != ctx.node]
         states = {n: zk.get(schema.path("node.daemon_state", n))[0].decode() for n in nodes}
         suspect_after, throws = settings.suspect_after_intervals, settings.saving_throws
-        looking_dead, dead = [], []
+        looking_dead, dead, ages = [], [], {}
         for node in nodes:
-            missed = self._missed(node, now)
+            ages[node] = self._age(node, now)
+            missed = ages[node] / settings.keepalive_interval
             if states[node] == "dead":
                 looking_dead.append(node)
                 continue
@@ -125,7 +132,8 @@ class Monitor(threading.Thread):
                   f"(docs/fencing.md)" if storm else None)
         maintenance = zk.get(schema.path("base.config.maintenance"))[0].decode() == "true"
         for node in dead:
-            why = f"no keepalive for {suspect_after + throws} intervals of {settings.keepalive_interval:g} s"
+            why = (f"no keepalive for {ages[node]:.1f} s by ZooKeeper's clock (dead after "
+                   f"{suspect_after + throws} intervals of {settings.keepalive_interval:g} s)")
             if storm or maintenance:
                 guard = "maintenance mode is on" if maintenance else "fence storm guard"
                 set_fault(ctx, "node.faults", "keepalive_missed", f"{why}; NOT fenced: {guard}", node)

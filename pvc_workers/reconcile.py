@@ -16,7 +16,10 @@ VMs (``reconcile_vms``)
     * recorded ``failed`` (e.g. a failed fence marked it so): defined, never started.
 
 A node returning after it was declared dead (``returning``) starts NOTHING: the fence job decides what happens
-to each of its VMs (recovered elsewhere, or marked failed), and a VM must never run twice.
+to each of its VMs (recovered elsewhere, or marked failed), and a VM must never run twice. The fence powers the
+node on before it has recovered every VM, so a VM still recorded here at start-up is defined again and committed
+on another node later: its janitor runs ``remove_stale_copies`` at every pass until no fence, evacuation or
+recovery of the node is left, then once more (``pvc_workers.janitor``).
 
 Jobs (``reconcile_jobs``), each job whose current step is on this node's queue
     * its step had started (``stage_taken``): the previous worker died during it, so the job's kind ends it or
@@ -37,9 +40,9 @@ from pvc_tasks.context import HypervisorError, NodeContext
 from pvc_tasks.engine import resume_passes
 from pvc_tasks.errors import NotFound
 from pvc_tasks.jobs import orphan
-from pvc_tasks.state import domain_records
+from pvc_tasks.state import domain_records, read_keys
 
-__all__ = ["reconcile_jobs", "reconcile_vms"]
+__all__ = ["reconcile_jobs", "reconcile_vms", "remove_stale_copies"]
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +56,7 @@ def reconcile_vms(ctx: NodeContext, returning: bool = False) -> dict[str, int]:
     mine = [r for r in records if r["node"] == ctx.node]
     # A VM with an active job may be mid-migration to or from here: that job's rollback decides, not us.
     elsewhere = {r["name"]: r["node"] for r in records if r["node"] != ctx.node and not r["active_job"]}
-    for vm in set(live) & set(elsewhere):
-        if live[vm].state == "running":
-            log.error("VM %s runs here but ZooKeeper places it on %s: destroying this copy", vm, elsewhere[vm])
-        try:
-            if live[vm].state != "stopped":
-                hv.destroy(vm)
-            hv.undefine(vm)
-            counts["stale_removed"] += 1
-        except HypervisorError as exc:
-            log.error("could not remove the stale copy of %s on %s: %s", vm, ctx.node, exc)
+    counts["stale_removed"] = _remove_stale(ctx, live, elsewhere)
     for record in mine:
         vm = record["name"]
         if record["state"] == "defining" or _held(ctx, record["active_job"]):
@@ -86,6 +80,36 @@ def reconcile_vms(ctx: NodeContext, returning: bool = False) -> dict[str, int]:
         log.warning("%d libvirt domain(s) on %s are not managed by pvc", counts["foreign"], ctx.node)
     log.info("reconciled VMs of %s: %s", ctx.node, counts)
     return counts
+
+
+def _remove_stale(ctx: NodeContext, live: dict, elsewhere: dict[str, str]) -> int:
+    """Destroy (if it runs) and undefine each local copy of a VM that ZooKeeper places on another node."""
+    removed = 0
+    for vm in set(live) & set(elsewhere):
+        if live[vm].state == "running":
+            log.error("VM %s runs here but ZooKeeper places it on %s: destroying this copy", vm, elsewhere[vm])
+        try:
+            if live[vm].state != "stopped":
+                ctx.hypervisor.destroy(vm)
+            ctx.hypervisor.undefine(vm)
+            removed += 1
+        except HypervisorError as exc:
+            log.error("could not remove the stale copy of %s on %s: %s", vm, ctx.node, exc)
+    return removed
+
+
+def remove_stale_copies(ctx: NodeContext) -> int:
+    """Again after start-up, on a node returning from being declared dead, while its VMs are being recovered
+    elsewhere: a VM still recorded here at start-up was defined again then, and its recovery commits it on
+    another node later. Reads only the records of the VMs this node's libvirt holds."""
+    live = ctx.hypervisor.domains()
+    records = read_keys(ctx.zk, ctx.schema, "domain", [(vm,) for vm in live], ["node", "active_job"])
+    elsewhere = {vm: r["node"] for vm, r in zip(live, records)
+                 if r is not None and r["node"] not in ("", ctx.node) and not r["active_job"]}
+    removed = _remove_stale(ctx, live, elsewhere)
+    if removed:
+        log.warning("removed %d stale copies of VMs recovered elsewhere from %s", removed, ctx.node)
+    return removed
 
 
 def _held(ctx: NodeContext, job_id: str) -> bool:

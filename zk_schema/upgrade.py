@@ -156,6 +156,28 @@ def migrate(zk: KazooClient, target: int, *, lock_timeout: float = 30.0) -> Sche
         lock.release()
 
 
+def workers_unable(zk: KazooClient, schema: Schema, versions: list[int]) -> dict[str, str]:
+    """Nodes whose RUNNING worker could not load every one of ``versions`` -> why. A worker re-executes at each
+    version the cluster passes through and exits when it cannot load it; a node without a worker (no presence) is
+    not asked: it loads whatever the cluster records when it starts. A worker says what it can load in its ephemeral
+    ``node.schema_loadable``, at the newest layout's path; one that does not say is older than that key."""
+    latest = Schema.latest()
+    unable = {}
+    for node in sorted(zk.get_children(schema.path("base.node"))):
+        if zk.exists(schema.path("node.presence", node)) is None:
+            continue
+        try:
+            loadable = {int(v) for v in zk.get(latest.path("node.schema_loadable", node))[0].decode().split(",") if v}
+        except NoNodeError:
+            unable[node] = "its worker does not say which schema versions it can load (it predates schema 7)"
+            continue
+        lacking = [v for v in versions if v not in loadable]
+        if lacking:
+            unable[node] = (f"its worker cannot load schema {', '.join(map(str, lacking))} (it loads up to "
+                            f"{max(loadable)})")
+    return unable
+
+
 def upgrade_to_latest(zk: KazooClient) -> list[int]:
     """Apply every pending upgrade in order; returns the versions passed through."""
     current = cluster_version(zk)

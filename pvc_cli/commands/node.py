@@ -1,11 +1,13 @@
-"""``pvc node list|info|flush|ready|fence|evacuate``."""
+"""``pvc node list|info|flush|ready|fence|evacuate|primary|secondary``."""
 
 from __future__ import annotations
+
+import time
 
 import click
 
 from pvc_cli.output import emit, output_option, table
-from pvc_cli.wait import finish, wait_options
+from pvc_cli.wait import EXIT_TIMEOUT, Progress, finish, wait_options
 
 
 @click.group("node")
@@ -125,3 +127,47 @@ def evacuate(client, node, confirm_powered_off, yes, wait, timeout, output) -> N
     c = client()
     finish(c, c.post(f"/nodes/{node}/evacuate", {"confirm_powered_off": True} if confirm_powered_off else {}),
            wait, timeout, output)
+
+
+def _handover(client, node: str, want: str, timeout: float, output: str) -> None:
+    """Request the handover, then wait (bounded) until ``GET /cluster`` shows it carried out."""
+    c = client()
+    answer = c.post(f"/nodes/{node}/{want}")
+    progress = Progress(f"{want} {node}", quiet=output == "json")
+    deadline = time.monotonic() + timeout
+    while not answer["done"]:
+        primary = c.get("/cluster")["primary"]
+        answer["done"] = primary == node if want == "primary" else primary not in ("", node)
+        answer["primary_now"] = primary
+        if answer["done"]:
+            break
+        if time.monotonic() >= deadline:
+            emit(output, answer, lambda a: f"no handover after {timeout:g} s (primary: {a['primary_now'] or 'none'});"
+                                           f" `pvc cluster status` shows where it stands")
+            raise SystemExit(EXIT_TIMEOUT)
+        progress.update(f"waiting for the handover (primary: {primary or 'none'})", 50)
+        time.sleep(0.5)
+    progress.close()
+    answer.setdefault("primary_now", answer["primary"])
+    emit(output, answer, lambda a: f"{a['primary_now']} is primary" + (
+        f" (was {a['primary']})" if a["primary"] != a["primary_now"] else ""))
+
+
+def _handover_command(want: str, doc: str) -> None:
+    @click.argument("node")
+    @click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+                  help="seconds to wait for the handover")
+    @output_option
+    @click.pass_obj
+    def command(client, node, timeout, output) -> None:
+        _handover(client, node, want, timeout, output)
+
+    command.__doc__ = doc
+    group.command(want)(command)
+
+
+_handover_command("primary", """Make a coordinator the primary: the primary relinquishes and NODE takes over (with the
+    fencing monitor and the cluster queue). Refused (exit 3) for a node that is not a coordinator or whose worker is
+    absent.""")
+_handover_command("secondary", """Make the primary step down: another live coordinator takes over. Refused (exit 3)
+    when NODE is the only live coordinator.""")

@@ -9,7 +9,7 @@ from flask import current_app
 
 from pvc_tasks import slots
 from pvc_tasks.backlog import backlog
-from pvc_tasks.errors import Invalid
+from pvc_tasks.errors import Conflict, Invalid
 from pvc_tasks.jobs import JobStore, commit
 from pvc_tasks.lifecycle import shutdown_force
 from pvc_tasks.state import domain_records, node_records
@@ -23,7 +23,7 @@ from pvc_web.schemas import (
     ShutdownForceSchema,
 )
 from pvc_web.views import faults_view, next_steps
-from zk_schema import SchemaError, available_versions, init_cluster, upgrade_to_latest
+from zk_schema import SchemaError, available_versions, init_cluster, upgrade_to_latest, workers_unable
 from zk_schema.acl import secure_tree
 
 PREFIX = "/cluster"
@@ -85,11 +85,19 @@ def init(args: dict):
 
 @blp.route("/upgrade", methods=["POST"])
 @blp.response(200, SchemaChangeSchema)
+@blp.alt_response(409, description="a running worker cannot load the target schema (``workers_too_old``, "
+                                   "``details.nodes``: node -> why); nothing was changed")
 def upgrade():
     """Upgrade the cluster's ZooKeeper layout to the newest schema, one version at a time (workers re-exec), and
     put pvc's ACL on every node that lacks it."""
     h = handle()
-    h.schema  # noqa: B018 - 503 when no cluster exists yet
+    pending = [v for v in available_versions() if v > h.schema.version]  # 503 when no cluster exists yet
+    unable = workers_unable(h.zk, h.schema, pending)
+    if unable:
+        raise Conflict(f"not upgraded: the running worker of {', '.join(sorted(unable))} cannot load schema "
+                       f"{pending[-1]} and would exit when the cluster moves to it; install this pvc version on "
+                       f"those nodes and restart their workers (one at a time; each keeps its VMs), then run the "
+                       f"upgrade again", code="workers_too_old", details={"nodes": unable, "target": pending[-1]})
     steps = upgrade_to_latest(h.zk)
     secured = secure_tree(h.zk, h.zk.default_acl)
     schema = h.refresh()

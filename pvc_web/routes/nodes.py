@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pvc_tasks.evacuate import submit_evacuate, submit_fence
 from pvc_tasks.flush import submit_node_action
+from pvc_tasks.handover import request_handover
 from pvc_tasks.state import node_record, node_records
 from pvc_web.blueprint import Blueprint, accepted, handle
 from pvc_web.idempotency import idempotent, origin
-from pvc_web.schemas import EvacuateSchema, FlushSchema, JobSchema, NodeSchema
+from pvc_web.schemas import EvacuateSchema, FlushSchema, HandoverSchema, JobSchema, NodeSchema
 from pvc_web.views import job_view, node_view
 
 PREFIX = "/nodes"
@@ -83,3 +84,30 @@ def evacuate(args: dict, node: str):
     h = handle()
     return accepted(job_view(submit_evacuate(h.zk, h.schema, node, (args or {}).get("confirm_powered_off", False),
                                              origin=origin())))
+
+
+def _handover(node: str, want: str):
+    h = handle()
+    answer = request_handover(h.zk, h.schema, node, want, origin())
+    return answer, 200 if answer["done"] else 202
+
+
+@blp.route("/<string:node>/primary", methods=["POST"])
+@blp.response(202, HandoverSchema)
+@blp.alt_response(200, schema=HandoverSchema, description="the node already is primary: nothing requested")
+@blp.alt_response(409, description="not a coordinator (``not_coordinator``), worker absent (``node_unavailable``), "
+                                   "or the cluster's schema predates requests (``schema_too_old``)")
+def make_primary(node: str):
+    """Ask for a coordinated handover to this node: the primary relinquishes, this node takes over (its monitor and
+    the ``cluster`` queue move with the role). Follow it with ``GET /cluster`` (``primary``)."""
+    return _handover(node, "primary")
+
+
+@blp.route("/<string:node>/secondary", methods=["POST"])
+@blp.response(202, HandoverSchema)
+@blp.alt_response(200, schema=HandoverSchema, description="the node is not primary: nothing requested")
+@blp.alt_response(409, description="the only live coordinator (``no_other_coordinator``), not a coordinator, or "
+                                   "the cluster's schema predates requests")
+def make_secondary(node: str):
+    """Ask the primary to hand its role to another live coordinator (the next one waiting for the lock)."""
+    return _handover(node, "secondary")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from collections import Counter
 
@@ -19,6 +20,7 @@ from pvc_dev.invariants import libvirt_domains
 from pvc_dev.services import wait_until
 from pvc_tasks.fencing import declare_dead
 from pvc_workers.ipmi import Bmc, chassis_power, power_status
+from tests.conftest import SLOW_SESSION
 
 #: Fast detection: 1 s keepalives, suspect after 2 missed, 1 saving throw (a dead node is fenced ~3-4 s after).
 HA_ENV = {"PVC_SUSPECT_AFTER_INTERVALS": "2", "PVC_SAVING_THROWS": "1", "PVC_IPMI_TIMEOUT": "3"}
@@ -288,6 +290,21 @@ def test_a_crashed_primary_never_shows_primary(make_cluster):
                "the successor to correct the crashed primary's router_state")
     states = {n["name"]: n["router_state"] for n in api(c, "get", "/nodes").json()}
     assert [n for n, s in states.items() if s == "primary"] == [successor]
+
+
+def test_the_successor_of_a_dead_primary_counts_from_its_last_keepalive(make_cluster):
+    """A primary that dies is judged by its keepalive's age on ZooKeeper's clock: its successor, which can take
+    over only when the dead primary's 10 s session has expired, declares it dead at once, its keepalive being
+    already past the 3 s threshold, instead of counting 3 s more from its own takeover."""
+    c = make_cluster(nodes(3), worker_env={**HA_ENV, **SLOW_SESSION}, fencing=True)
+    boss = primary(c)
+    c.workers[boss].kill()
+    fence = fence_of(c, boss)
+    assert fence["state"] == "succeeded", fence
+    age = float(re.match(r"no keepalive for ([0-9.]+) s by ZooKeeper's clock", fence["params"]["why"]).group(1))
+    # Nobody could take over before the session expired (10 s after the kill), and the age then counted on:
+    # "now" on ZooKeeper's clock lags by at most one 1 s interval.
+    assert age >= 10 - 1.5, fence["params"]["why"]
 
 
 def test_self_fence_stops_vms_of_a_worker_cut_off_from_zookeeper(make_cluster):

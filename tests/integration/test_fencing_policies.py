@@ -7,6 +7,9 @@ detection of test_fencing (dead about 3 s after the last keepalive).
 
 from __future__ import annotations
 
+import os
+import signal
+from collections import Counter
 from pathlib import Path
 
 from pvc_dev.invariants import libvirt_domains
@@ -143,6 +146,25 @@ def test_failed_fence_with_policy_migrate_recovers_after_the_self_fence_interval
     assert sum("m0" in d for d in libvirt_domains(c).values() if d) == 1
 
 
+def test_failed_fence_with_policy_migrate_waits_by_zookeepers_clock_not_the_nodes(make_cluster):
+    """failed_fence=migrate on a node whose clock is an hour behind (its keepalive timestamps look an hour old):
+    the fence still waits out its self-fence interval, timed on ZooKeeper's clock, before recovering its VM."""
+    env = {**HA_ENV, "PVC_FAILED_FENCE": "migrate", "PVC_SELF_FENCE_AFTER": "4"}
+    c = make_cluster(nodes(3), worker_env=env, fencing=True)
+    victim = victim_of(c)
+    c.workers[victim].stop()
+    c.start_worker(victim, skewed("-1h"))
+    c.wait_worker(victim)
+    assert api(c, "get", f"/nodes/{victim}").json()["keepalive_age"] > 3000  # as its own timestamps say
+    assert c.define_vm("sk0", 256, node=victim, start=True)["state"] == "succeeded"
+    c.bmc[victim].stop()
+    c.workers[victim].kill()
+    fence = fence_of(c, victim)
+    texts = [m["text"] for m in fence["messages"]]
+    assert any(t.startswith("waiting: ") and "self-fence (4 s)" in t for t in texts), texts
+    assert [j["vm"] for j in jobs(c, "recover") if j["state"] == "succeeded"] == ["sk0"]
+
+
 def test_cleanly_stopped_node_is_never_judged(make_cluster):
     """A node whose worker stopped cleanly (daemon_state stop) is not suspected or fenced, however long it stays
     away: by the time the monitor suspects a node that was paused later, it has judged the stopped one longer."""
@@ -168,8 +190,8 @@ def skewed(offset: str) -> dict[str, str]:
 
 def test_a_node_with_a_skewed_clock_is_never_suspected(make_cluster):
     """A node whose clock is an hour behind writes keepalive timestamps an hour old, yet is never suspected: the
-    monitor judges keepalives by their znode version on its own monotonic clock. Proven at the moment the monitor
-    suspects another node that was paused meanwhile."""
+    monitor judges keepalives by their znodes' modification times, on ZooKeeper's clock. Proven at the moment the
+    monitor suspects another node that was paused meanwhile."""
     env = {**HA_ENV, **SLOW_SESSION, "PVC_SAVING_THROWS": "8"}
     c = make_cluster(nodes(4), worker_env=env, fencing=True)
     boss = primary(c)
@@ -253,3 +275,38 @@ def test_a_node_that_never_finished_starting_is_never_judged(make_cluster):
         wait_until(lambda: any(f["id"] == "keepalive_missed" for f in faults(c, control)), 7, "the suspicion")
     assert not any(f["id"] == "keepalive_missed" for f in faults(c, starting))
     assert jobs(c, "fence") == []
+
+
+def test_a_node_resumed_as_it_is_declared_dead_keeps_no_stale_copy(make_cluster):
+    """A worker frozen past the dead threshold and resumed the moment it is declared dead is fenced; the node
+    comes back while its VMs are still being recovered (its start-up defines those still recorded on it) and, in
+    every one of three rounds, ends holding no copy of a VM that ZooKeeper places elsewhere, as its libvirt says."""
+    c = make_cluster(nodes(3), worker_env=HA_ENV, fencing=True)
+    victim = victim_of(c)
+    names = [f"rz{i:02d}" for i in range(40)]  # enough that their recoveries are still being created at power-on
+    for name in names:  # defines in turn (each reserves on the node); the starts at once
+        assert c.define_vm(name, 128, node=victim)["state"] == "succeeded"
+    starts = [api(c, "post", f"/vms/{name}/state", json={"state": "start"}).json()["id"] for name in names]
+    assert all(c.wait_job(job)["state"] == "succeeded" for job in starts)
+    seen: set[str] = set()
+    for _round in range(3):
+        pid = c.workers[victim].pid
+        os.kill(pid, signal.SIGSTOP)
+        wait_until(lambda: api(c, "get", f"/nodes/{victim}").json()["daemon_state"] == "dead", 30,
+                   "the node to be declared dead")
+        os.kill(pid, signal.SIGCONT)
+        fence = wait_until(lambda: [j for j in jobs(c, "fence") if j["id"] not in seen], 30, "its fence job")[0]
+        seen.add(fence["id"])
+        assert c.wait_job(fence["id"], timeout=90)["state"] == "succeeded"
+        c.wait_worker(victim)
+
+        def stale() -> list[str]:
+            placed = vms(c)
+            return sorted(vm for vm in libvirt_domains(c)[victim] if placed[vm]["node"] != victim)
+
+        wait_until(lambda: not stale(), 30, f"{victim} to hold no stale copy")
+        running = Counter(vm for node in libvirt_domains(c).values() for vm, d in node.items()
+                          if d["state"] == "running")
+        assert running == {name: 1 for name in names}
+        back = c.wait_job(api(c, "post", f"/nodes/{victim}/ready").json()["id"], timeout=120)
+        assert back["state"] == "succeeded", back

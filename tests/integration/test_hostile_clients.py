@@ -8,6 +8,8 @@ import uuid
 import pytest
 import redis
 import requests
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from pvc_dev.cluster import domain_xml
 from pvc_tasks.config import load_settings
@@ -140,7 +142,8 @@ def test_redis_serves_only_pvcs_user(cluster):
     port, password = int(cluster.redis.info["port"]), str(cluster.redis.info["password"])
 
     def client(**auth) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=port, socket_timeout=5, **auth)
+        # No retries: redis-py retries a refused AUTH (a ConnectionError) with backoff, which says nothing here.
+        return redis.Redis(host="127.0.0.1", port=port, socket_timeout=5, retry=Retry(NoBackoff(), 0), **auth)
 
     with pytest.raises(redis.AuthenticationError):
         client().ping()

@@ -8,6 +8,10 @@ reconcile must destroy and undefine the stale copy: ZooKeeper is the truth, and 
 than that.
 """
 
+import re
+
+import libvirt
+
 from pvc_dev.cluster import NodeSpec
 from pvc_dev.guests import qemu_domain_xml
 from pvc_dev.invariants import libvirt_domains
@@ -46,3 +50,26 @@ def test_returning_node_destroys_its_stale_running_copy(make_cluster):
     domains = libvirt_domains(c)
     assert [n for n, d in domains.items() if d and "twin" in d] == [target]
     assert domains[target]["twin"]["state"] == "running"
+
+
+def test_a_migration_never_takes_over_a_stale_copy_on_its_target(make_cluster):
+    """A target whose libvirt still holds a stopped copy of the VM from an earlier life (here: 32 MiB, where
+    ZooKeeper says 64) gets ZooKeeper's definition: the migration removes the stale copy before defining the VM."""
+    c = make_cluster(NODES[:2])
+    assert c.define_vm("ghost", node="hq1", xml=qemu_domain_xml("ghost", 64))["state"] == "succeeded"
+    detail = c.session().get(f"{c.api_url}/api/v1/vms/ghost", timeout=10).json()
+    stale = re.sub(r"<memory[^>]*>\d+</memory>", "<memory unit='MiB'>32</memory>", detail["xml"])
+    stale = re.sub(r"<currentMemory[^>]*>\d+</currentMemory>", "", stale)
+    conn = libvirt.open(str(c.libvirtds["hq2"].info["uri"]))
+    try:
+        conn.defineXML(stale)
+        assert conn.lookupByName("ghost").maxMemory() == 32 * 1024
+
+        job = c.session().post(f"{c.api_url}/api/v1/vms/ghost/migrate", json={"target": "hq2"}, timeout=10).json()
+        done = c.wait_job(job["id"], timeout=120)
+        assert done["state"] == "succeeded", done
+        assert any("removing a stale copy of ghost" in m["text"] for m in done["messages"]), done["messages"]
+        assert conn.lookupByName("ghost").maxMemory() == 64 * 1024
+        assert vms(c)["ghost"]["node"] == "hq2"
+    finally:
+        conn.close()

@@ -42,7 +42,7 @@ def test_upgrade_from_0_keeps_every_value_and_workers_reexec(make_cluster):
     r = s.post(f"{c.api_url}/api/v1/cluster/upgrade")
     assert r.status_code == 200, r.text
     # secured 0: every node was created with pvc's ACL already (kazoo's default_acl), the chroot included.
-    assert r.json() == {"schema_version": 6, "created": [], "upgraded_through": [1, 2, 3, 4, 5, 6], "secured": 0}
+    assert r.json() == {"schema_version": 7, "created": [], "upgraded_through": [1, 2, 3, 4, 5, 6, 7], "secured": 0}
 
     # Where each v0 value must be now, written out by hand from the version files (not derived from the upgrade
     # code under test): meta moved under /meta, node_autostart became meta/autostart, the console log was dropped,
@@ -69,8 +69,9 @@ def test_upgrade_from_0_keeps_every_value_and_workers_reexec(make_cluster):
         assert opened(c, c.zk.get(f"/nodes/hv2/ipmi/{field}")[0].decode()) == value
         assert not c.zk.exists(f"/nodes/hv2/ipmi{field}")
     v1 = Schema.latest()  # the layout the cluster is on now
-    assert v1.version == 6 and v1.missing(c.zk) == []
+    assert v1.version == 7 and v1.missing(c.zk) == []
     assert c.zk.get("/config/shutdown_force")[0] == b"true"  # v6, PVC's default: force off after the timeout
+    assert c.zk.get("/config/primary_request")[0] == b""  # v7: no request
 
     # Each worker saw the version change and re-executed itself (same PID: execv) on the new layout.
     for node in pids:
@@ -88,3 +89,37 @@ def test_upgrade_from_0_keeps_every_value_and_workers_reexec(make_cluster):
     assert c.wait_job(job["id"])["state"] == "succeeded"
     # Upgrading again is a no-op.
     assert s.post(f"{c.api_url}/api/v1/cluster/upgrade").json()["upgraded_through"] == []
+
+
+def test_upgrade_is_refused_while_a_running_worker_cannot_load_the_target(make_cluster):
+    """A cluster on schema 6 whose running workers say they cannot load 7 (an older pvc on the node; one says
+    nothing at all, as a worker from before schema 7): the upgrade is refused with 409 naming each node and why,
+    and nothing moves; once their workers run a pvc that can, or are stopped, it goes through."""
+    c = make_cluster(start=False)
+    c.nodes = c.nodes[:2]
+    c.start(schema_version=6)
+    latest = Schema.latest()
+    loadable = {n: latest.path("node.schema_loadable", n) for n in ("hv1", "hv2")}
+    assert c.zk.get(loadable["hv1"])[0] == ",".join(str(v) for v in range(8)).encode()
+    c.zk.set(loadable["hv1"], b"0,1,2,3,4,5,6")  # what an older pvc on hv1 would publish
+    c.zk.delete(loadable["hv2"])  # and a pvc older than schema 7 publishes nothing
+    pids = {n: w.pid for n, w in c.workers.items()}
+
+    s = c.session()
+    r = s.post(f"{c.api_url}/api/v1/cluster/upgrade")
+    assert r.status_code == 409 and r.json()["error"] == "workers_too_old", r.text
+    assert r.json()["details"] == {"target": 7, "nodes": {
+        "hv1": "its worker cannot load schema 7 (it loads up to 6)",
+        "hv2": "its worker does not say which schema versions it can load (it predates schema 7)"}}
+    assert "hv1, hv2" in r.json()["message"] and "restart their workers" in r.json()["message"]
+    assert c.zk.get(latest.path("base.schema.version"))[0] == b"6"
+    assert {n: w.pid for n, w in c.workers.items()} == pids and all(w.alive() for w in c.workers.values())
+
+    c.workers["hv1"].stop()  # hv1 gets this pvc: its new worker says it can load 7
+    c.start_worker("hv1")
+    c.wait_worker("hv1")
+    c.workers["hv2"].stop()  # hv2 stays down for now: a node without a worker is not asked
+    r = s.post(f"{c.api_url}/api/v1/cluster/upgrade")
+    assert r.status_code == 200 and r.json()["upgraded_through"] == [7], r.text
+    c.start_worker("hv2")
+    c.wait_worker("hv2")
