@@ -494,7 +494,8 @@ class LocalCluster:
         service.log_file.close()
 
     def stop(self) -> None:
-        """Stop every process this cluster started, newest first, each by its PID."""
+        """Stop every process this cluster started (the workers together, then the rest newest first), each by its
+        PID."""
         with self._workers_lock:
             self._supervising.clear()
         if self._zk is not None:
@@ -509,7 +510,12 @@ class LocalCluster:
             self.power = None
         for node, libvirtd in self.libvirtds.items():
             self._destroy_domains(node, libvirtd)
-        for service in reversed(self.services):
+        # The workers first and all at once (each drains and closes its sessions, a second or so), while the
+        # services they use still run; then the rest, newest first.
+        workers = [s for s in self.services if s in self.workers.values()]
+        for worker in workers:
+            worker.terminate()
+        for service in [*workers, *(s for s in reversed(self.services) if s not in workers)]:
             service.stop()
         self.services.clear()
         if self.rabbitmq is not None and self.shared_rabbitmq is None:

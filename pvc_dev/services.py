@@ -103,6 +103,12 @@ class Service:
             self.proc.kill()
             self.proc.wait()
 
+    def terminate(self) -> None:
+        """SIGTERM without waiting (``stop`` waits): to stop several processes at once."""
+        self.expected_exit = True
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout`` s; only this PID (its own session) is signalled."""
         self.expected_exit = True

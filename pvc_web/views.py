@@ -88,6 +88,9 @@ def next_steps(record: dict, faults: list[dict]) -> list[str]:
     steps = []
     if not record["alive"]:
         steps.append(f"start pvc-worker --node {node}: until it is back its VMs cannot be started, stopped or moved")
+        steps.append(f"if {node} is down for good: `pvc node fence {node}` (through its BMC), then `pvc node evacuate "
+                     f"{node}` starts its VMs on other nodes (without a successful fence: add --confirm-powered-off "
+                     f"once you know it is off)")
     if state == "flush":
         steps.append(f"being flushed by job {job}: follow it with `pvc job watch {job}`, or `pvc node ready {node}` "
                      f"to cancel it (VMs already moved stay where they are)")

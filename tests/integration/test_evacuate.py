@@ -41,6 +41,7 @@ def test_evacuate_after_a_failed_fence_recovers_each_vm_once_on_the_operators_wo
     c.workers[victim].kill()
     assert fence_of(c, victim)["state"] == "failed"
     assert {vms(c)[n]["state"] for n in ("ev0", "ev1")} == {"failed"}
+    assert any(f"pvc node evacuate {victim}" in step for step in api(c, "get", f"/nodes/{victim}").json()["next"])
     refused = pvc(c, "node", "evacuate", victim)
     assert refused.returncode == 3 and "--confirm-powered-off" in refused.stderr, refused
 

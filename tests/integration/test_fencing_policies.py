@@ -7,6 +7,7 @@ detection of test_fencing (dead about 3 s after the last keepalive).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections import Counter
@@ -310,3 +311,20 @@ def test_a_node_resumed_as_it_is_declared_dead_keeps_no_stale_copy(make_cluster)
         assert running == {name: 1 for name in names}
         back = c.wait_job(api(c, "post", f"/nodes/{victim}/ready").json()["id"], timeout=120)
         assert back["state"] == "succeeded", back
+
+
+def test_a_worker_whose_bmc_refuses_it_says_so_at_start(make_cluster):
+    """A node whose BMC refuses its credentials gets the node fault ``ipmi`` when its worker starts (fencing it
+    would fail, and the operator sees it before that matters); with the right credentials the fault is cleared."""
+    c = make_cluster(nodes(2), worker_env=HA_ENV, fencing=True)
+    node = next(n for n in ("hv1", "hv2") if n != primary(c))
+    c.workers[node].stop()
+    c.start_worker(node, {"PVC_IPMI_PASSWORD": "not-the-bmc-password"})
+    c.wait_worker(node)
+    fault = wait_until(lambda: [f for f in faults(c, node) if f["id"] == "ipmi"], 30, "the ipmi fault")[0]
+    assert "IPMI unreachable" in fault["message"] and "cannot be fenced" in fault["message"], fault
+    assert "not-the-bmc-password" not in json.dumps(api(c, "get", f"/nodes/{node}").json())
+    c.workers[node].stop()
+    c.start_worker(node)
+    c.wait_worker(node)
+    wait_until(lambda: not [f for f in faults(c, node) if f["id"] == "ipmi"], 30, "the fault to be cleared")
