@@ -78,6 +78,8 @@ class Election(threading.Thread):
                     continue
                 # One contender znode, waiting without a timeout (no churn in ZooKeeper); ``leave`` cancels it.
                 self.lock = self.ctx.zk.Lock(self.ctx.schema.path("base.lock.primary"), identifier=self.ctx.node)
+                if self.stop.is_set():  # leave() came before this lock existed: it cancelled the previous one
+                    break
                 try:
                     if not self.lock.acquire():
                         continue

@@ -6,7 +6,9 @@ the ZooKeeper leader when it applied the write) against ZooKeeper's "now", which
 ``mtime`` plus the time that passed on this process's monotonic clock since that write was first seen (so "now"
 can only lag: ages are never overstated). A node with a skewed clock is not fenced for it, and a new primary
 does not start counting from zero at takeover: the keepalive of a primary that died stopped ageing in nobody's
-head, its ``mtime`` says when it was last written (docs/fencing.md, "Primary loss").
+head, its ``mtime`` says when it was last written (docs/fencing.md, "Primary loss"). When this primary itself
+loses its ZooKeeper connection, ages count again from when it is back: it cannot tell who else reached
+ZooKeeper meanwhile, and an outage of ZooKeeper stops every keepalive at once.
 
     alive     its keepalive changed within ``suspect_after_intervals`` intervals;
     suspect   it did not (fault ``keepalive_missed`` on the node, so ``pvc cluster status`` shows it);
@@ -36,6 +38,7 @@ import logging
 import threading
 import time
 
+from kazoo.client import KazooState
 from kazoo.exceptions import KazooException
 
 from pvc_tasks.context import NodeContext
@@ -71,9 +74,21 @@ class Monitor(threading.Thread):
         self.halted = threading.Event()
         #: (this node's keepalive mtime in ms, the monotonic time it was first seen): ZooKeeper's clock
         self.own: tuple[int, float] | None = None
+        #: ZooKeeper's time (ms) when this monitor could read it again after losing its connection: nobody's age
+        #: counts from before it (see ``_on_state``).
+        self.baseline = 0.0
+        self.reconnected = False
+        ctx.zk.add_listener(self._on_state)
 
     def halt(self) -> None:
         self.halted.set()
+        self.ctx.zk.remove_listener(self._on_state)
+
+    def _on_state(self, state: str) -> None:
+        """While this primary cannot reach ZooKeeper it cannot tell who else can: when it is back, every node's
+        keepalive age counts from that moment (an outage of ZooKeeper itself stops every keepalive at once)."""
+        if state != KazooState.CONNECTED:
+            self.reconnected = True
 
     def run(self) -> None:
         interval = self.ctx.settings.keepalive_interval
@@ -94,12 +109,15 @@ class Monitor(threading.Thread):
 
     def _age(self, node: str, now: float) -> float:
         """Seconds since the node's keepalive was last written, on ZooKeeper's clock."""
-        return max(0.0, now - self.ctx.zk.exists(self.ctx.schema.path("node.keepalive", node)).mtime) / 1000
+        written = self.ctx.zk.exists(self.ctx.schema.path("node.keepalive", node)).mtime
+        return max(0.0, now - max(written, self.baseline)) / 1000
 
     def check(self) -> None:
         ctx, settings = self.ctx, self.ctx.settings
         zk, schema = ctx.zk, ctx.schema
         now = self._server_now()
+        if self.reconnected:
+            self.reconnected, self.baseline = False, now
         nodes = [n for n in names(zk, schema, "base.node") if n != ctx.node]
         states = {n: zk.get(schema.path("node.daemon_state", n))[0].decode() for n in nodes}
         suspect_after, throws = settings.suspect_after_intervals, settings.saving_throws
