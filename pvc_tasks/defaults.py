@@ -10,6 +10,9 @@ REDIS = "redis://127.0.0.1:6379/0"
 #: How long (s) a job transition waits for ZooKeeper to answer again after a connection loss before it gives up:
 #: three session timeouts, longer than a server restart or an ensemble's leader election.
 ZK_RETRY_DEADLINE = 30.0
+#: Longest pause (s) between two attempts to reach ZooKeeper again after the connection dropped: kazoo's default
+#: backoff doubles up to an hour, so a client came back seconds after ZooKeeper did (its keepalive stale by then).
+ZK_RECONNECT_MAX_DELAY = 1.0
 #: ZooKeeper session timeout (s). A worker's presence vanishes this long after it dies; 10 s keeps false
 #: absences rare on a loaded node while still noticing a dead process quickly.
 ZK_SESSION_TIMEOUT = 10.0

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 from kazoo.client import KazooClient
 
+from pvc_tasks import defaults
 from pvc_tasks.config import Settings
 from zk_schema.acl import acl_for, parse_identity
 
-__all__ = ["RECONNECT_MAX_DELAY", "MissingIdentity", "connect"]
-
-#: Longest pause (s) between two attempts to reach ZooKeeper again after the connection dropped.
-RECONNECT_MAX_DELAY = 1.0
+__all__ = ["MissingIdentity", "connect"]
 
 
 class MissingIdentity(ValueError):
@@ -38,7 +36,8 @@ def connect(settings: Settings, *, timeout: float | None = None) -> KazooClient:
                "certfile": settings.zookeeper_tls_cert or None, "keyfile": settings.zookeeper_tls_key or None}
     # Reconnect attempts at most a second apart: kazoo's default backoff doubles up to an hour, so after a ZooKeeper
     # outage of T s a client came back up to ~T s later still (seen: a keepalive 6 s stale after a 3 s outage).
-    retry = {"max_tries": -1, "delay": 0.1, "backoff": 2, "max_jitter": 0.4, "max_delay": RECONNECT_MAX_DELAY}
+    retry = {"max_tries": -1, "delay": 0.1, "backoff": 2, "max_jitter": 0.4,
+             "max_delay": defaults.ZK_RECONNECT_MAX_DELAY}
     return KazooClient(hosts=settings.zookeeper, timeout=timeout or settings.zk_session_timeout,
                        auth_data=[("digest", settings.zookeeper_auth)], connection_retry=retry,
                        default_acl=acl_for(settings.zookeeper_auth), **tls)
