@@ -34,7 +34,7 @@ from pvc_tasks import dispatch, fencing
 from pvc_tasks.app import app
 from pvc_tasks.errors import Conflict, NotFound
 from pvc_tasks.jobs import Job, JobStore, Origin, commit
-from pvc_tasks.state import node_alive
+from pvc_tasks.state import fence_record, node_alive
 from zk_schema import Schema
 
 __all__ = ["EVACUATE", "submit_evacuate", "submit_fence"]
@@ -76,7 +76,7 @@ def _submit(zk: KazooClient, schema: Schema, node: str, kind: str, stage: str, p
         if node_alive(zk, schema, node):
             raise Conflict(f"node {node}'s worker is running: {kind} is for a node that is down; move its VMs "
                            f"with `pvc node flush {node}`", code="node_present", details={"node": node})
-        record = _fence_record(fence_data)
+        record = fence_record(fence_data)
         if record.get("job"):
             try:
                 active = store.get(record["job"])
@@ -108,10 +108,3 @@ def _submit(zk: KazooClient, schema: Schema, node: str, kind: str, stage: str, p
         return job
     raise Conflict(f"node {node}: requests kept racing; retry", code="node_busy")
 
-
-def _fence_record(data: bytes) -> dict:
-    try:
-        record = json.loads(data or b"{}")
-    except ValueError:
-        return {}
-    return record if isinstance(record, dict) else {}

@@ -48,11 +48,13 @@ from pvc_tasks.secrets import SecretError, unseal
 from pvc_tasks.state import domain_record, domain_records, keepalive_age
 from zk_schema import Schema
 
-__all__ = ["FENCE", "IN_FLIGHT", "declare_dead", "resume", "run_pass"]
+__all__ = ["FENCE", "IN_FLIGHT", "KINDS", "declare_dead", "resume", "run_pass"]
 
 log = logging.getLogger(__name__)
 
 FENCE = "pvc.cluster.fence"
+#: The job kinds this engine drives (a fence, and an evacuation: the same passes without the power cycle).
+KINDS = ("fence", "evacuate")
 #: What a fence job waiting for maintenance to end says (job ``waiting``, ``pvc job show``).
 MAINTENANCE_WAIT = ("maintenance mode is on: {node} is declared dead and will be fenced when maintenance ends "
                     "(`pvc cluster maintenance off`); if its worker starts again first, nothing is fenced")
@@ -82,7 +84,7 @@ def resume(store: JobStore) -> int:
     previous primary."""
     count = 0
     for job in store.all():
-        if job.terminal or job.node or job.kind not in ("fence", "evacuate"):
+        if job.terminal or job.node or job.kind not in KINDS:
             continue
         resume_passes(store, job)
         count += 1

@@ -7,6 +7,7 @@ password) are never part of a record.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 
 from kazoo.client import KazooClient
@@ -25,6 +26,7 @@ __all__ = [
     "domain_record",
     "domain_records",
     "domain_records_matching",
+    "fence_record",
     "free_vm",
     "names",
     "node_alive",
@@ -190,6 +192,15 @@ def vf_record(zk: KazooClient, schema: Schema, node: str, vf: str) -> dict:
 def desired_vf_config(record: dict) -> dict[str, str]:
     """A VF record's desired settings (``config.*``), by setting name."""
     return {key.removeprefix("config."): value or "" for key, value in record.items() if key.startswith("config.")}
+
+
+def fence_record(data: bytes | None) -> dict:
+    """A node's ``fence`` key as a dict ({} when empty or unreadable)."""
+    try:
+        record = json.loads(data or b"{}")
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def keepalive_age(zk: KazooClient, schema: Schema, node: str, clock: str) -> float | None:

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from celery.worker import state as worker_state
 from kazoo.exceptions import KazooException, NoNodeError
 
-from pvc_tasks import dispatch, kinds, redrive
+from pvc_tasks import dispatch, fencing, kinds, redrive
 from pvc_tasks.backlog import backlog, fault_message
 from pvc_tasks.context import NodeContext
 from pvc_tasks.jobs import JobState, orphan
@@ -89,7 +89,7 @@ class Janitor(threading.Thread):
     def _recovering_me(self, job) -> bool:
         """An unfinished fence or evacuation of this node, or recovery of one of its VMs."""
         node = self.ctx.node
-        return not job.terminal and ((job.params.get("target") == node and job.kind in ("fence", "evacuate"))
+        return not job.terminal and ((job.params.get("target") == node and job.kind in fencing.KINDS)
                                      or (job.kind == "recover" and job.params.get("dead") == node))
 
     def judge_leases(self) -> None:

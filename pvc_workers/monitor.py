@@ -33,7 +33,6 @@ failed) and that stayed down is out of play, so it does not make a later single 
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -43,7 +42,7 @@ from kazoo.exceptions import KazooException
 
 from pvc_tasks.context import NodeContext
 from pvc_tasks.fencing import declare_dead
-from pvc_tasks.state import names
+from pvc_tasks.state import fence_record, names
 from pvc_workers.health import set_fault
 
 __all__ = ["Monitor", "storm_guard"]
@@ -55,14 +54,6 @@ def storm_guard(looking_dead: int, in_play: int, fraction: float) -> bool:
     """True when fencing must wait for an operator: at least two nodes look dead at once and they are at least
     ``fraction`` of the nodes in play (the primary included)."""
     return looking_dead >= 2 and looking_dead >= fraction * in_play
-
-
-def _fence_state(ctx: NodeContext, node: str) -> str:
-    data = ctx.zk.get(ctx.schema.path("node.fence", node))[0]
-    try:
-        return json.loads(data or b"{}").get("state", "")
-    except ValueError:
-        return ""
 
 
 class Monitor(threading.Thread):
@@ -140,7 +131,8 @@ class Monitor(threading.Thread):
                             spent + 1, throws)
             else:
                 dead.append(node)
-        fencing = {n for n in nodes if states[n] == "dead" and _fence_state(ctx, n) == "fencing"}
+        fencing = {n for n in nodes if states[n] == "dead"
+                   and fence_record(zk.get(schema.path("node.fence", n))[0]).get("state") == "fencing"}
         in_play = 1 + sum(states[n] == "run" for n in nodes) + len(fencing)
         looking_dead = [n for n in looking_dead if states[n] == "run" or n in fencing]
         storm = storm_guard(len(looking_dead), in_play, settings.fence_storm_fraction)
