@@ -41,6 +41,8 @@ class PowerSwitch:
         self.stuck: set[str] = set()
         #: Nodes whose "power on" fails (a broken PSU): the BMC answers with an error, the node stays off.
         self.refuse_on: set[str] = set()
+        #: Every power change made, in order: (node, on?); tests count power cycles with it.
+        self.changes: list[tuple[str, bool]] = []
         self.lock = threading.Lock()
         switch = self
 
@@ -65,6 +67,7 @@ class PowerSwitch:
             with self.lock:  # one power change at a time per cluster: start/kill are not reentrant
                 if node not in self.stuck and self.powered.get(node, True) != want:
                     self.powered[node] = want
+                    self.changes.append((node, want))
                     (self.on if want else self.off)(node)
             return "ok"
         return "error"

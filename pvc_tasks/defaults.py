@@ -13,20 +13,27 @@ ZK_RETRY_DEADLINE = 30.0
 #: Longest pause (s) between two attempts to reach ZooKeeper again after the connection dropped: kazoo's default
 #: backoff doubles up to an hour, so a client came back seconds after ZooKeeper did (its keepalive stale by then).
 ZK_RECONNECT_MAX_DELAY = 1.0
-#: ZooKeeper session timeout (s). A worker's presence vanishes this long after it dies; 10 s keeps false
-#: absences rare on a loaded node while still noticing a dead process quickly.
-ZK_SESSION_TIMEOUT = 10.0
+#: ZooKeeper session timeout (s). A worker's presence vanishes this long after it dies, and a dead primary's
+#: successor takes over only then (the floor of a primary's failover). Above ``LONGEST_STALL``, so a stalled worker
+#: keeps its session; inside ZooKeeper's default bounds (4-40 s at tickTime 2000); kazoo pings every third of it.
+ZK_SESSION_TIMEOUT = 6.0
 #: Default hypervisor: libvirt's test driver (state lives in the worker process; see docs/hypervisors.md).
 LIBVIRT_URI = "test:///default"
-#: Seconds between keepalive writes (timestamp + resources). PVC uses 5 s.
-KEEPALIVE_INTERVAL = 5.0
-#: Fencing. A node is SUSPECT after this many keepalive intervals without a keepalive (15 s at the defaults)...
+#: Seconds between keepalive writes (timestamp + resources). PVC uses 5 s, vSphere HA heartbeats every second; a
+#: beat is one small ZooKeeper transaction, so 1 s costs little and makes detection short.
+KEEPALIVE_INTERVAL = 1.0
+#: Fencing. A node is SUSPECT after this many keepalive intervals without a keepalive (3 s at the defaults)...
 SUSPECT_AFTER_INTERVALS = 3
-#: ... then gets this many saving throws of one interval each before it is declared DEAD and fenced (so a node is
-#: fenced 30 s after its last keepalive). The keepalive thread only touches ZooKeeper, so a slow task or a slow
-#: libvirt never delays it; 30 s is three ZooKeeper session timeouts, long past any GC or I/O stall we have seen,
-#: and half of PVC's ~60 s. Tests use 1 s intervals (fenced ~4 s after death).
+#: ... then gets this many saving throws of one interval each before it is declared DEAD and fenced: 6 s after its
+#: last keepalive. The keepalive thread only touches ZooKeeper, so a slow task or a slow libvirt never delays it;
+#: only a stopped process or host does (docs/fencing.md, "Defaults", with PVC, Proxmox and vSphere HA). Tests use
+#: 2 and 1 (fenced ~3-4 s after death).
 SAVING_THROWS = 3
+#: The longest stall of a worker (process or host stopped: signals, swapping, a frozen host) that the defaults
+#: ride out without a fence: dead after 6 s = one interval (the stall may begin just before a beat) + 4 s + 1 s
+#: to reconnect (``ZK_RECONNECT_MAX_DELAY``). bench/failover.py's soak pauses workers up to this long; measured
+#: keepalive gaps under a 500-VM flush are far below it (docs/performance.md).
+LONGEST_STALL = 4.0
 #: Hard timeout (s) of one ipmitool command; a BMC that does not answer costs one timeout, not three.
 IPMI_TIMEOUT = 5.0
 #: IPMI v2 cipher suite (``ipmitool -C``); 3 (HMAC-SHA1, AES-128) is what every BMC and ipmi_sim accept.
@@ -89,6 +96,9 @@ JOB_BOUND = 300.0
 #: A flush or unflush submits a VM's failed child again this many times before the VM stays (a worker restart or a
 #: lost connection fails a migration that a second try completes).
 FLUSH_RETRIES = 2
+#: VMs of a fenced node placed per transaction (``pvc_tasks.recovery.submit_recoveries``): one read of the nodes and
+#: one commit for all of them instead of one each, far below ZooKeeper's request limit (a job record is ~1 KiB).
+RECOVERY_BATCH = 16
 #: Seconds between an engine's safety passes (flush, unflush, fence; a child's end triggers a pass at once) ...
 ENGINE_TICK = 1.0
 #: ... and the lifetime of a pass's lease: a pass that died holding it blocks the next one at most this long.

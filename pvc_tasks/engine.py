@@ -7,7 +7,10 @@ and either ends the job or schedules the next pass. Three things trigger a pass:
 Passes are serialised by a lease in the job record (``params.lease``: a token and an expiry): a pass that finds
 the lease held marks the job ``dirty`` and returns, and the holder passes once more when it is done, so a
 child's end is never missed and two passes never submit for one VM. A lease outlives a crashed holder by at most
-``ENGINE_LEASE`` s. ``params.scheduled`` says that a periodic pass is already on its way, so there is only ever one.
+``ENGINE_LEASE`` s, so a pass never outlives its lease: it stops submitting after half of it (``pass_deadline``)
+and asks for the next pass at once (``continue_job(..., again=True)``), and a step longer than that (a power
+cycle) first extends the lease to that step's bound (``extend_lease``). ``params.scheduled`` says that a periodic
+pass is already on its way, so there is only ever one.
 
 The outbox (``pvc_tasks.redrive``) sees an engine job like a step job: a pass takes the stage (``stage_taken``)
 and scheduling the next periodic pass hands it on (``sent``). A periodic pass lost with the broker is published
@@ -22,7 +25,8 @@ import time
 from pvc_tasks import defaults, dispatch
 from pvc_tasks.jobs import Job, JobState, JobStore
 
-__all__ = ["child_ended", "collect_ended", "continue_job", "record_outcome", "resume_passes", "take_lease"]
+__all__ = ["child_ended", "collect_ended", "continue_job", "extend_lease", "pass_deadline", "record_outcome",
+           "resume_passes", "take_lease"]
 
 
 def take_lease(store: JobStore, job_id: str, token: str, periodic: bool) -> Job | None:
@@ -53,9 +57,36 @@ def take_lease(store: JobStore, job_id: str, token: str, periodic: bool) -> Job 
     return job if taken else None
 
 
-def continue_job(store: JobStore, job_id: str, token: str, result: dict, notes: list[str], waiting: str) -> dict:
+def pass_deadline() -> float:
+    """The monotonic time after which a pass that has just taken (or extended) its lease submits nothing more."""
+    return time.monotonic() + defaults.ENGINE_LEASE / 2
+
+
+def extend_lease(store: JobStore, job_id: str, token: str, seconds: float, result: dict | None = None) -> bool:
+    """Hold this pass's lease ``seconds`` longer than ``ENGINE_LEASE`` from now, before a step that may take that
+    long, recording ``result`` (what the step must not lose if this pass dies in it) in the same write; False when
+    the pass no longer holds the lease (then it must stop)."""
+    held = False
+
+    def mutate(job: Job) -> bool:
+        nonlocal held
+        lease = job.params.get("lease") or {}
+        held = not job.terminal and lease.get("token") == token
+        if held:
+            job.params["lease"] = dict(lease, until=time.time() + defaults.ENGINE_LEASE + seconds)
+            if result is not None:
+                job.result = result
+        return held
+
+    store.update(job_id, mutate)
+    return held
+
+
+def continue_job(store: JobStore, job_id: str, token: str, result: dict, notes: list[str], waiting: str,
+                 again: bool = False) -> dict:
     """Record progress (``result`` with ``done``/``stayed``/``total``), give the lease back, schedule the next
-    pass; ``waiting`` says why nothing more could be started now."""
+    pass; ``waiting`` says why nothing more could be started now; ``again``: this pass ran out of time, so the
+    next one runs at once."""
     flags: dict[str, bool] = {}
 
     def mutate(job: Job) -> bool:
@@ -72,7 +103,7 @@ def continue_job(store: JobStore, job_id: str, token: str, result: dict, notes: 
         job.params["waiting"] = waiting
         if job.params.get("lease", {}).get("token") == token:
             job.params["lease"] = {}
-        flags["again"], job.params["dirty"] = bool(job.params.get("dirty")), False
+        flags["again"], job.params["dirty"] = again or bool(job.params.get("dirty")), False
         flags["schedule"] = not job.params.get("scheduled")
         job.params["scheduled"] = True
         job.stage_taken = ""  # this pass is over; the outbox counts from the last message sent

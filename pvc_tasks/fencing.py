@@ -38,14 +38,22 @@ import uuid
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError
 
-from pvc_tasks import dispatch
+from pvc_tasks import defaults, dispatch
 from pvc_tasks.app import app
-from pvc_tasks.engine import collect_ended, continue_job, record_outcome, resume_passes, take_lease
-from pvc_tasks.errors import Conflict, NotFound, describe
+from pvc_tasks.engine import (
+    collect_ended,
+    continue_job,
+    extend_lease,
+    pass_deadline,
+    record_outcome,
+    resume_passes,
+    take_lease,
+)
+from pvc_tasks.errors import NotFound, describe
 from pvc_tasks.jobs import Job, JobState, JobStore, commit, orphan
-from pvc_tasks.recovery import submit_recovery
+from pvc_tasks.recovery import submit_recoveries
 from pvc_tasks.secrets import SecretError, unseal
-from pvc_tasks.state import domain_record, domain_records, keepalive_age
+from pvc_tasks.state import domain_records, fence_record, keepalive_age
 from zk_schema import Schema
 
 __all__ = ["FENCE", "IN_FLIGHT", "KINDS", "declare_dead", "resume", "run_pass"]
@@ -104,10 +112,27 @@ def _fence_step(ctx, job: Job) -> dict:
                    "seconds": 0.0}
     log.warning("fence of %s: %s%s (%.1f s)", target, "confirmed" if outcome["ok"] else "FAILED",
                 f": {outcome['reason']}" if outcome["reason"] else "", outcome["seconds"])
+    outcome = dict(outcome, started_at=round(started, 3), finished_at=round(time.time(), 3))
     record = {"job": job.id, "state": "fenced" if outcome["ok"] else "fence-failed", "since": time.time(),
-              "reason": outcome["reason"], "steps": outcome["steps"]}
+              "reason": outcome["reason"], "steps": outcome["steps"], "outcome": outcome}
     zk.set(schema.path("node.fence", target), json.dumps(record).encode())
-    return dict(outcome, started_at=round(started, 3), finished_at=round(time.time(), 3))
+    return outcome
+
+
+def _fence_bound(ipmi_timeout: float) -> float:
+    """The longest a power cycle can take (``pvc_workers.ipmi.fence``): power off, each verification after its
+    settle time, power on, every command bounded by ``ipmi_timeout``."""
+    return ipmi_timeout * (2 + defaults.FENCE_VERIFY_TRIES) + defaults.FENCE_SETTLE * defaults.FENCE_VERIFY_TRIES
+
+
+def _recorded_fence(ctx, job: Job) -> dict | None:
+    """The outcome of this job's power cycle when X's fence record holds it: a pass that fenced X and then died or
+    outlived its lease (its result never reached the job) must not be taken for "X came back", nor fence again."""
+    record = fence_record(ctx.zk.get(ctx.schema.path("node.fence", job.params["target"]))[0])
+    if record.get("job") == job.id and record.get("state") in ("fenced", "fence-failed"):
+        return record.get("outcome") or {"ok": record["state"] == "fenced", "reason": record.get("reason", ""),
+                                         "steps": record.get("steps", []), "seconds": 0.0}
+    return None
 
 
 def _policy(ctx, target: str, fenced: dict, clock: str) -> tuple[str, str]:
@@ -160,26 +185,35 @@ def _end_jobs_of(store: JobStore, target: str, before: float) -> int:
     return still_open
 
 
-def _recover_vm(ctx, job: Job, name: str, policy: str, why: str, start: bool) -> tuple[str, str]:
-    """Step 3 for one VM: ("child", id) | ("done", note) | ("stayed", reason) | ("wait", why)."""
+def _recover(ctx, job: Job, names: list[str], policy: str, why: str, start: set[str]) -> dict[str, tuple[str, str]]:
+    """Step 3 for some VMs, each: ("child", id) | ("done", note) | ("stayed", reason) | ("wait", why)."""
     zk, schema, target = ctx.zk, ctx.schema, job.params["target"]
     if policy == "wait":
-        return "wait", why
+        return {name: ("wait", why) for name in names}
     if policy == "none":
-        reason = f"{why}: {name} was not recovered, so that it never runs twice; start it when {target} is back"
-        return ("stayed", reason) if _mark(zk, schema, name, {"state": "failed", "failed_reason": reason}) else \
-            ("wait", f"{name} has an active job")
-    try:
-        return "child", submit_recovery(zk, schema, name, target, job.id, start=start).id
-    except Conflict as exc:
-        if exc.code == "moved":
-            return "done", f"{name} already left {target}"
-        if exc.code in ("vm_busy", "busy"):
-            return "wait", exc.message
-        reason = f"no target for {name} ({exc.message}); it stays stopped on {target} with autostart set"
-        if _mark(zk, schema, name, {"state": "stopped", "meta.autostart": "true", "failed_reason": reason}):
-            return "done", reason
-        return "wait", f"{name} has an active job"
+        out = {}
+        for name in names:
+            reason = f"{why}: {name} was not recovered, so that it never runs twice; start it when {target} is back"
+            out[name] = (("stayed", reason) if _mark(zk, schema, name, {"state": "failed", "failed_reason": reason})
+                         else ("wait", f"{name} has an active job"))
+        return out
+    return {name: _recovery_outcome(ctx, name, target, submitted)
+            for name, submitted in submit_recoveries(zk, schema, names, target, job.id, start).items()}
+
+
+def _recovery_outcome(ctx, name: str, target: str, submitted: Job | Exception) -> tuple[str, str]:
+    if isinstance(submitted, Job):
+        return "child", submitted.id
+    if isinstance(submitted, NotFound):
+        return "done", f"{name} was undefined"
+    if submitted.code == "moved":
+        return "done", f"{name} already left {target}"
+    if submitted.code in ("vm_busy", "busy"):
+        return "wait", submitted.message
+    reason = f"no target for {name} ({submitted.message}); it stays stopped on {target} with autostart set"
+    if _mark(ctx.zk, ctx.schema, name, {"state": "stopped", "meta.autostart": "true", "failed_reason": reason}):
+        return "done", reason
+    return "wait", f"{name} has an active job"
 
 
 @app.task(name=FENCE)
@@ -247,6 +281,9 @@ def _pass(ctx, job: Job, token: str) -> dict:
     result, notes = dict(job.result), []
     if "plan" not in result:
         result.update(_plan(ctx, job), done=[], stayed={}, running={}, total=0)
+    if "fence" not in result and (recorded := _recorded_fence(ctx, job)) is not None:
+        result["fence"] = recorded
+        notes.append(f"fence of {target}: outcome taken from its fence record (the pass that fenced it ended early)")
     if "fence" not in result:
         if zk.get(schema.path("node.daemon_state", target))[0].decode() != "dead":
             return _came_back(ctx, job, result)
@@ -255,6 +292,10 @@ def _pass(ctx, job: Job, token: str) -> dict:
                                "off_by": job.params["off_by"]}
         elif zk.get(schema.path("base.config.maintenance"))[0].decode() == "true" and not job.params.get("manual"):
             return continue_job(store, job.id, token, result, [], MAINTENANCE_WAIT.format(node=target))
+        # The plan is recorded with the lease: a successor of a pass that dies in the power cycle must not read the
+        # plan again from ZooKeeper, where the node's returning worker will have recorded its VMs stopped.
+        elif not extend_lease(store, job.id, token, _fence_bound(ctx.settings.ipmi_timeout), result):
+            return {"job": job.id, "state": "skipped"}  # another pass took over; it fences
         else:
             result["fence"] = _fence_step(ctx, job)
             notes.append(f"fence of {target}: " + ("confirmed off" if result["fence"]["ok"]
@@ -269,20 +310,19 @@ def _pass(ctx, job: Job, token: str) -> dict:
         if still_open:
             notes.append(f"{still_open} job(s) of {target} being ended")
     collect_ended(store, result, notes)
-    running, waiting = result["running"], ""
-    for name in [n for n in result["plan"] if n not in set(result["done"]) | set(result["stayed"]) | set(running)]:
-        try:
-            if domain_record(zk, schema, name)["node"] != target:
-                result["done"].append(name)
-                continue
-        except NotFound:
-            result["done"].append(name)
-            continue
-        start = job.kind == "fence" or name in result.get("start", [])
-        waiting = record_outcome(result, notes, name, *_recover_vm(ctx, job, name, policy, why, start)) or waiting
+    running, waiting, deadline, more = result["running"], "", pass_deadline(), False
+    left = [n for n in result["plan"] if n not in set(result["done"]) | set(result["stayed"]) | set(running)]
+    start = set(left if job.kind == "fence" else result.get("start", []))
+    for first in range(0, len(left), defaults.RECOVERY_BATCH):
+        if time.monotonic() > deadline:
+            more = True
+            break
+        for name, outcome in _recover(ctx, job, left[first:first + defaults.RECOVERY_BATCH], policy, why,
+                                      start).items():
+            waiting = record_outcome(result, notes, name, *outcome) or waiting
     result["total"] = len(result["plan"])
-    if running or waiting or len(result["done"]) + len(result["stayed"]) < result["total"]:
-        return continue_job(store, job.id, token, result, notes, waiting)
+    if running or waiting or more or len(result["done"]) + len(result["stayed"]) < result["total"]:
+        return continue_job(store, job.id, token, result, notes, waiting, again=more)
     return _end(ctx, job, result, notes, policy, why)
 
 

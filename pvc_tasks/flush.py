@@ -38,6 +38,7 @@ reason, and N is ready again (with the fault) for a later ``ready`` or flush.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
 from kazoo.client import KazooClient
@@ -45,7 +46,7 @@ from kazoo.exceptions import BadVersionError, NoNodeError
 
 from pvc_tasks import capacity, dispatch, placement
 from pvc_tasks.app import app
-from pvc_tasks.engine import collect_ended, continue_job, record_outcome, take_lease
+from pvc_tasks.engine import collect_ended, continue_job, pass_deadline, record_outcome, take_lease
 from pvc_tasks.errors import Conflict, NotFound, PvcError, describe
 from pvc_tasks.faults import fault_ops
 from pvc_tasks.jobs import Job, JobState, JobStore, Op, Origin, commit
@@ -259,8 +260,11 @@ def _pass(ctx, job: Job, token: str) -> dict:
     if job.cancel_requested:
         return _cancel_children(ctx, job, result, notes, token)
     handled = set(result["done"]) | set(result["stayed"]) | set(running)
-    waiting = ""
+    waiting, deadline, more = "", pass_deadline(), False
     for name in [n for n in result["plan"] if n not in handled]:
+        if time.monotonic() > deadline:
+            more = True
+            break
         try:
             record = domain_record(zk, schema, name)
         except NotFound:
@@ -295,7 +299,7 @@ def _pass(ctx, job: Job, token: str) -> dict:
                   if stayed else "")
         store.finish(job_id, outcome, reason, result, release=False, notes=notes)
         return {"job": job_id, "state": str(outcome)}
-    return continue_job(store, job_id, token, result, notes, waiting)
+    return continue_job(store, job_id, token, result, notes, waiting, again=more)
 
 
 def _fault(job: Job) -> str | None:

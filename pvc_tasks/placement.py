@@ -26,7 +26,7 @@ from pvc_tasks.jobs import Op
 from pvc_tasks.state import node_record, node_records
 from zk_schema import Schema
 
-__all__ = ["check_target", "choose_target", "node_limit", "read_reserved", "release_op", "reserve_op",
+__all__ = ["check_target", "choose_target", "no_target", "node_limit", "read_reserved", "release_op", "reserve_op",
            "still_ready_op"]
 
 
@@ -120,7 +120,7 @@ def choose_target(zk: KazooClient, schema: Schema, vm: dict, explicit: str | Non
         return explicit
     method = vm.get("meta.node_selector") or zk.get(schema.path("base.config.migration_selector"))[0].decode()
     memory = int(vm.get("memory") or 0)
-    nodes = node_records(zk, schema)
+    nodes = node_records(zk, schema, selector.KEYS)
     unfit: dict[str, str] = {}
     for node in nodes if fits is not None else []:
         try:
@@ -129,7 +129,13 @@ def choose_target(zk: KazooClient, schema: Schema, vm: dict, explicit: str | Non
             unfit[node["name"]] = exc.message
     chosen = selector.select(nodes, method, memory, node_limit(vm), exclude=[vm.get("node", ""), *unfit])
     if chosen is None:
-        why = f"; {'; '.join(unfit.values())}" if unfit else ""
-        raise Conflict(f"no target for VM {vm['name']}: no other ready node in its node_limit has {memory} MiB "
-                       f"free (selector {method}){why}", code="no_target", details={"selector": method})
+        raise no_target(vm, method, list(unfit.values()))
     return chosen
+
+
+def no_target(vm: dict, method: str, reasons: list[str] = ()) -> Conflict:
+    """Why the selector found no node for ``vm``."""
+    why = f"; {'; '.join(reasons)}" if reasons else ""
+    return Conflict(f"no target for VM {vm['name']}: no other ready node in its node_limit has "
+                    f"{int(vm.get('memory') or 0)} MiB free (selector {method}){why}", code="no_target",
+                    details={"selector": method})

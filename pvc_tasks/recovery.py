@@ -22,21 +22,23 @@ down until they run again), but it does reserve memory on T, so parallel recover
 from __future__ import annotations
 
 import importlib
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError
 
-from pvc_tasks import dispatch, placement, vfs
+from pvc_tasks import defaults, dispatch, placement, selector, vfs
 from pvc_tasks.context import HypervisorError
-from pvc_tasks.errors import Conflict
+from pvc_tasks.errors import Conflict, NotFound
 from pvc_tasks.jobs import Job, JobStore, commit
 from pvc_tasks.runner import JobFailed, JobRun, job_task
-from pvc_tasks.state import domain_record, free_vm
+from pvc_tasks.state import domain_record, free_vm, node_records, read_keys
 from zk_schema import Schema
 
-__all__ = ["START", "end_ops", "load_hook", "submit_recovery"]
+__all__ = ["START", "end_ops", "load_hook", "submit_recoveries", "submit_recovery"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,91 @@ def submit_recovery(zk: KazooClient, schema: Schema, vm_name: str, dead: str, pa
         dispatch.publish(job)
         return job
     raise Conflict(f"VM {vm_name}: placement kept racing; retried 10 times", code="busy")
+
+
+#: What placing a recovery reads of each VM (its XML only to see whether it may use VFs).
+_KEYS = ("node", "xml", "memory", "vcpus", "meta.node_selector", "meta.node_limit")
+
+
+def submit_recoveries(zk: KazooClient, schema: Schema, vms: list[str], dead: str, parent: str,
+                      start: Collection[str]) -> dict[str, Job | Exception]:
+    """``submit_recovery`` for many VMs at once (a fence's whole plan), ``start`` naming those to start: each batch
+    of ``RECOVERY_BATCH`` VMs is placed from ONE read of the nodes, its reservations counted as they are made, and
+    committed in ONE transaction (jobs, markers, one version-checked reservation write per target); a batch that
+    lost a race is decided again. A VM with SR-IOV VFs takes the one-by-one path (its VFs are picked per target).
+    Per VM: its job, or why not (``NotFound``, ``Conflict`` as from ``submit_recovery``)."""
+    out: dict[str, Job | Exception] = {}
+    with ThreadPoolExecutor(4, thread_name_prefix="recovery-publish") as publisher:
+        for first in range(0, len(vms), defaults.RECOVERY_BATCH):
+            _place(zk, schema, vms[first:first + defaults.RECOVERY_BATCH], dead, parent, start, out, publisher)
+    return out
+
+
+def _place(zk: KazooClient, schema: Schema, batch: list[str], dead: str, parent: str, start: Collection[str],
+           out: dict[str, Job | Exception], publisher: ThreadPoolExecutor) -> None:
+    """One batch; its messages are published beside the next batch's reads (a publish is a broker round trip)."""
+    for _attempt in range(10):
+        try:
+            decided, batched = _batch(zk, schema, batch, dead, parent, start)
+        except BadVersionError:
+            continue  # a marker or a target's reservations changed: decide the batch again
+        out.update(decided)
+        for job in batched:
+            publisher.submit(dispatch.publish, job)
+        return
+    out.update({name: Conflict(f"VM {name}: placement kept racing; retried 10 times", code="busy") for name in batch})
+
+
+def _batch(zk: KazooClient, schema: Schema, batch: list[str], dead: str, parent: str,
+           start: Collection[str]) -> tuple[dict[str, Job | Exception], list[Job]]:
+    """The batch's outcomes, and the jobs it created in its transaction (still to publish)."""
+    store, out = JobStore(zk, schema), {}
+    markers = [zk.get_async(schema.path("domain.active_job", name)) for name in batch]
+    records = read_keys(zk, schema, "domain", [(name,) for name in batch], _KEYS)
+    nodes = {n["name"]: n for n in node_records(zk, schema, selector.KEYS)}
+    reserved = {name: zk.get_async(schema.path("node.reserved", name)) for name in nodes}
+    versions = {}
+    for name, pending in reserved.items():  # the figures the selector sees are the ones the transaction checks
+        data, stat = pending.get()
+        nodes[name]["reserved"], versions[name] = data.decode() or "{}", stat.version
+    default_method = zk.get(schema.path("base.config.migration_selector"))[0].decode()
+    ops, jobs, touched = [], [], set()
+    for name, record, pending in zip(batch, records, markers):
+        marker, marker_stat = pending.get() if record is not None else (b"", None)
+        vm = dict(record or {}, name=name)
+        if record is None:
+            out[name] = NotFound(f"no VM {name!r}", code="vm_not_found")
+        elif vm["node"] != dead:
+            out[name] = Conflict(f"VM {name} is no longer on {dead}", code="moved")
+        elif marker:
+            out[name] = Conflict(f"VM {name} already has an active job {marker.decode()}", code="vm_busy")
+        elif vfs.vm_uses(zk, schema, dead, vm["xml"]):
+            out[name] = _one(zk, schema, name, dead, parent, name in start)
+        elif (target := selector.select(nodes.values(), method := vm["meta.node_selector"] or default_method,
+                                        int(vm["memory"] or 0), placement.node_limit(vm), exclude=[dead])) is None:
+            out[name] = placement.no_target(vm, method)
+        else:
+            job = Job.new("recover", name, target, {"dead": dead, "start": name in start}, parent=parent, stage=START)
+            job.steps = 3
+            entries = json.loads(nodes[target]["reserved"])
+            entries[job.id] = {"memory": int(vm["memory"] or 0), "vcpus": int(vm["vcpus"] or 0)}
+            nodes[target]["reserved"] = json.dumps(entries, sort_keys=True)
+            ops += [store.create_op(job), ("set", schema.path("domain.active_job", name), job.id.encode(),
+                                           marker_stat.version)]
+            jobs.append(job)
+            touched.add(target)
+    if jobs:
+        commit(zk, ops + [("set", schema.path("node.reserved", node), nodes[node]["reserved"].encode(), versions[node])
+                          for node in sorted(touched)])
+    out.update({job.vm: job for job in jobs})
+    return out, jobs
+
+
+def _one(zk: KazooClient, schema: Schema, name: str, dead: str, parent: str, start: bool) -> Job | Exception:
+    try:
+        return submit_recovery(zk, schema, name, dead, parent, start=start)
+    except (Conflict, NotFound) as exc:
+        return exc
 
 
 @job_task(START)

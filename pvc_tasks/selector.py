@@ -21,9 +21,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-__all__ = ["METHODS", "candidates", "free_memory", "reservations", "select"]
+__all__ = ["KEYS", "METHODS", "candidates", "free_memory", "reservations", "select"]
 
 METHODS = ("mem", "memprov", "load", "vcpus", "vms")
+#: The node keys the selector reads: placement fetches only these (``alive`` comes with every node record).
+KEYS = ("domain_state", "memory.total", "memory.allocated", "memory.provisioned", "reserved", "load",
+        "vcpu.allocated", "vms.total")
 
 
 def _num(record: dict, key: str) -> float:

@@ -276,6 +276,38 @@ def test_primary_failover_runs_queued_cluster_work(make_cluster):
     assert api(c, "get", f"/nodes/{successor}").json()["router_state"] == "secondary"
 
 
+def test_a_primary_killed_right_after_its_fence_is_succeeded_without_a_second_power_cycle(make_cluster):
+    """The primary dies the moment its power cycle of a dead node is confirmed, before its pass records it in the
+    job: its successor takes the outcome from the node's fence record. The node is power-cycled once, the job is not
+    taken for "the node came back", and each VM is recovered exactly once."""
+    c = make_cluster(nodes(4), worker_env=HA_ENV, fencing=True)
+    boss = primary(c)
+    victim = next(n for n in ("hv2", "hv3", "hv4") if n != boss)
+    others = [n for n in ("hv1", "hv2", "hv3", "hv4") if n not in (boss, victim)]
+    for i in range(6):
+        assert c.define_vm(f"k{i}", 256, node=victim, start=True)["state"] == "succeeded"
+        # Not onto the primary about to die: a recovery there would be lost with it (another fence's business).
+        assert api(c, "put", f"/vms/k{i}/meta", json={"node_limit": [victim, *others]}).status_code == 200
+
+    def on_fence_record(data, _stat):
+        if json.loads(data or b"{}").get("state") == "fenced":
+            c.workers[boss].kill()
+            return False
+        return True
+
+    c.zk.DataWatch(c.schema.path("node.fence", victim), on_fence_record)
+    chassis_power(bmc(c, victim), "off")
+    fence = fence_of(c, victim, timeout=90)
+    assert fence["state"] == "succeeded", fence
+    assert c.power.changes.count((victim, True)) == 1, c.power.changes  # powered on once: one power cycle
+    recovered = [j for j in jobs(c, "recover") if j["parent"] == fence["id"] and j["state"] == "succeeded"]
+    assert Counter(j["vm"] for j in recovered) == {f"k{i}": 1 for i in range(6)}
+    c.wait_worker(victim)
+    wait_until(lambda: Counter(d for domains in libvirt_domains(c).values() for d, info in (domains or {}).items()
+                               if info["state"] == "running") == {f"k{i}": 1 for i in range(6)}, 30,
+               "each VM running on exactly one node, as their libvirts say")
+
+
 def test_a_crashed_primary_never_shows_primary(make_cluster):
     """A primary killed outright never writes ``secondary``: its successor does, and until then the API derives it
     from the missing presence; the successor alone shows ``primary``."""

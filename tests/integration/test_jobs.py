@@ -145,3 +145,34 @@ def test_long_poll_answers_when_the_job_changes(make_cluster):
     assert c.wait_job(job["id"])["state"] == "succeeded"
     bad = s.get(f"{base}/jobs/{job['id']}", params={"wait": 99})
     assert bad.status_code == 400 and "wait" in bad.json()["details"]
+
+
+def test_an_engine_pass_holds_its_lease_through_a_long_step_and_cannot_extend_a_lost_one(cluster):
+    """A pass about to power-cycle a node extends its lease to the cycle's bound, so another pass meanwhile only
+    marks the job dirty; a pass whose lease expired and was taken by another cannot extend it (it must stop)."""
+    from pvc_tasks import defaults
+    from pvc_tasks.engine import extend_lease, take_lease
+    from pvc_tasks.fencing import FENCE
+    from pvc_tasks.jobs import Job, JobState, JobStore, commit
+
+    store = JobStore(cluster.zk, cluster.schema)
+    job = Job.new("fence", "", "", {"target": "nowhere", "why": "a lease test"}, stage=FENCE)
+    commit(cluster.zk, [store.create_op(job)])
+    try:
+        assert take_lease(store, job.id, "first", False) is not None
+        before = time.time()
+        assert extend_lease(store, job.id, "first", 30)
+        assert store.get(job.id).params["lease"]["until"] >= before + defaults.ENGINE_LEASE + 30
+        assert take_lease(store, job.id, "second", False) is None
+        assert store.get(job.id).params["dirty"]
+        # The first holder died and its lease ran out: the second pass takes it; the first may not extend it.
+        def expire(j) -> bool:
+            j.params["lease"]["until"] = 0
+            return True
+
+        store.update(job.id, expire)
+        assert take_lease(store, job.id, "second", False) is not None
+        assert not extend_lease(store, job.id, "first", 30)
+        assert store.get(job.id).params["lease"]["token"] == "second"
+    finally:
+        store.finish(job.id, JobState.CANCELLED, "a lease test", {}, release=False)
