@@ -112,6 +112,9 @@ class NodeContext:
     fence: Callable[[str, str, str], dict] | None = None
     #: The node's SR-IOV NICs; None on a node without SR-IOV configuration.
     nic: Nic | None = None
+    #: ZooKeeper's clock as this node's last keepalive write saw it: (the znode's mtime in ms, this process's
+    #: monotonic time when the commit returned). The fencing monitor's "now" (``pvc_workers.monitor``).
+    last_beat: tuple[int, float] | None = None
 
     @property
     def jobs(self) -> JobStore:

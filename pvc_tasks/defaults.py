@@ -29,6 +29,9 @@ SUSPECT_AFTER_INTERVALS = 3
 #: only a stopped process or host does (docs/fencing.md, "Defaults", with PVC, Proxmox and vSphere HA). Tests use
 #: 2 and 1 (fenced ~3-4 s after death).
 SAVING_THROWS = 3
+#: The fencing monitor judges every node this many times per keepalive interval: a node is declared dead within a
+#: quarter of an interval of crossing the threshold (the ages are measured, not counted in passes).
+MONITOR_PASSES = 4
 #: The longest stall of a worker (process or host stopped: signals, swapping, a frozen host) that the defaults
 #: ride out without a fence: dead after 6 s = one interval (the stall may begin just before a beat) + 4 s + 1 s
 #: to reconnect (``ZK_RECONNECT_MAX_DELAY``). bench/failover.py's soak pauses workers up to this long; measured

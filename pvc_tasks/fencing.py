@@ -6,9 +6,11 @@ Protocol
                  (version-checked: X is declared dead, and fenced, once) + the fence job + X's ``fence`` record.
     1. fence     if X's worker started again since, the job is cancelled: X runs, nothing to fence; while
                  maintenance mode is on, the job waits (X was declared just before maintenance began). Then
-                 IPMI power off -> verify off -> power on (``pvc_workers.ipmi``, each command bounded). The
-                 outcome is recorded in the job (``result.fence``) and in X's ``fence`` key before anything else,
-                 so a new primary resuming the job never fences twice.
+                 IPMI power off -> verify off -> power on (``pvc_workers.ipmi``, each command bounded), under a
+                 lease extended to the power cycle's bound and with the plan (the VMs that ran on X) recorded
+                 first. The outcome is recorded in X's ``fence`` key (with the job's id) before anything else: a
+                 pass that finds it there takes it, so a new primary resuming the job never fences twice, nor
+                 takes X, powered on again meanwhile, for a node that came back.
     2. jobs      every job still queued or running on X ends (a migration rolls back through its other node, see
                  pvc_tasks.migration), with the reason "node X was fenced"; stale messages left in X's queue find
                  their jobs ended and do nothing when X returns.

@@ -7,6 +7,7 @@ one per VM on X, defining without starting those that were not running:
     fence job   choose T as for a migration (the VM's selector, node_limit, fit; X excluded); ONE transaction:
                 recover job (a child of the fence job) + VM marker (version-checked) + reservation on T
                                                                                      -> pvc.recover.start @T
+                (``submit_recoveries``: 16 VMs at a time from one read of the nodes, in one transaction)
     start  @T   claim; run the storage-lock hook (e.g. remove X's Ceph RBD locks on the VM's disks, see
                 docs/fencing.md); define the VM's XML; start it; ONE transaction: VM node=T, last_node=X (so
                 ``pvc node ready X`` brings it back), state, T's reservation released, T's figures, job

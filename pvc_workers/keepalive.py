@@ -79,7 +79,10 @@ class Keepalive(threading.Thread):
     def beat(self) -> None:
         schema, node = self.ctx.schema, self.ctx.node
         values = dict(self.inventory.figures, keepalive=f"{time.time():.3f}")
-        commit(self.ctx.zk, [("set", schema.path(f"node.{k}", node), v.encode(), -1) for k, v in values.items()])
+        results = commit(self.ctx.zk, [("set", schema.path(f"node.{k}", node), v.encode(), -1)
+                                       for k, v in values.items()])
+        # The keepalive's stat, stamped by ZooKeeper's leader just before the commit returned: the monitor's clock.
+        self.ctx.last_beat = (results[-1].mtime, time.monotonic())
 
     def run(self) -> None:
         interval = self.ctx.settings.keepalive_interval

@@ -1,14 +1,14 @@
 """The fencing monitor: runs on the primary only, decides which nodes are dead and declares them.
 
-Every ``keepalive_interval`` it reads each node's keepalive znode. A node's keepalive AGE is measured on
-ZooKeeper's clock, never with the timestamp the node wrote: the znode's modification time (``mtime``, stamped by
-the ZooKeeper leader when it applied the write) against ZooKeeper's "now", which is this primary's own keepalive's
-``mtime`` plus the time that passed on this process's monotonic clock since that write was first seen (so "now"
-can only lag: ages are never overstated). A node with a skewed clock is not fenced for it, and a new primary
-does not start counting from zero at takeover: the keepalive of a primary that died stopped ageing in nobody's
-head, its ``mtime`` says when it was last written (docs/fencing.md, "Primary loss"). When this primary itself
-loses its ZooKeeper connection, ages count again from when it is back: it cannot tell who else reached
-ZooKeeper meanwhile, and an outage of ZooKeeper stops every keepalive at once.
+``MONITOR_PASSES`` times per ``keepalive_interval`` it reads each node's keepalive znode. A node's keepalive AGE
+is measured on ZooKeeper's clock, never with the timestamp the node wrote: the znode's modification time
+(``mtime``, stamped by the ZooKeeper leader when it applied the write) against ZooKeeper's "now", which is this
+primary's own keepalive's ``mtime`` plus the time that passed on this process's monotonic clock since that write's
+commit returned (so "now" can only lag, by a round trip: ages are never overstated). A node with a skewed clock is
+not fenced for it, and a new primary does not start counting from zero at takeover: the keepalive of a primary
+that died stopped ageing in nobody's head, its ``mtime`` says when it was last written (docs/fencing.md, "Primary
+loss"). When this primary itself loses its ZooKeeper connection, ages count again from when it is back: it cannot
+tell who else reached ZooKeeper meanwhile, and an outage of ZooKeeper stops every keepalive at once.
 
     alive     its keepalive changed within ``suspect_after_intervals`` intervals;
     suspect   it did not (fault ``keepalive_missed`` on the node, so ``pvc cluster status`` shows it);
@@ -40,6 +40,7 @@ import time
 from kazoo.client import KazooState
 from kazoo.exceptions import KazooException
 
+from pvc_tasks import defaults
 from pvc_tasks.context import NodeContext
 from pvc_tasks.fencing import declare_dead
 from pvc_tasks.state import fence_record, names
@@ -69,6 +70,8 @@ class Monitor(threading.Thread):
         #: counts from before it (see ``_on_state``).
         self.baseline = 0.0
         self.reconnected = False
+        #: The saving throw each suspect node is at, as last logged.
+        self.throws: dict[str, int] = {}
         ctx.zk.add_listener(self._on_state)
 
     def halt(self) -> None:
@@ -82,7 +85,7 @@ class Monitor(threading.Thread):
             self.reconnected = True
 
     def run(self) -> None:
-        interval = self.ctx.settings.keepalive_interval
+        interval = self.ctx.settings.keepalive_interval / defaults.MONITOR_PASSES
         while not self.halted.wait(interval):
             try:
                 self.check()
@@ -92,7 +95,12 @@ class Monitor(threading.Thread):
                 log.exception("fence monitor pass failed")
 
     def _server_now(self) -> float:
-        """ZooKeeper's clock now (ms), from this node's own keepalive writes (see the module docstring)."""
+        """ZooKeeper's clock now (ms), from this node's own keepalive writes (see the module docstring): the mtime
+        its keepalive thread got back from its last commit, or, before that thread's first beat, the mtime read
+        here (first seen up to an interval after the write, so "now" then lags by up to that much)."""
+        if self.ctx.last_beat is not None:
+            mtime, seen = self.ctx.last_beat
+            return mtime + (time.monotonic() - seen) * 1000
         mtime = self.ctx.zk.exists(self.ctx.schema.path("node.keepalive", self.ctx.node)).mtime
         if self.own is None or self.own[0] != mtime:
             self.own = (mtime, time.monotonic())
@@ -125,10 +133,12 @@ class Monitor(threading.Thread):
             looking_dead.append(node)
             spent = int(missed - suspect_after)
             if spent < throws:
-                set_fault(ctx, "node.faults", "keepalive_missed", f"no keepalive for {missed:.0f} intervals; "
+                set_fault(ctx, "node.faults", "keepalive_missed", f"no keepalive for {int(missed)} intervals; "
                           f"saving throw {spent + 1} of {throws}", node)
-                log.warning("node %s missed %.1f keepalive intervals: saving throw %d/%d", node, missed,
-                            spent + 1, throws)
+                if self.throws.get(node) != spent:  # once per throw, not at every pass
+                    log.warning("node %s missed %.1f keepalive intervals: saving throw %d/%d", node, missed,
+                                spent + 1, throws)
+                self.throws[node] = spent
             else:
                 dead.append(node)
         fencing = {n for n in nodes if states[n] == "dead"
