@@ -61,6 +61,7 @@ class Settings:
     #: Fault tests only: every task message is published this many times (a duplicate must be harmless).
     publish_copies: int = 1
     job_retention: float = defaults.JOB_RETENTION
+    job_history: int = defaults.JOB_HISTORY
     shutdown_timeout: float = defaults.SHUTDOWN_TIMEOUT
     migration_timeout: float = defaults.MIGRATION_TIMEOUT
     migration_bandwidth: int = defaults.MIGRATION_BANDWIDTH

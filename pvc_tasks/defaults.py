@@ -134,8 +134,11 @@ BROKER_SOCKET_TIMEOUT = 10.0
 MIGRATION_WATCH_INTERVAL = 0.1
 #: Bound (s) of one ``ip link`` command that sets an SR-IOV VF.
 NIC_COMMAND_TIMEOUT = 10.0
-#: Terminal jobs are kept this long (s) for `pvc job list`, then pruned by the janitor.
+#: Terminal jobs are kept this long (s) for `pvc job list`, then pruned by the primary's janitor ...
 JOB_RETENTION = 7 * 24 * 3600.0
+#: ... and at most this many of them, the newest by their end: a busy cluster makes thousands of jobs a day, and
+#: ZooKeeper answers a listing of the job directory in one response (under jute.maxbuffer, ~1 MiB: ~25,000 ids).
+JOB_HISTORY = 10_000
 #: Graceful shutdown bound (s) before a shutdown job fails with a reason; PVC's default is 180 s.
 SHUTDOWN_TIMEOUT = 180.0
 #: Bound (s) of a live migration that has not converged: it is aborted and the VM keeps running on its source.

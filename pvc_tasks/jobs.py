@@ -36,7 +36,7 @@ from pvc_tasks.errors import Invalid, NotFound
 from zk_schema import Schema
 
 __all__ = ["TERMINAL", "TRANSIENT", "Job", "JobState", "JobStore", "Op", "Origin", "commit", "end_ops", "notify_parent",
-           "orphan", "patient"]
+           "orphan", "past_history", "patient"]
 
 #: Messages kept on a job; older ones are dropped (the API and CLI show the latest).
 MAX_MESSAGES = 50
@@ -212,6 +212,16 @@ def commit(zk: KazooClient, ops: Iterable[Op]) -> list:
         if isinstance(result, Exception):
             raise result
     return results
+
+
+def past_history(jobs: Iterable[Job], now: float, keep: int, retention: float) -> list[Job]:
+    """The ended jobs to prune: those over ``retention`` s since they ended, and all but the ``keep`` that ended
+    last. A child of an unfinished job is never among them: its parent reads it to learn how it ended."""
+    jobs = list(jobs)
+    unfinished = {job.id for job in jobs if not job.terminal}
+    ended = sorted((job for job in jobs if job.terminal and job.parent not in unfinished),
+                   key=lambda job: job.finished or job.created, reverse=True)
+    return [job for rank, job in enumerate(ended) if rank >= keep or now - (job.finished or job.created) > retention]
 
 
 def end_ops(store: JobStore, job: Job) -> list[Op]:

@@ -267,6 +267,9 @@ class JobQuerySchema(Schema):
     parent = JobId(metadata={"description": "children of this job (e.g. a flush's migrations)"})
     node = Name()
     vm = Name()
+    since = fields.Float(validate=validate.Range(min=0), metadata={"description": "created at or after (epoch s)"})
+    before = fields.Float(validate=validate.Range(min=0), metadata={
+        "description": "created before (epoch s): pass the last job's `created` to get the next page"})
     limit = fields.Integer(load_default=JOB_LIST_LIMIT, validate=validate.Range(min=1, max=10_000))
 
 

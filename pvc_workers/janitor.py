@@ -15,7 +15,8 @@ Each pass (every ``janitor_interval`` s) over all job records:
   ``stuck`` is ``restart`` (migrations), makes the worker restart itself (``pvc_tasks.kinds``). The node fault
   ``step_hung`` stays while such a thread has not come back;
 * a job still ``queued`` after ``queue_timeout`` s ends ``failed``: the outer bound, whatever happened;
-* a terminal job older than ``job_retention`` s is deleted;
+* on the primary: terminal jobs older than ``job_retention`` s, and all but the newest ``job_history``, are deleted
+  (``prune``);
 * on the primary: the cluster fault ``jobs_over_bound`` is set, or cleared, from the unfinished jobs' ages
   (``pvc_tasks.backlog``);
 * on a node that returned from being declared dead (``returning``): its local copies of VMs that ZooKeeper now
@@ -39,7 +40,7 @@ from kazoo.exceptions import KazooException, NoNodeError
 from pvc_tasks import dispatch, fencing, kinds, redrive
 from pvc_tasks.backlog import backlog, fault_message
 from pvc_tasks.context import NodeContext
-from pvc_tasks.jobs import JobState, orphan
+from pvc_tasks.jobs import Job, JobState, orphan, past_history
 from pvc_tasks.leases import LEASES
 from pvc_tasks.state import keepalive_age, node_alive
 from pvc_workers.health import set_fault
@@ -125,13 +126,10 @@ class Janitor(threading.Thread):
             remove_stale_copies(self.ctx)
         if self.primary():
             set_fault(self.ctx, "base.faults", "jobs_over_bound", fault_message(backlog(jobs, now, settings)))
+        if self.primary():
+            self.prune(jobs, now)
         for job in jobs:
             if job.terminal:
-                if job.finished and now - job.finished > settings.job_retention:
-                    try:
-                        self.ctx.zk.delete(self.ctx.jobs.path(job.id))
-                    except NoNodeError:
-                        pass
                 continue
             if job.node and job.node != self.ctx.node:  # node "": a cluster job, resumed by each new primary
                 if job.node not in absent:
@@ -158,6 +156,22 @@ class Janitor(threading.Thread):
             if job.id not in held and redrive.redrive(self.ctx.jobs, job, settings.redrive_after,
                                                       settings.redrive_limit) == "broker":
                 queue_len[job.node] = None  # the broker refused: no more re-sends in this pass
+
+    def prune(self, jobs: list[Job], now: float) -> int:
+        """Delete the ended jobs past ``job_retention`` or beyond the newest ``job_history`` (``past_history``);
+        returns how many."""
+        settings = self.ctx.settings
+        doomed = past_history(jobs, now, settings.job_history, settings.job_retention)
+        pending = [self.ctx.zk.delete_async(self.ctx.jobs.path(job.id)) for job in doomed]
+        for result in pending:
+            try:
+                result.get()
+            except NoNodeError:
+                pass  # another janitor, or an old primary finishing its pass
+        if doomed:
+            log.info("pruned %d ended job(s) (kept: the newest %d, none older than %g s)", len(doomed),
+                     settings.job_history, settings.job_retention)
+        return len(doomed)
 
     def run(self) -> None:
         while not self.stop.wait(self.ctx.settings.janitor_interval):

@@ -20,11 +20,13 @@ blp = Blueprint("jobs", __name__, description="Jobs: state, phase, percent, mess
 @blp.arguments(JobQuerySchema, location="query")
 @blp.response(200, JobSchema(many=True))
 def list_jobs(query: dict):
-    """Jobs, newest first, filtered by state, kind, node and VM."""
+    """Jobs, newest first, filtered by state, kind, node, VM, parent and creation time; at most ``limit`` of them
+    (pages: ``before`` = the last one's ``created``)."""
     h = handle()
     wanted = {k: query[k] for k in ("state", "kind", "node", "vm", "parent") if query.get(k)}
+    since, before = query.get("since", 0.0), query.get("before", float("inf"))
     jobs = [j for j in JobStore(h.zk, h.schema).all()
-            if all(str(getattr(j, k)) == v for k, v in wanted.items())]
+            if since <= j.created < before and all(str(getattr(j, k)) == v for k, v in wanted.items())]
     jobs.sort(key=lambda j: j.created, reverse=True)
     return [job_view(j) for j in jobs[: query["limit"]]]
 
