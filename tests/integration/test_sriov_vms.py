@@ -40,6 +40,13 @@ def used_by(c, vm: str) -> list[tuple[str, str]]:
                   if v["used_by"] == vm and v["used"])
 
 
+def pfs_count_what_vfs_say(c) -> bool:
+    """Every PF's ``vfs_used`` is the number of its VFs that /sriov/vfs shows used."""
+    vfs = call(c, "get", "/sriov/vfs").json()
+    return all(p["vfs_used"] == sum(v["used"] for v in vfs if (v["node"], v["pf"]) == (p["node"], p["name"]))
+               for p in call(c, "get", "/sriov/pfs").json())
+
+
 def vm_xml(c, vm: str) -> ET.Element:
     return ET.fromstring(call(c, "get", f"/vms/{vm}").json()["xml"])
 
@@ -53,6 +60,8 @@ def test_a_vf_is_marked_used_by_its_vm_and_refused_to_a_second_one(cluster, vm_n
     job = cluster.define_vm(vm_name, node="hv1", xml=vf_xml(vm_name, macvtap=("ens1f0v0",)))
     assert job["state"] == "succeeded", job["reason"]
     assert used_by(cluster, vm_name) == [("hv1", "ens1f0v0")]
+    pf = next(p for p in call(cluster, "get", "/sriov/pfs?node=hv1").json() if p["name"] == "ens1f0")
+    assert pf["vfs_used"] >= 1 and pfs_count_what_vfs_say(cluster)
     zk, schema = cluster.zk, cluster.schema
     before = zk_snapshot(zk, schema.root("sriov_vf", "hv1", "ens1f0v0"))
     second = f"{vm_name}-b"
