@@ -187,8 +187,10 @@ def _end_jobs_of(store: JobStore, target: str, before: float) -> int:
     return still_open
 
 
-def _recover(ctx, job: Job, names: list[str], policy: str, why: str, start: set[str]) -> dict[str, tuple[str, str]]:
-    """Step 3 for some VMs, each: ("child", id) | ("done", note) | ("stayed", reason) | ("wait", why)."""
+def _recover(ctx, job: Job, names: list[str], policy: str, why: str, start: set[str],
+             deadline: float) -> dict[str, tuple[str, str]]:
+    """Step 3 for the VMs ``names`` (those reached before ``deadline``), each: ("child", id) | ("done", note) |
+    ("stayed", reason) | ("wait", why)."""
     zk, schema, target = ctx.zk, ctx.schema, job.params["target"]
     if policy == "wait":
         return {name: ("wait", why) for name in names}
@@ -200,7 +202,7 @@ def _recover(ctx, job: Job, names: list[str], policy: str, why: str, start: set[
                          else ("wait", f"{name} has an active job"))
         return out
     return {name: _recovery_outcome(ctx, name, target, submitted)
-            for name, submitted in submit_recoveries(zk, schema, names, target, job.id, start).items()}
+            for name, submitted in submit_recoveries(zk, schema, names, target, job.id, start, deadline).items()}
 
 
 def _recovery_outcome(ctx, name: str, target: str, submitted: Job | Exception) -> tuple[str, str]:
@@ -312,16 +314,13 @@ def _pass(ctx, job: Job, token: str) -> dict:
         if still_open:
             notes.append(f"{still_open} job(s) of {target} being ended")
     collect_ended(store, result, notes)
-    running, waiting, deadline, more = result["running"], "", pass_deadline(), False
+    running, waiting = result["running"], ""
     left = [n for n in result["plan"] if n not in set(result["done"]) | set(result["stayed"]) | set(running)]
     start = set(left if job.kind == "fence" else result.get("start", []))
-    for first in range(0, len(left), defaults.RECOVERY_BATCH):
-        if time.monotonic() > deadline:
-            more = True
-            break
-        for name, outcome in _recover(ctx, job, left[first:first + defaults.RECOVERY_BATCH], policy, why,
-                                      start).items():
-            waiting = record_outcome(result, notes, name, *outcome) or waiting
+    outcomes = _recover(ctx, job, left, policy, why, start, pass_deadline())
+    for name, outcome in outcomes.items():
+        waiting = record_outcome(result, notes, name, *outcome) or waiting
+    more = len(outcomes) < len(left)  # out of time: the next pass goes on at once
     result["total"] = len(result["plan"])
     if running or waiting or more or len(result["done"]) + len(result["stayed"]) < result["total"]:
         return continue_job(store, job.id, token, result, notes, waiting, again=more)

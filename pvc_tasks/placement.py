@@ -27,7 +27,7 @@ from pvc_tasks.state import node_record, node_records
 from zk_schema import Schema
 
 __all__ = ["check_target", "choose_target", "no_target", "node_limit", "read_reserved", "release_op", "reserve_op",
-           "still_ready_op"]
+           "still_ready_op", "with_reservation"]
 
 
 def read_reserved(zk: KazooClient, schema: Schema, node: str) -> tuple[dict, int]:
@@ -42,13 +42,18 @@ def read_reserved(zk: KazooClient, schema: Schema, node: str) -> tuple[dict, int
         return {}, stat.version
 
 
-def reserve_op(schema: Schema, node: str, reserved: dict, version: int, job_id: str, memory_mib: int,
-               vcpus: int, vfs: list[str] | None = None) -> Op:
-    """The version-checked write adding ``job_id``'s reservation (memory, vCPUs and any SR-IOV VFs it will use)."""
+def with_reservation(reserved: dict, job_id: str, memory_mib: int, vcpus: int, vfs: list[str] | None = None) -> dict:
+    """``reserved`` plus ``job_id``'s reservation (memory, vCPUs and any SR-IOV VFs it will use)."""
     entry: dict = {"memory": memory_mib, "vcpus": vcpus}
     if vfs:
         entry["vfs"] = sorted(vfs)
-    entries = dict(reserved, **{job_id: entry})
+    return dict(reserved, **{job_id: entry})
+
+
+def reserve_op(schema: Schema, node: str, reserved: dict, version: int, job_id: str, memory_mib: int,
+               vcpus: int, vfs: list[str] | None = None) -> Op:
+    """The version-checked write adding ``job_id``'s reservation (``with_reservation``)."""
+    entries = with_reservation(reserved, job_id, memory_mib, vcpus, vfs)
     return ("set", schema.path("node.reserved", node), json.dumps(entries, sort_keys=True).encode(), version)
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import time
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 
@@ -70,9 +71,7 @@ def submit_recovery(zk: KazooClient, schema: Schema, vm_name: str, dead: str, pa
             raise Conflict(f"VM {vm_name} is no longer on {dead}", code="moved")
         where = vfs.place(zk, schema, vm, vfs.vm_uses(zk, schema, dead, vm["xml"]))
         target = where.node
-        job = Job.new("recover", vm_name, target, {"dead": dead, "start": start, **where.job_params()},
-                      parent=parent, stage=START)
-        job.steps = 3
+        job = _recover_job(vm_name, target, dead, parent, start, where.job_params())
         try:
             commit(zk, [store.create_op(job), ("set", marker_path, job.id.encode(), marker_stat.version),
                         placement.reserve_op(schema, target, where.reserved, where.version, job.id,
@@ -85,37 +84,46 @@ def submit_recovery(zk: KazooClient, schema: Schema, vm_name: str, dead: str, pa
     raise Conflict(f"VM {vm_name}: placement kept racing; retried 10 times", code="busy")
 
 
+def _recover_job(vm: str, target: str, dead: str, parent: str, start: bool, params: dict | None = None) -> Job:
+    job = Job.new("recover", vm, target, {"dead": dead, "start": start, **(params or {})}, parent=parent, stage=START)
+    job.steps = 3
+    return job
+
+
 #: What placing a recovery reads of each VM (its XML only to see whether it may use VFs).
 _KEYS = ("node", "xml", "memory", "vcpus", "meta.node_selector", "meta.node_limit")
+#: What it reads of each node besides its reservations, which it reads with their version.
+_NODE_KEYS = tuple(k for k in selector.KEYS if k != "reserved")
 
 
 def submit_recoveries(zk: KazooClient, schema: Schema, vms: list[str], dead: str, parent: str,
-                      start: Collection[str]) -> dict[str, Job | Exception]:
+                      start: Collection[str], deadline: float = float("inf")) -> dict[str, Job | Exception]:
     """``submit_recovery`` for many VMs at once (a fence's whole plan), ``start`` naming those to start: each batch
     of ``RECOVERY_BATCH`` VMs is placed from ONE read of the nodes, its reservations counted as they are made, and
     committed in ONE transaction (jobs, markers, one version-checked reservation write per target); a batch that
-    lost a race is decided again. A VM with SR-IOV VFs takes the one-by-one path (its VFs are picked per target).
+    lost a race is decided again; its messages are published beside the next batch's reads (a publish is a broker
+    round trip). A VM with SR-IOV VFs takes the one-by-one path (its VFs are picked per target). No batch starts
+    after ``deadline`` (monotonic): the VMs left out are absent from the answer.
     Per VM: its job, or why not (``NotFound``, ``Conflict`` as from ``submit_recovery``)."""
     out: dict[str, Job | Exception] = {}
     with ThreadPoolExecutor(4, thread_name_prefix="recovery-publish") as publisher:
         for first in range(0, len(vms), defaults.RECOVERY_BATCH):
-            _place(zk, schema, vms[first:first + defaults.RECOVERY_BATCH], dead, parent, start, out, publisher)
+            if time.monotonic() > deadline:
+                break
+            batch = vms[first:first + defaults.RECOVERY_BATCH]
+            for _attempt in range(10):
+                try:
+                    decided, batched = _batch(zk, schema, batch, dead, parent, start)
+                except BadVersionError:
+                    continue  # a marker or a target's reservations changed: decide the batch again
+                out.update(decided)
+                for job in batched:
+                    publisher.submit(dispatch.publish, job)
+                break
+            else:
+                out.update({name: Conflict(f"VM {name}: placement kept racing; retried 10 times", code="busy")
+                            for name in batch})
     return out
-
-
-def _place(zk: KazooClient, schema: Schema, batch: list[str], dead: str, parent: str, start: Collection[str],
-           out: dict[str, Job | Exception], publisher: ThreadPoolExecutor) -> None:
-    """One batch; its messages are published beside the next batch's reads (a publish is a broker round trip)."""
-    for _attempt in range(10):
-        try:
-            decided, batched = _batch(zk, schema, batch, dead, parent, start)
-        except BadVersionError:
-            continue  # a marker or a target's reservations changed: decide the batch again
-        out.update(decided)
-        for job in batched:
-            publisher.submit(dispatch.publish, job)
-        return
-    out.update({name: Conflict(f"VM {name}: placement kept racing; retried 10 times", code="busy") for name in batch})
 
 
 def _batch(zk: KazooClient, schema: Schema, batch: list[str], dead: str, parent: str,
@@ -124,16 +132,17 @@ def _batch(zk: KazooClient, schema: Schema, batch: list[str], dead: str, parent:
     store, out = JobStore(zk, schema), {}
     markers = [zk.get_async(schema.path("domain.active_job", name)) for name in batch]
     records = read_keys(zk, schema, "domain", [(name,) for name in batch], _KEYS)
-    nodes = {n["name"]: n for n in node_records(zk, schema, selector.KEYS)}
-    reserved = {name: zk.get_async(schema.path("node.reserved", name)) for name in nodes}
-    versions = {}
-    for name, pending in reserved.items():  # the figures the selector sees are the ones the transaction checks
-        data, stat = pending.get()
-        nodes[name]["reserved"], versions[name] = data.decode() or "{}", stat.version
+    nodes = {n["name"]: n for n in node_records(zk, schema, _NODE_KEYS)}
+    pending = {name: zk.get_async(schema.path("node.reserved", name)) for name in nodes}
+    reserved, versions = {}, {}
+    for name, result in pending.items():  # the reservations the selector counts are the ones the commit checks
+        data, stat = result.get()
+        reserved[name], versions[name] = json.loads(data or b"{}"), stat.version
+        nodes[name]["reserved"] = json.dumps(reserved[name])
     default_method = zk.get(schema.path("base.config.migration_selector"))[0].decode()
-    ops, jobs, touched = [], [], set()
-    for name, record, pending in zip(batch, records, markers):
-        marker, marker_stat = pending.get() if record is not None else (b"", None)
+    ops, jobs = [], []
+    for name, record, marker_read in zip(batch, records, markers):
+        marker, marker_stat = marker_read.get() if record is not None else (b"", None)
         vm = dict(record or {}, name=name)
         if record is None:
             out[name] = NotFound(f"no VM {name!r}", code="vm_not_found")
@@ -147,18 +156,16 @@ def _batch(zk: KazooClient, schema: Schema, batch: list[str], dead: str, parent:
                                         int(vm["memory"] or 0), placement.node_limit(vm), exclude=[dead])) is None:
             out[name] = placement.no_target(vm, method)
         else:
-            job = Job.new("recover", name, target, {"dead": dead, "start": name in start}, parent=parent, stage=START)
-            job.steps = 3
-            entries = json.loads(nodes[target]["reserved"])
-            entries[job.id] = {"memory": int(vm["memory"] or 0), "vcpus": int(vm["vcpus"] or 0)}
-            nodes[target]["reserved"] = json.dumps(entries, sort_keys=True)
+            job = _recover_job(name, target, dead, parent, name in start)
+            reserved[target] = placement.with_reservation(reserved[target], job.id, int(vm["memory"] or 0),
+                                                          int(vm["vcpus"] or 0))
+            nodes[target]["reserved"] = json.dumps(reserved[target])
             ops += [store.create_op(job), ("set", schema.path("domain.active_job", name), job.id.encode(),
                                            marker_stat.version)]
             jobs.append(job)
-            touched.add(target)
     if jobs:
-        commit(zk, ops + [("set", schema.path("node.reserved", node), nodes[node]["reserved"].encode(), versions[node])
-                          for node in sorted(touched)])
+        commit(zk, ops + [("set", schema.path("node.reserved", node), json.dumps(reserved[node], sort_keys=True)
+                           .encode(), versions[node]) for node in sorted({job.node for job in jobs})])
     out.update({job.vm: job for job in jobs})
     return out, jobs
 

@@ -78,10 +78,9 @@ def read_keys(zk: KazooClient, schema: Schema, section: str, instances: Iterable
 LEADING = ("primary", "takeover", "relinquish")
 
 
-def _node_extra(zk: KazooClient, schema: Schema, name: str, record: dict) -> dict:
-    record["name"] = name
-    record["alive"] = zk.exists(schema.path("node.presence", name)) is not None
-    if not record["alive"] and record.get("router_state") in LEADING:  # it crashed while primary: no longer so
+def _node_extra(name: str, record: dict, alive: bool) -> dict:
+    record.update(name=name, alive=alive)
+    if not alive and record.get("router_state") in LEADING:  # it crashed while primary: no longer so
         record["router_state"] = "secondary"
     return record
 
@@ -90,7 +89,7 @@ def node_record(zk: KazooClient, schema: Schema, name: str) -> dict:
     record = read_keys(zk, schema, "node", [(name,)])[0]
     if record is None:
         raise NotFound(f"no node {name!r}", code="node_not_found")
-    return _node_extra(zk, schema, name, record)
+    return _node_extra(name, record, zk.exists(schema.path("node.presence", name)) is not None)
 
 
 def node_records(zk: KazooClient, schema: Schema, only: Iterable[str] | None = None) -> list[dict]:
@@ -98,14 +97,8 @@ def node_records(zk: KazooClient, schema: Schema, only: Iterable[str] | None = N
     all_names = names(zk, schema, "base.node")
     presence = [zk.exists_async(schema.path("node.presence", n)) for n in all_names]
     records = read_keys(zk, schema, "node", [(n,) for n in all_names], only)
-    found = []
-    for name, record, present in zip(all_names, records, presence):
-        alive = present.get() is not None
-        if record is not None:
-            if not alive and record.get("router_state") in LEADING:  # it crashed while primary: no longer so
-                record["router_state"] = "secondary"
-            found.append(dict(record, name=name, alive=alive))
-    return found
+    return [_node_extra(name, record, present.get() is not None)
+            for name, record, present in zip(all_names, records, presence) if record is not None]
 
 
 def domain_record(zk: KazooClient, schema: Schema, vm: str) -> dict:
