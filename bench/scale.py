@@ -56,7 +56,7 @@ def seed_jobs(c: LocalCluster, count: int) -> None:
         for i in range(first, min(first + 100, count)):
             job = Job.new("start", f"s{i % 5000:05d}", "hv1", {}, stage="pvc.vm.start")
             job.state, job.created, job.started, job.finished = JobState.SUCCEEDED, now - 3600, now - 3600, now - 3599
-            ops.append(store.create_op(job))
+            ops += store.create_ops(job)
         commit(c.zk, ops)
 
 

@@ -20,7 +20,10 @@ The invariants, in the order they are checked
                left ``flush`` / ``unflush`` without a job;
     vfs        a VF marked used names a VM that ZooKeeper places on the VF's node and whose XML uses that VF, and
                every VF a VM's XML uses is marked used by it;
-    flushed    a node in domain state ``flushed`` runs no VM (per ZooKeeper and per its libvirt).
+    flushed    a node in domain state ``flushed`` runs no VM (per ZooKeeper and per its libvirt);
+    indexes    (schema 8) every VM's UUID is indexed under its name and every UUID entry names a VM with that UUID.
+    Unfinished jobs are found by reading every job record, never through the index of open jobs: the check must not
+    trust what it checks (``tests`` prove that index separately).
 
 ZooKeeper and libvirt are read one after the other, not atomically, so a check that finds a problem reads again
 for up to ``settle`` s before it reports: once every job is terminal nothing should move, and a problem that
@@ -178,7 +181,19 @@ def observe(cluster: LocalCluster) -> Observed:
     seen.problems += _check_markers(zk, schema, vms)
     seen.problems += _check_vfs(zk, schema, vms)
     seen.problems += _check_flushed(zk, schema, seen)
+    seen.problems += _check_uuid_index(zk, schema, vms)
     return seen
+
+
+def _check_uuid_index(zk: KazooClient, schema: Schema, vms: dict[str, dict]) -> list[str]:
+    if "domain_uuid" not in schema.roots:
+        return []
+    entries = {u: zk.get(schema.path("domain_uuid", u))[0].decode() for u in names(zk, schema, "base.domain_uuid")}
+    problems = [f"indexes: VM {n}'s UUID {vm['uuid']} is indexed as {entries.get(vm['uuid']) or 'nothing'}"
+                for n, vm in vms.items() if vm["uuid"] and entries.get(vm["uuid"]) != n]
+    problems += [f"indexes: UUID {u} names {n}, which has no such VM" for u, n in entries.items()
+                 if vms.get(n, {}).get("uuid") != u]
+    return problems
 
 
 def _check_flushed(zk: KazooClient, schema: Schema, seen: Observed) -> list[str]:

@@ -62,6 +62,7 @@ class Settings:
     publish_copies: int = 1
     job_retention: float = defaults.JOB_RETENTION
     job_history: int = defaults.JOB_HISTORY
+    history_interval: float = defaults.HISTORY_INTERVAL
     shutdown_timeout: float = defaults.SHUTDOWN_TIMEOUT
     migration_timeout: float = defaults.MIGRATION_TIMEOUT
     migration_bandwidth: int = defaults.MIGRATION_BANDWIDTH

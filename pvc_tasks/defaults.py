@@ -139,6 +139,9 @@ JOB_RETENTION = 7 * 24 * 3600.0
 #: ... and at most this many of them, the newest by their end: a busy cluster makes thousands of jobs a day, and
 #: ZooKeeper answers a listing of the job directory in one response (under jute.maxbuffer, ~1 MiB: ~25,000 ids).
 JOB_HISTORY = 10_000
+#: How often (s) the primary's janitor reads the whole job history: to prune it, and to index an unfinished job
+#: that a writer still on schema 7 created during an upgrade to 8 (every other pass reads the unfinished jobs only).
+HISTORY_INTERVAL = 60.0
 #: Graceful shutdown bound (s) before a shutdown job fails with a reason; PVC's default is 180 s.
 SHUTDOWN_TIMEOUT = 180.0
 #: Bound (s) of a live migration that has not converged: it is aborted and the VM keeps running on its source.

@@ -100,7 +100,7 @@ def _submit(zk: KazooClient, schema: Schema, node: str, kind: str, stage: str, p
         new_record = {"job": job.id, "state": record_state, "since": time.time(),
                       "reason": job_params.get("why") or job_params["off_by"]}
         try:
-            commit(zk, [store.create_op(job), ("set", state_path, b"dead", state_stat.version),
+            commit(zk, [*store.create_ops(job), ("set", state_path, b"dead", state_stat.version),
                         ("set", fence_path, json.dumps(new_record).encode(), fence_stat.version)])
         except BadVersionError:
             continue  # the monitor declared it, or another request won: decide again on what is there now

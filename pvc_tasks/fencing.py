@@ -81,7 +81,7 @@ def declare_dead(zk: KazooClient, schema: Schema, node: str, why: str) -> Job | 
     job.steps = 3
     record = {"job": job.id, "state": "fencing", "since": time.time(), "reason": why}
     try:
-        commit(zk, [JobStore(zk, schema).create_op(job), ("set", path, b"dead", stat.version),
+        commit(zk, [*JobStore(zk, schema).create_ops(job), ("set", path, b"dead", stat.version),
                     ("set", schema.path("node.fence", node), json.dumps(record).encode(), -1)])
     except BadVersionError:
         return None
@@ -93,7 +93,7 @@ def resume(store: JobStore) -> int:
     """At takeover: send every unfinished cluster job's pass (fence, evacuate) again, freeing leases of the
     previous primary."""
     count = 0
-    for job in store.all():
+    for job in store.unfinished():
         if job.terminal or job.node or job.kind not in KINDS:
             continue
         resume_passes(store, job)
@@ -176,7 +176,7 @@ def _end_jobs_of(store: JobStore, target: str, before: float) -> int:
     declared dead; jobs created later (the node came back) are left alone. Returns how many such jobs are still
     open, counting migrations rolling back through their other node (they return to ``target`` to end)."""
     still_open = 0
-    for other in store.all():
+    for other in store.unfinished():
         if other.terminal or other.created >= before:
             continue
         if other.node == target:

@@ -67,7 +67,7 @@ def _noop(store: JobStore, kind: str, node: str, why: str, origin: Origin | None
     job = Job.new(kind, "", node, {}, stage=TICK, origin=origin)
     job.end(JobState.SUCCEEDED, "", {"noop": why})
     job.note(why)
-    commit(store.zk, [store.create_op(job), *ops])
+    commit(store.zk, [*store.create_ops(job), *ops])
     return job
 
 
@@ -135,7 +135,7 @@ def _submit_once(zk: KazooClient, schema: Schema, node: str, action: str, origin
     kind = "flush" if action == "flush" else "unflush"
     params = {"allow_shutdown": True} if kind == "flush" and allow_shutdown else {}
     job = Job.new(kind, "", node, params, stage=TICK, origin=origin)
-    commit(zk, [store.create_op(job), ("set", state_path, kind.encode(), state_stat.version),
+    commit(zk, [*store.create_ops(job), ("set", state_path, kind.encode(), state_stat.version),
                 ("set", active_path, job.id.encode(), active_stat.version), *checks, *clear_fault])
     dispatch.publish(job)
     return job

@@ -266,8 +266,14 @@ class JobStore:
     def path(self, job_id: str) -> str:
         return self.schema.path("job", job_id)
 
-    def create_op(self, job: Job) -> Op:
-        return ("create", self.path(job.id), job.to_bytes())
+    def create_ops(self, job: Job) -> list[Op]:
+        """Ops creating the job's record and, for an unfinished job, its entry in the index of open jobs (schema 8):
+        in one transaction, so that every unfinished job is in the index. The entry outlives the job's end until the
+        primary's janitor sees the end (``unfinished``); nothing but that janitor deletes it."""
+        ops: list[Op] = [("create", self.path(job.id), job.to_bytes())]
+        if not job.terminal and "job_open" in self.schema.roots:
+            ops.append(("create", self.schema.path("job_open", job.id), b""))
+        return ops
 
     def get_versioned(self, job_id: str) -> tuple[Job, int]:
         try:
@@ -295,19 +301,42 @@ class JobStore:
         return self.get_versioned(job_id)
 
     def all(self) -> list[Job]:
-        """Every job record, read in parallel."""
-        base = self.schema.path("base.job")
+        """Every job record, read in parallel: the whole history (the API's job list, pruning)."""
         try:
-            ids = patient(self.zk.get_children, base)
+            ids = patient(self.zk.get_children, self.schema.path("base.job"))
         except NoNodeError:
             return []
-        pending = [self.zk.get_async(f"{base}/{i}") for i in ids]
-        jobs = []
+        return [job for job in self._read(ids) if job is not None]
+
+    def unfinished(self) -> list[Job]:
+        """Every unfinished job, read through the index of open jobs: its cost follows the jobs in flight, not the
+        history. A cluster before schema 8 has no index: every record is read."""
+        return self.open_index()[0]
+
+    def open_index(self) -> tuple[list[Job], list[str]]:
+        """(the unfinished jobs, the ids of index entries whose job has ended or is gone: the janitor's to delete)."""
+        if "job_open" not in self.schema.roots:
+            return [job for job in self.all() if not job.terminal], []
+        try:
+            ids = patient(self.zk.get_children, self.schema.path("base.job_open"))
+        except NoNodeError:
+            return [], []
+        jobs, ended = [], []
+        for job_id, job in zip(ids, self._read(ids)):
+            if job is None or job.terminal:
+                ended.append(job_id)
+            else:
+                jobs.append(job)
+        return jobs, ended
+
+    def _read(self, ids: list[str]) -> list[Job | None]:
+        pending = [self.zk.get_async(self.path(i)) for i in ids]
+        jobs: list[Job | None] = []
         for result in pending:
             try:
                 jobs.append(Job.from_bytes(result.get()[0]))
             except NoNodeError:
-                continue  # pruned between the listing and the read
+                jobs.append(None)  # pruned between the listing and the read
         return jobs
 
     def update(self, job_id: str, mutate: Callable[[Job], bool], extra: Callable[[Job], list[Op]] | None = None,

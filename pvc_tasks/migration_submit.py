@@ -55,7 +55,7 @@ def _make_permanent(store: JobStore, vm: dict, marker_path: str, marker_stat, or
     job.end(JobState.SUCCEEDED, "", {"node": vm["node"], "permanent": True, "was_home": vm["last_node"]})
     job.note(f"{name} stays on {vm['node']}, now its home (it was {vm['last_node']})")
     try:
-        commit(store.zk, [store.create_op(job), ("check", marker_path, marker_stat.version),
+        commit(store.zk, [*store.create_ops(job), ("check", marker_path, marker_stat.version),
                           ("set", store.schema.path("domain.last_node", name), b"", -1)])
     except BadVersionError:
         raise Conflict(f"VM {name} got another job at the same moment", code="vm_busy") from None
@@ -113,7 +113,7 @@ def submit_migration(zk: KazooClient, schema: Schema, vm_name: str, kind: str, t
         job.steps = STEPS
         if hostdev and resolved == "shutdown" and method != "shutdown":
             job.note(f"{vm_name} uses hostdev VF(s) {', '.join(hostdev)}: shutdown migration (no live)")
-        ops = [store.create_op(job), ("set", marker_path, job.id.encode(), marker_stat.version),
+        ops = [*store.create_ops(job), ("set", marker_path, job.id.encode(), marker_stat.version),
                placement.reserve_op(schema, chosen, where.reserved, where.version, job.id, int(vm["memory"] or 0),
                                     int(vm["vcpus"] or 0), list(where.vf_map.values())),
                slots.admit_op(zk, schema, job.id, source, chosen, priority), *where.checks]

@@ -73,7 +73,7 @@ def submit_recovery(zk: KazooClient, schema: Schema, vm_name: str, dead: str, pa
         target = where.node
         job = _recover_job(vm_name, target, dead, parent, start, where.job_params())
         try:
-            commit(zk, [store.create_op(job), ("set", marker_path, job.id.encode(), marker_stat.version),
+            commit(zk, [*store.create_ops(job), ("set", marker_path, job.id.encode(), marker_stat.version),
                         placement.reserve_op(schema, target, where.reserved, where.version, job.id,
                                              int(vm["memory"] or 0), int(vm["vcpus"] or 0),
                                              list(where.vf_map.values())), *where.checks])
@@ -160,7 +160,7 @@ def _batch(zk: KazooClient, schema: Schema, batch: list[str], dead: str, parent:
             reserved[target] = placement.with_reservation(reserved[target], job.id, int(vm["memory"] or 0),
                                                           int(vm["vcpus"] or 0))
             nodes[target]["reserved"] = json.dumps(reserved[target])
-            ops += [store.create_op(job), ("set", schema.path("domain.active_job", name), job.id.encode(),
+            ops += [*store.create_ops(job), ("set", schema.path("domain.active_job", name), job.id.encode(),
                                            marker_stat.version)]
             jobs.append(job)
     if jobs:

@@ -153,7 +153,7 @@ def submit_vf_config(zk: KazooClient, schema: Schema, node: str, vf: str, change
             raise Conflict(f"node {node}'s worker is not running, so it cannot apply VF settings; nothing was "
                            f"changed", code="node_unavailable", details={"node": node})
         job = Job.new("vf_config", "", node, {"vf": vf, "changes": values}, stage=CONFIGURE, origin=origin)
-        ops = [store.create_op(job)]
+        ops = store.create_ops(job)
         for key, (_data, stat) in read.items():
             ops.append(("set", paths[key], values[key].encode(), stat.version) if key in values
                        else ("check", paths[key], stat.version))

@@ -20,7 +20,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
 from pvc_tasks import dispatch, kinds, placement, selector, vfs
-from pvc_tasks.errors import Conflict, Invalid, NotFound
+from pvc_tasks.errors import Conflict, Invalid, NotFound, Unavailable
 from pvc_tasks.jobs import Job, JobState, JobStore, Op, Origin, commit, notify_parent
 from pvc_tasks.names import NAME_RULE, is_name
 from pvc_tasks.state import domain_records_matching, node_alive, node_record, node_records, vf_records
@@ -169,11 +169,13 @@ def submit_define(zk: KazooClient, schema: Schema, xml: str, node: str | None = 
     """Create VM + define job in one transaction and enqueue it on the chosen node.
 
     The XML must pass ``policy`` (``pvc_tasks.xml_policy``; the default policy when None) and its UUID must be
-    new to the cluster. The transaction bumps the version of the VM directory (``base.domain``), which every
-    define reads before it looks for its UUID: of two defines racing with one UUID, the second fails its version
-    check, decides again and finds the first's VM. Defines take the define lock (``base.lock.define``, schema 7)
-    in turn, so that in a burst each one's check and commit run without another define racing it: FIFO, where
-    racing rounds alone starved some (8 parallel defines on a cluster of 100 VMs took over 10 s each)."""
+    new to the cluster. From schema 8 the transaction creates the UUID's index entry (``domain_uuid``): the check is
+    one read, and of two defines racing with one UUID the second's create fails; it decides again and finds the
+    first's VM. Before 8, a define read every VM's UUID and bumped the VM directory's version (``base.domain``).
+    The transaction also checks the schema version it decided under, so a define by an API that has not yet seen
+    an upgrade never commits into the old layout. Defines take the define lock (``base.lock.define``, schema 7) in
+    turn, so that in a burst each one's check and commit run without another define racing it: FIFO, where racing
+    rounds alone starved some (8 parallel defines on a cluster of 100 VMs took over 10 s each)."""
     meta = meta or {}
     name, memory_mib, vcpus = parse_domain_xml(xml)
     _check_policy(zk, schema, xml, policy or XmlPolicy())
@@ -182,14 +184,10 @@ def submit_define(zk: KazooClient, schema: Schema, xml: str, node: str | None = 
 
     def define() -> Job:
         for attempt in range(DEFINE_ATTEMPTS):
-            directory = zk.exists(schema.path("base.domain"))
+            layout = _layout_check(zk, schema)
             if zk.exists(schema.path("domain", name)) is not None:
                 raise Conflict(f"a VM named {name} already exists", code="vm_exists", details={"vm": name})
-            twin = domain_records_matching(zk, schema, ["uuid"], lambda r: r["uuid"] == vm_uuid, only=["uuid"])
-            if twin:
-                raise Conflict(f"VM {twin[0]['name']} already has UUID {vm_uuid}; give this VM another <uuid> (or "
-                               f"none: one is generated)", code="uuid_exists",
-                               details={"vm": twin[0]["name"], "uuid": vm_uuid})
+            uniqueness = _uuid_unique(zk, schema, name, vm_uuid)
             per_node = vfs.for_define(zk, schema, xml, [n["name"] for n in node_records(zk, schema)])
             chosen = node
             if chosen:
@@ -209,13 +207,11 @@ def submit_define(zk: KazooClient, schema: Schema, xml: str, node: str | None = 
             # The VFs it names are marked used by it in the same transaction (version-checked, see pvc_tasks.vfs).
             claims = vfs.claim_ops(zk, schema, chosen, name, found)
             try:
-                commit(zk, ops + claims + [JobStore(zk, schema).create_op(job),
-                                           placement.still_ready_op(zk, schema, chosen),
-                                           ("set", schema.path("base.domain"), b"", directory.version)])
-            except NodeExistsError as exc:
-                raise Conflict(f"a VM named {name} already exists", code="vm_exists", details={"vm": name}) from exc
-            except BadVersionError:
-                # Another define, a VF claim or a flush of the node committed first: decide again, after a pause.
+                commit(zk, ops + claims + uniqueness + [layout, *JobStore(zk, schema).create_ops(job),
+                                                        placement.still_ready_op(zk, schema, chosen)])
+            except (BadVersionError, NodeExistsError):
+                # Another define (of this name or UUID), a VF claim, a flush of the node or an upgrade committed
+                # first: decide again, after a pause; the next round names the VM that took the name or UUID.
                 time.sleep(random.uniform(0, DEFINE_BACKOFF * (attempt + 1)))
                 continue
             dispatch.publish(job)
@@ -232,6 +228,35 @@ def submit_define(zk: KazooClient, schema: Schema, xml: str, node: str | None = 
         return define()
     finally:
         lock.release()
+
+
+def _layout_check(zk: KazooClient, schema: Schema) -> Op:
+    """The op that fails a define's transaction if the cluster's schema version moved since ``schema`` was loaded;
+    ``Unavailable`` when it has moved already (the API reloads its schema from the version's watch)."""
+    path = schema.path("base.schema.version")
+    data, stat = zk.get(path)
+    if data.decode() != str(schema.version):
+        raise Unavailable(f"the cluster's layout moved to schema {data.decode()} while this request was decided "
+                          f"(on {schema.version}); retry", code="schema_changed")
+    return ("check", path, stat.version)
+
+
+def _uuid_unique(zk: KazooClient, schema: Schema, name: str, vm_uuid: str) -> list[Op]:
+    """``Conflict`` uuid_exists naming the VM that has the UUID; else the ops that keep it unique in the define's
+    transaction (schema 8: the index entry; before: the VM directory's version, which every define bumps)."""
+    if "domain_uuid" in schema.roots:
+        try:
+            owner = zk.get(schema.path("domain_uuid", vm_uuid))[0].decode()
+        except NoNodeError:
+            return [("create", schema.path("domain_uuid", vm_uuid), name.encode())]
+    else:
+        directory = zk.exists(schema.path("base.domain"))
+        twin = domain_records_matching(zk, schema, ["uuid"], lambda r: r["uuid"] == vm_uuid, only=["uuid"])
+        if not twin:
+            return [("set", schema.path("base.domain"), b"", directory.version)]
+        owner = twin[0]["name"]
+    raise Conflict(f"VM {owner} already has UUID {vm_uuid}; give this VM another <uuid> (or none: one is generated)",
+                   code="uuid_exists", details={"vm": owner, "uuid": vm_uuid})
 
 
 def _check_policy(zk: KazooClient, schema: Schema, xml: str, policy: XmlPolicy) -> None:
@@ -287,7 +312,7 @@ def submit_vm_action(zk: KazooClient, schema: Schema, vm: str, action: str, para
     job = Job.new(action, vm, node, params or {}, parent=parent, stage=kinds.get(action).first, origin=origin)
     if shutdown is not None:
         job.note(f"supersedes shutdown job {shutdown[0].id}: forcing {vm} off")
-    ops = [store.create_op(job), ("set", marker_path, job.id.encode(), stat.version),
+    ops = [*store.create_ops(job), ("set", marker_path, job.id.encode(), stat.version),
            *([_supersede_op(store, *shutdown, job.id)] if shutdown is not None else [])]
     try:
         commit(zk, ops)

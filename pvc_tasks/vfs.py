@@ -27,6 +27,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 from kazoo.client import KazooClient
+from kazoo.exceptions import NoNodeError
 
 from pvc_tasks.errors import Conflict
 from pvc_tasks.jobs import Op
@@ -262,9 +263,25 @@ def place(zk: KazooClient, schema: Schema, vm: dict, found: list[VfUse], explici
 
 
 def remove_vm_ops(zk: KazooClient, schema: Schema, vm: str) -> list[Op]:
-    """Ops deleting a VM's record and releasing the VFs it holds on its node (undefine, a rolled-back define)."""
+    """Ops deleting a VM's record, its UUID's index entry (schema 8) and releasing the VFs it holds on its node
+    (undefine, a rolled-back define)."""
     root = schema.path("domain", vm)
     if zk.exists(root) is None:
         return []
     node = zk.get(schema.path("domain.node", vm))[0].decode()
-    return (release_ops(zk, schema, node, vm) if node else []) + delete_tree_ops(zk, root)
+    return (release_ops(zk, schema, node, vm) if node else []) + delete_tree_ops(zk, root) + _uuid_entry_ops(
+        zk, schema, vm)
+
+
+def _uuid_entry_ops(zk: KazooClient, schema: Schema, vm: str) -> list[Op]:
+    if "domain_uuid" not in schema.roots:
+        return []
+    vm_uuid = zk.get(schema.path("domain.uuid", vm))[0].decode()
+    if not vm_uuid:
+        return []
+    path = schema.path("domain_uuid", vm_uuid)
+    try:
+        owner, stat = zk.get(path)
+    except NoNodeError:
+        return []  # a VM defined before the index, whose UUID another VM shared: the index names the other
+    return [("delete", path, stat.version)] if owner.decode() == vm else []

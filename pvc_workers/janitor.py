@@ -1,6 +1,7 @@
 """The janitor: every worker ends or re-drives the jobs nobody else would, so no job waits forever.
 
-Each pass (every ``janitor_interval`` s) over all job records:
+Each pass (every ``janitor_interval`` s) over the unfinished jobs, read through the index of open jobs (schema 8;
+its cost follows the jobs in flight, not the history):
 
 * a non-terminal job of ANOTHER node whose worker is absent (no presence znode, seen so by this janitor for
   ``absent_after`` s of its own clock, and a keepalive older than that) is orphaned: its kind rolls it back through
@@ -15,8 +16,10 @@ Each pass (every ``janitor_interval`` s) over all job records:
   ``stuck`` is ``restart`` (migrations), makes the worker restart itself (``pvc_tasks.kinds``). The node fault
   ``step_hung`` stays while such a thread has not come back;
 * a job still ``queued`` after ``queue_timeout`` s ends ``failed``: the outer bound, whatever happened;
-* on the primary: terminal jobs older than ``job_retention`` s, and all but the newest ``job_history``, are deleted
-  (``prune``);
+* on the primary: index entries of jobs that have ended are deleted (``JobStore.open_index``);
+* on the primary, every ``history_interval`` s, over the whole history: terminal jobs older than ``job_retention``
+  s, and all but the newest ``job_history``, are deleted (``prune``), and an unfinished job missing from the index
+  (created by a writer still on schema 7 while the cluster moved to 8) is indexed;
 * on the primary: the cluster fault ``jobs_over_bound`` is set, or cleared, from the unfinished jobs' ages
   (``pvc_tasks.backlog``);
 * on a node that returned from being declared dead (``returning``): its local copies of VMs that ZooKeeper now
@@ -35,7 +38,7 @@ import time
 from collections.abc import Callable
 
 from celery.worker import state as worker_state
-from kazoo.exceptions import KazooException, NoNodeError
+from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
 
 from pvc_tasks import dispatch, fencing, kinds, redrive
 from pvc_tasks.backlog import backlog, fault_message
@@ -72,6 +75,8 @@ class Janitor(threading.Thread):
         self.returning = returning
         #: Node -> when (this process's monotonic clock) its presence was first seen missing.
         self.gone_since: dict[str, float] = {}
+        #: When (monotonic) the primary reads the whole job history next.
+        self.next_history = 0.0
 
     def _absent(self, node: str) -> float | None:
         """Seconds since the node's last keepalive when its worker counts as absent, else None."""
@@ -120,17 +125,17 @@ class Janitor(threading.Thread):
         absent: dict[str, float | None] = {}
         queue_len: dict[str, int | None] = {}
         held: set[str] | None = None
-        jobs = self.ctx.jobs.all()
+        jobs, ended = self.ctx.jobs.open_index()
         if self.returning:
             self.returning = any(self._recovering_me(job) for job in jobs)
             remove_stale_copies(self.ctx)
         if self.primary():
             set_fault(self.ctx, "base.faults", "jobs_over_bound", fault_message(backlog(jobs, now, settings)))
-        if self.primary():
-            self.prune(jobs, now)
+            self._delete_all([self.ctx.schema.path("job_open", job_id) for job_id in ended])
+            if time.monotonic() >= self.next_history:
+                self.next_history = time.monotonic() + settings.history_interval
+                self.history({job.id for job in jobs} | set(ended), now)
         for job in jobs:
-            if job.terminal:
-                continue
             if job.node and job.node != self.ctx.node:  # node "": a cluster job, resumed by each new primary
                 if job.node not in absent:
                     absent[job.node] = self._absent(job.node)
@@ -157,17 +162,34 @@ class Janitor(threading.Thread):
                                                       settings.redrive_limit) == "broker":
                 queue_len[job.node] = None  # the broker refused: no more re-sends in this pass
 
-    def prune(self, jobs: list[Job], now: float) -> int:
-        """Delete the ended jobs past ``job_retention`` or beyond the newest ``job_history`` (``past_history``);
-        returns how many."""
-        settings = self.ctx.settings
-        doomed = past_history(jobs, now, settings.job_history, settings.job_retention)
-        pending = [self.ctx.zk.delete_async(self.ctx.jobs.path(job.id)) for job in doomed]
+    def history(self, indexed: set[str], now: float) -> None:
+        """The primary's read of every job record: prune, and index the unfinished jobs the index lacks."""
+        jobs = self.ctx.jobs.all()
+        self.prune(jobs, now)
+        if "job_open" not in self.ctx.schema.roots:
+            return
+        for job in jobs:
+            if not job.terminal and job.id not in indexed:
+                log.info("job %s was not in the index of open jobs (created during the upgrade to schema 8)", job.id)
+                try:
+                    self.ctx.zk.create(self.ctx.schema.path("job_open", job.id), b"")
+                except NodeExistsError:
+                    continue
+
+    def _delete_all(self, paths: list[str]) -> None:
+        pending = [self.ctx.zk.delete_async(path) for path in paths]
         for result in pending:
             try:
                 result.get()
             except NoNodeError:
                 pass  # another janitor, or an old primary finishing its pass
+
+    def prune(self, jobs: list[Job], now: float) -> int:
+        """Delete the ended jobs past ``job_retention`` or beyond the newest ``job_history`` (``past_history``);
+        returns how many."""
+        settings = self.ctx.settings
+        doomed = past_history(jobs, now, settings.job_history, settings.job_retention)
+        self._delete_all([self.ctx.jobs.path(job.id) for job in doomed])
         if doomed:
             log.info("pruned %d ended job(s) (kept: the newest %d, none older than %g s)", len(doomed),
                      settings.job_history, settings.job_retention)

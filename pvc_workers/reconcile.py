@@ -126,7 +126,7 @@ def _held(ctx: NodeContext, job_id: str) -> bool:
 def reconcile_jobs(ctx: NodeContext) -> dict[str, int]:
     """End or roll back this node's steps that died with the previous worker; re-send the ones not started."""
     counts = {"orphaned": 0, "resent": 0, "resumed": 0}
-    for job in ctx.jobs.all():
+    for job in ctx.jobs.unfinished():
         if job.node != ctx.node or job.terminal:
             continue
         if kinds.get(job.kind).engine:

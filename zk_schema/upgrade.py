@@ -10,7 +10,10 @@ Protocol of an upgrade from version N to N+1 (``migrate``):
 3. Apply the plan instance by instance (the cluster config, each node, each VM, ...), one ZooKeeper transaction
    per instance, so an instance is never half-upgraded. Every step tests what exists first, which makes a crashed
    upgrade safe to run again.
-4. Write the new version to ``base.schema.version`` last. Workers watch that key and re-exec themselves when it
+4. Run the version's hand-written step, if it has one (``zk_schema.steps``: data derived from what the cluster
+   holds, such as schema 8's indexes). The upgrade holds the define lock (from schema 7 on) through steps 3-5, so
+   no define decides against a layout that is changing; a define also checks the version in its transaction.
+5. Write the new version to ``base.schema.version`` last. Workers watch that key and re-exec themselves when it
    changes, because their live watches were set on the old paths and cannot be moved in place.
 """
 
@@ -22,6 +25,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
 from zk_schema.schema import Schema, SchemaError, available_versions
+from zk_schema.steps import STEPS
 
 __all__ = ["UpgradePlan", "cluster_version", "init_cluster", "migrate", "plan", "upgrade_to_latest"]
 
@@ -41,8 +45,8 @@ def plan(old: Schema, new: Schema) -> UpgradePlan:
     """Compare two versions; pure, no ZooKeeper needed."""
     if new.version != old.version + 1:
         raise SchemaError(f"upgrades go one version at a time: {old.version} -> {new.version}")
-    if old.roots != new.roots:
-        raise SchemaError("section roots changed; this upgrade needs a hand-written step")
+    if any(new.roots.get(section) != root for section, root in old.roots.items()):
+        raise SchemaError("section roots changed or went; this upgrade needs a hand-written step")
     result = UpgradePlan(old, new)
     sources = {new_name: old_name for old_name, new_name in new.renamed.items()}
     for name, key in new.keys.items():
@@ -147,10 +151,20 @@ def migrate(zk: KazooClient, target: int, *, lock_timeout: float = 30.0) -> Sche
         if current == target:
             return Schema.load(target)
         p = plan(Schema.load(current), Schema.load(target))
-        for section in p.new.roots:
-            for names in p.old.instances(zk, section):
-                _upgrade_instance(zk, p, section, names)
-        zk.set(p.new.path("base.schema.version"), str(target).encode())
+        define_lock = zk.Lock(p.old.path("base.lock.define"), "schema-upgrade") if "base.lock.define" in p.old.keys \
+            else None
+        if define_lock and not define_lock.acquire(timeout=lock_timeout):
+            raise SchemaError(f"could not take the define lock within {lock_timeout} s")
+        try:
+            for section in p.old.roots:  # a section new in this version has no instances yet (or its step makes them)
+                for names in p.old.instances(zk, section):
+                    _upgrade_instance(zk, p, section, names)
+            if target in STEPS:
+                STEPS[target](zk, p.new)
+            zk.set(p.new.path("base.schema.version"), str(target).encode())
+        finally:
+            if define_lock:
+                define_lock.release()
         return p.new
     finally:
         lock.release()

@@ -50,7 +50,8 @@ def health():
             schema = h.refresh()
             version = schema.version if schema else None
             if schema:
-                figures = backlog(JobStore(h.zk, schema).all(), time.time(), current_app.extensions["pvc_settings"])
+                settings = current_app.extensions["pvc_settings"]
+                figures = backlog(JobStore(h.zk, schema).unfinished(), time.time(), settings)
                 jobs = dict(figures, over_bound=len(figures["over_bound"]))
         except KazooException:
             zk_ok = False

@@ -123,3 +123,7 @@ def test_a_uuid_is_unique_in_the_cluster(cluster, api, vm_name):
     assert [r.json()["error"] for r in answers if r.status_code == 409] == ["uuid_exists"] * 3
     for name in (vm_name, winner["vm"]):
         cluster.wait_job(api.delete(f"{api.base}/vms/{name}").json()["id"])
+    again = api.post(f"{api.base}/vms", json={"xml": with_uuid(vm_name + "x", taken), "node": "hv1"})
+    assert again.status_code == 202, f"an undefined VM's UUID is free again: {again.text}"
+    assert cluster.wait_job(again.json()["id"])["state"] == "succeeded"
+    cluster.wait_job(api.delete(f"{api.base}/vms/{vm_name}x").json()["id"])

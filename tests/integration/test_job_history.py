@@ -16,7 +16,7 @@ def job_ids(c) -> set[str]:
 
 def test_only_the_newest_ended_jobs_are_kept(make_cluster):
     """With ``job_history`` 4, nine ended jobs become the four that ended last."""
-    c = make_cluster(worker_env={"PVC_JOB_HISTORY": "4"})
+    c = make_cluster(worker_env={"PVC_JOB_HISTORY": "4", "PVC_HISTORY_INTERVAL": "1"})
     ended = []
     for i in range(3):
         for action in (None, "start", "stop"):
@@ -33,7 +33,7 @@ def test_only_the_newest_ended_jobs_are_kept(make_cluster):
 
 def test_ended_jobs_older_than_the_retention_are_pruned_and_no_sooner(make_cluster):
     """With ``job_retention`` 3 s an ended job disappears, never before it has been over for 3 s."""
-    c = make_cluster(worker_env={"PVC_JOB_RETENTION": "3"})
+    c = make_cluster(worker_env={"PVC_JOB_RETENTION": "3", "PVC_HISTORY_INTERVAL": "1"})
     job = c.define_vm("aged", node="hv1")
     assert job["state"] == "succeeded" and job["id"] in job_ids(c)
     wait_until(lambda: job["id"] not in job_ids(c), 30, "the ended job to be pruned")

@@ -157,7 +157,7 @@ def test_an_engine_pass_holds_its_lease_through_a_long_step_and_cannot_extend_a_
 
     store = JobStore(cluster.zk, cluster.schema)
     job = Job.new("fence", "", "", {"target": "nowhere", "why": "a lease test"}, stage=FENCE)
-    commit(cluster.zk, [store.create_op(job)])
+    commit(cluster.zk, [*store.create_ops(job)])
     try:
         assert take_lease(store, job.id, "first", False) is not None
         before = time.time()

@@ -75,3 +75,21 @@ def test_plan_2_to_3_adds_migration_slots_and_node_jobs():
     """Version 3 adds the cluster's migration slots and each node's active flush/unflush job."""
     p = plan(Schema.load(2), Schema.load(3))
     assert (sorted(p.added), p.removed, p.moved) == (["base.migrations", "node.active_job"], [], {})
+
+
+def test_plan_7_to_8_adds_the_indexes_as_new_sections():
+    """Version 8 adds the UUID index and the index of open jobs: two base directories and two sections, whose
+    entries its hand-written step fills (``zk_schema.steps``)."""
+    old, new = Schema.load(7), Schema.load(8)
+    p = plan(old, new)
+    assert (sorted(p.added), p.removed, p.moved) == (["base.domain_uuid", "base.job_open"], [], {})
+    assert set(new.roots) - set(old.roots) == {"domain_uuid", "job_open"}
+    assert new.path("domain_uuid", "0f0e") == "/uuids/0f0e" and new.path("job_open", "j1") == "/jobs_open/j1"
+
+
+def test_plan_refuses_a_changed_section_root():
+    """A section whose root moved cannot be upgraded by the declarative plan."""
+    old, new = Schema.load(7), Schema.load(8)
+    new.roots["job"] = "/history/{job}"
+    with pytest.raises(SchemaError, match="roots changed"):
+        plan(old, new)
