@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 
-from flask import Flask
+from flask import Flask, Response, g
 
 from pvc_tasks.app import configure
 from pvc_tasks.config import Settings
@@ -54,4 +54,12 @@ def create_app(settings: Settings, handle: ClusterHandle | None = None) -> Flask
     api = PvcApi(app)
     for module in (health, cluster, nodes, vms, jobs, sriov):
         api.register_blueprint(module.blp, url_prefix=f"{API_PREFIX}{module.PREFIX}")
+
+    @app.after_request
+    def read_from(response: Response) -> Response:
+        """Where a list came from (``model``: the read model behind its barrier; ``zookeeper``: read directly)."""
+        if "pvc_read_from" in g:
+            response.headers["X-PVC-Read-From"] = g.pvc_read_from
+        return response
+
     return app

@@ -1,8 +1,11 @@
-"""The API process's one ZooKeeper session and the schema of the cluster it serves.
+"""The API process's one ZooKeeper session, the schema of the cluster it serves, and its read model.
 
 The schema follows the cluster: it is loaded from the version the cluster records and reloaded by a watch when
 an upgrade moves it, so request handlers always build paths of the live layout. A cluster that was never
 initialised answers 503 ``cluster_not_initialised`` to everything except health and init.
+
+List requests read the collections through ``vm_records``, ``node_records`` and ``jobs``: from the read model
+(``pvc_web.readmodel``, rebuilt for each layout), or from ZooKeeper directly while it cannot answer.
 """
 
 from __future__ import annotations
@@ -10,16 +13,28 @@ from __future__ import annotations
 import logging
 import threading
 
+from flask import g, has_request_context
 from kazoo.exceptions import KazooException
 
+from pvc_tasks import state
 from pvc_tasks.config import Settings
 from pvc_tasks.errors import Unavailable
+from pvc_tasks.jobs import Job, JobStore
 from pvc_tasks.zkclient import connect
+from pvc_web.readmodel import ReadModel, collections
 from zk_schema import Schema, SchemaError, cluster_version
 
 __all__ = ["ClusterHandle"]
 
 log = logging.getLogger(__name__)
+
+
+def _served(answer: list | None) -> list | None:
+    """Note for the response where a list came from (header ``X-PVC-Read-From``); the model's answer or None."""
+    if has_request_context():
+        source = "model" if answer is not None else "zookeeper"
+        g.pvc_read_from = source if g.get("pvc_read_from", source) == source else "both"
+    return answer
 
 
 class ClusterHandle:
@@ -28,6 +43,7 @@ class ClusterHandle:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.zk = connect(settings)
+        self.model = ReadModel(self.zk)
         self._schema: Schema | None = None
         self._lock = threading.Lock()
         self._watching = False
@@ -49,10 +65,13 @@ class ClusterHandle:
                 log.warning("cannot read the cluster's schema version: %s", exc)
                 return self._schema
             if version is None:
+                if self._schema is not None:
+                    self.model.reset(None)
                 self._schema = None
                 return None
             if self._schema is None or self._schema.version != version:
                 self._schema = Schema.load(version)
+                self.model.reset(self._schema)
                 log.info("serving schema version %s", version)
             schema, watch = self._schema, not self._watching
             self._watching = True
@@ -66,6 +85,28 @@ class ClusterHandle:
             self.refresh()
         except SchemaError:
             log.exception("the cluster moved to a schema this API does not know; upgrade pvc-api")
+
+    def vm_records(self) -> list[dict]:
+        """Every VM's record without its XML, sorted by name."""
+        records = self.model.records("domain")
+        if _served(records) is not None:
+            return records
+        names = state.names(self.zk, self.schema, "base.domain")
+        fields = collections(self.schema)["domain"].fields
+        found = state.read_keys(self.zk, self.schema, "domain", [(n,) for n in names], fields)
+        return [dict(r, name=n) for n, r in zip(names, found) if r is not None]
+
+    def node_records(self) -> list[dict]:
+        """Every node's record (no secrets) with ``alive``, sorted by name."""
+        records = self.model.records("node")
+        if _served(records) is None:
+            return state.node_records(self.zk, self.schema)
+        return [state.with_liveness(r["name"], r, r.get("presence") is not None) for r in records]
+
+    def jobs(self) -> list[Job]:
+        """Every job record."""
+        jobs = self.model.jobs()
+        return JobStore(self.zk, self.schema).all() if _served(jobs) is None else jobs
 
     @property
     def schema(self) -> Schema:

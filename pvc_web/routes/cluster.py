@@ -10,9 +10,8 @@ from flask import current_app
 from pvc_tasks import slots
 from pvc_tasks.backlog import backlog
 from pvc_tasks.errors import Conflict, Invalid
-from pvc_tasks.jobs import JobStore, commit
+from pvc_tasks.jobs import commit
 from pvc_tasks.lifecycle import shutdown_force
-from pvc_tasks.state import domain_records, node_records
 from pvc_web.blueprint import Blueprint, handle
 from pvc_web.schemas import (
     ClusterInitSchema,
@@ -40,8 +39,8 @@ def status():
     def value(key: str) -> str:
         return zk.get(schema.path(key))[0].decode()
 
-    nodes = node_records(zk, schema)
-    jobs = JobStore(zk, schema).all()
+    nodes = h.node_records()
+    jobs = h.jobs()
     maintenance = value("base.config.maintenance") == "true"
     return {
         "schema_version": schema.version,
@@ -61,7 +60,7 @@ def status():
         "limits": slots.limit_fields(zk, schema),
         "migrations": len(slots.read_slots(zk, schema)[0]),
         "nodes": dict(Counter("alive" if n["alive"] else "absent" for n in nodes)),
-        "vms": dict(Counter(d["state"] or "unknown" for d in domain_records(zk, schema))),
+        "vms": dict(Counter(d["state"] or "unknown" for d in h.vm_records())),
         "jobs": dict(Counter(str(j.state) for j in jobs)),
         "backlog": backlog(jobs, time.time(), current_app.extensions["pvc_settings"]),
     }

@@ -25,7 +25,7 @@ def list_jobs(query: dict):
     h = handle()
     wanted = {k: query[k] for k in ("state", "kind", "node", "vm", "parent") if query.get(k)}
     since, before = query.get("since", 0.0), query.get("before", float("inf"))
-    jobs = [j for j in JobStore(h.zk, h.schema).all()
+    jobs = [j for j in h.jobs()
             if since <= j.created < before and all(str(getattr(j, k)) == v for k, v in wanted.items())]
     jobs.sort(key=lambda j: j.created, reverse=True)
     return [job_view(j) for j in jobs[: query["limit"]]]

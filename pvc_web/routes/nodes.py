@@ -5,7 +5,7 @@ from __future__ import annotations
 from pvc_tasks.evacuate import submit_evacuate, submit_fence
 from pvc_tasks.flush import submit_node_action
 from pvc_tasks.handover import request_handover
-from pvc_tasks.state import node_record, node_records
+from pvc_tasks.state import node_record
 from pvc_web.blueprint import Blueprint, accepted, handle
 from pvc_web.idempotency import idempotent, origin
 from pvc_web.schemas import EvacuateSchema, FlushSchema, HandoverSchema, JobSchema, NodeSchema
@@ -20,8 +20,7 @@ blp = Blueprint("nodes", __name__, description="Nodes, their workers and resourc
 @blp.response(200, NodeSchema(many=True))
 def list_nodes():
     """Every node, sorted by name."""
-    h = handle()
-    return [node_view(r) for r in node_records(h.zk, h.schema)]
+    return [node_view(r) for r in handle().node_records()]
 
 
 @blp.route("/<string:node>")
