@@ -31,6 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from kazoo.exceptions import NoNodeError  # noqa: E402
+
 from pvc_dev.cluster import LocalCluster, NodeSpec  # noqa: E402
 from pvc_tasks.jobs import Job, JobState, JobStore, commit  # noqa: E402
 
@@ -110,9 +112,12 @@ def zk_size(c: LocalCluster) -> tuple[int, int]:
         kids = [zk.get_children_async(p) for p in level]
         nxt = []
         for path, d, k in zip(level, data, kids):
-            total += len(d.get()[0] or b"")
+            try:
+                total += len(d.get()[0] or b"")
+                nxt += [f"{path.rstrip('/')}/{child}" for child in k.get()]
+            except NoNodeError:
+                continue  # deleted as we walked (an index entry of a job that ended, a pruned job)
             count += 1
-            nxt += [f"{path.rstrip('/')}/{child}" for child in k.get()]
         level = nxt
     return total, count
 
@@ -156,6 +161,7 @@ def main() -> int:
             reads["/vms/<name>"] = timed_gets(c, "/vms/s00001", args.requests)
             rate, accepted, ended = submissions(c, [f"s{i:05d}" for i in range(0, size, 7)], args.submit_seconds)
             data, znodes = zk_size(c)
+            print("  reads p50 (ms): " + ", ".join(f"{p} {v[0]:.1f}" for p, v in reads.items()), flush=True)
             rows.append({"size": size, "jobs": jobs_now, "reads": reads, "define_rate": define_rate, "rate": rate,
                          "accepted": accepted, "ended": ended, "data": data, "znodes": znodes,
                          "rss": rss_mib(c.api.pid)})

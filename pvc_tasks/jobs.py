@@ -349,20 +349,32 @@ class JobStore:
         ZooKeeper unreachable for a moment: reads wait (``patient``); a transaction whose answer was lost is judged
         by reading the job again: if it holds exactly what we wrote, the transaction applied (it is atomic, so
         ``extra`` did too); else ``mutate`` decides again on what is there."""
+        return self.update_versioned(job_id, mutate, extra, attempts=attempts)[0]
+
+    def update_versioned(self, job_id: str, mutate: Callable[[Job], bool],
+                         extra: Callable[[Job], list[Op]] | None = None, *, attempts: int = 20,
+                         known: tuple[Job, int] | None = None) -> tuple[Job, int]:
+        """``update``, returning the job's znode version too; ``known``: the job as the caller last wrote or read
+        it, with that version, tried first instead of a read (a step's writes follow each other: a concurrent
+        write, such as a cancel request, fails the version check and the job is read again)."""
         for _ in range(attempts):
-            job, version = self.get_versioned(job_id)
+            if known is not None:
+                job, version = Job.from_bytes(known[0].to_bytes()), known[1]  # mutate edits a copy
+                known = None
+            else:
+                job, version = self.get_versioned(job_id)
             if not mutate(job):
-                return job
+                return job, version
             written = job.to_bytes()
             ops = [("set", self.path(job_id), written, version)] + (extra(job) if extra else [])
             try:
-                commit(self.zk, ops)
-                return job
+                return job, commit(self.zk, ops)[0].version
             except BadVersionError:
                 continue
             except TRANSIENT:
-                if patient(self.zk.get, self.path(job_id))[0] == written:
-                    return job
+                data, stat = patient(self.zk.get, self.path(job_id))
+                if data == written:
+                    return job, stat.version
         raise RuntimeError(f"job {job_id}: too many concurrent updates")
 
     def release_ops(self, job: Job) -> list[Op]:
@@ -380,8 +392,9 @@ class JobStore:
 
     def finish(self, job_id: str, state: JobState, reason: str = "", result: dict | None = None,
                ops: Callable[[Job], list[Op]] | None = None, *, release: bool = True,
-               notes: list[str] | None = None) -> Job:
-        """End a job (if not already ended) and release its VM marker, with ``ops``, in one transaction."""
+               notes: list[str] | None = None, known: tuple[Job, int] | None = None) -> Job:
+        """End a job (if not already ended) and release its VM marker, with ``ops``, in one transaction
+        (``known``: see ``update_versioned``)."""
 
         ended = False
 
@@ -399,7 +412,7 @@ class JobStore:
         def extra(job: Job) -> list[Op]:
             return (ops(job) if ops else []) + (self.release_ops(job) if release else []) + end_ops(self, job)
 
-        job = self.update(job_id, mutate, extra)
+        job = self.update_versioned(job_id, mutate, extra, known=known)[0]
         if ended:
             notify_parent(self, job)
         return job

@@ -68,11 +68,19 @@ ABORT_TARGET, ABORT_SOURCE = "pvc.migrate.abort_target", "pvc.migrate.abort_sour
 
 
 # ---- steps on the nodes -----------------------------------------------------------------------------------------
-def _check_still_ours(run: JobRun, on: str) -> dict:
+#: The VM keys each step re-checks (its marker, its node); prepare also reads what the target check and a
+#: hand-over need, perform what a live migration needs. Reading the whole record (16 keys with the XML) at every
+#: step was a third of a flush's ZooKeeper requests.
+_OURS = ("active_job", "node")
+_PREPARE_KEYS = (*_OURS, "memory", "meta.node_limit", "xml")
+_PERFORM_KEYS = (*_OURS, "meta.max_downtime")
+
+
+def _check_still_ours(run: JobRun, on: str, keys: tuple[str, ...] = _OURS) -> dict:
     """The job must still own the VM, and the VM must still be recorded on S (or T for a roll-forward check)."""
     schema, zk, vm = run.ctx.schema, run.ctx.zk, run.vm
     try:
-        record = domain_record(zk, schema, vm)
+        record = domain_record(zk, schema, vm, only=keys)
     except NotFound as exc:
         raise JobFailed(f"VM {vm} was removed meanwhile") from exc
     if record["active_job"] != run.job.id:
@@ -102,7 +110,7 @@ def prepare(run: JobRun) -> None:
     """Runs on T: re-check the target and, for hand-over paths, define the VM here (not started)."""
     params, vm, node = run.job.params, run.vm, run.ctx.node
     _check_target_unchanged(run)
-    record = _check_still_ours(run, params["source"])
+    record = _check_still_ours(run, params["source"], _PREPARE_KEYS)
     try:
         placement.check_target(run.ctx.zk, run.ctx.schema, record, node, own_job=run.job.id,
                                states=tuple(params.get("target_states") or ("ready",)))
@@ -156,7 +164,7 @@ def perform(run: JobRun) -> None:
     """Runs on S: move the VM's execution off S by the job's method."""
     params, vm, source = run.job.params, run.vm, run.ctx.node
     target = _check_target_unchanged(run)
-    record = _check_still_ours(run, source)
+    record = _check_still_ours(run, source, _PERFORM_KEYS)
     was_running, method, how = run.hv.state(vm) == "running", params["method"], "cold"
     timeout = float(params.get("timeout") or run.ctx.settings.shutdown_timeout)
     if was_running and method in ("live", "default") and run.hv.live_migration:
@@ -223,7 +231,7 @@ def cleanup(run: JobRun) -> None:
     how = run.job.params.get("how", "")
     run.job = run.ctx.jobs.finish(run.job.id, JobState.SUCCEEDED, "", {"node": target, "from": source, "how": how,
                                                                         "forced": how == "forced"},
-                                  ops=lambda _j: node_figure_ops(run.ctx))
+                                  ops=lambda _j: node_figure_ops(run.ctx), known=run.known)
     if note:
         run.ctx.jobs.update(run.job.id, lambda j: (j.note(note.lstrip("; ")), True)[1])
 
@@ -233,7 +241,7 @@ def abort_target(run: JobRun) -> None:
     """Runs on T: undo T's side (or roll forward when T already runs the VM), then hand over to S."""
     ctx, vm, node, job_id = run.ctx, run.vm, run.ctx.node, run.job.id
     source = run.job.params["source"]
-    if run.hv.state(vm) == "running" and domain_record(ctx.zk, ctx.schema, vm)["node"] == source:
+    if run.hv.state(vm) == "running" and domain_record(ctx.zk, ctx.schema, vm, only=("node",))["node"] == source:
         # The VM already runs here (a live migration completed, or T started it before a crash): rolling back
         # would kill the only running copy. Commit the migration instead.
         hop(run, CLEANUP, source, ops=lambda: _commit_ops(run, "running"), phase=("cleanup", 4),

@@ -90,7 +90,7 @@ def check_target(zk: KazooClient, schema: Schema, vm: dict, target: str, *, own_
 
     ``own_job``: a job whose reservation on the target is the VM's own (counted as free when re-checking).
     ``states``: the target's acceptable domain states (an unflush brings VMs back to its node while ``unflush``)."""
-    record = node_record(zk, schema, target)
+    record = node_record(zk, schema, target, only=selector.KEYS)
     memory, limit = int(vm.get("memory") or 0), node_limit(vm)
     if target == vm.get("node"):
         raise Conflict(f"VM {vm['name']} is already on {target}", code="same_node", details={"node": target})

@@ -54,9 +54,11 @@ class StageLost(Exception):
 class JobRun:
     """The handle a task body uses to report progress and to stage what its outcome writes to ZooKeeper."""
 
-    def __init__(self, ctx: NodeContext, job: Job) -> None:
+    def __init__(self, ctx: NodeContext, job: Job, version: int | None = None) -> None:
         self.ctx = ctx
         self.job = job
+        #: The znode version ``job`` was read or written at: the step's next write tries it first instead of a read.
+        self.version = version
         #: The stage this step took. ``job`` follows the record, which may move on without this step (the janitor
         #: handed it to a rollback): every write of the step is checked against this, never against ``job``.
         self.stage = job.stage
@@ -82,7 +84,7 @@ class JobRun:
                 job.note(message)
             return True
 
-        self.job = self.ctx.jobs.update(self.job.id, mutate)
+        self.update(mutate)
         if self.job.cancel_requested:
             raise JobCancelled(f"cancelled by request before phase {name!r}")
 
@@ -97,12 +99,22 @@ class JobRun:
         if target > job.percent:
             # Progress of a step that lost its stage is not written, and not raised either: the caller may be
             # watching a hypervisor operation that must be followed to its end (a live migration).
-            self.job = self.ctx.jobs.update(job.id, lambda j: self._owns(j) and _raise_percent(j, target))
+            self.update(lambda j: self._owns(j) and _raise_percent(j, target))
 
     def note_only(self, text: str) -> None:
         """Add a message to the job without changing its phase (not once the step lost its stage)."""
         LEASES.renew()
-        self.job = self.ctx.jobs.update(self.job.id, lambda j: self._owns(j) and (j.note(text), True)[1])
+        self.update(lambda j: self._owns(j) and (j.note(text), True)[1])
+
+    @property
+    def known(self) -> tuple[Job, int] | None:
+        """The job and its znode version as this step last saw them (for ``JobStore.update_versioned``)."""
+        return None if self.version is None else (self.job, self.version)
+
+    def update(self, mutate: Callable[[Job], bool], extra: Callable[[Job], list[Op]] | None = None) -> Job:
+        """``JobStore.update`` of this step's job, starting from the copy it holds."""
+        self.job, self.version = self.ctx.jobs.update_versioned(self.job.id, mutate, extra, known=self.known)
+        return self.job
 
     def _owns(self, job: Job) -> bool:
         """The job still waits on this very step: not ended, at this step's stage on this node."""
@@ -115,7 +127,7 @@ class JobRun:
 
     def cancel_point(self) -> None:
         LEASES.renew()
-        self.job = self.ctx.jobs.get(self.job.id)
+        self.job, self.version = self.ctx.jobs.get_versioned(self.job.id)
         if self.job.cancel_requested:
             raise JobCancelled(self.job.params.get("cancel_reason")
                                or f"cancelled by request during phase {self.job.phase!r}")
@@ -180,7 +192,7 @@ def _outcome_ops(run: JobRun, outcome: JobState, reason: str) -> list[Op]:
 def _finish(run: JobRun, outcome: JobState, reason: str = "", result: dict | None = None) -> Job:
     return run.ctx.jobs.finish(run.job.id, outcome, reason, result,
                                ops=lambda job: _outcome_ops(run, outcome, reason),
-                               release=outcome not in run.remove_vm_when)
+                               release=outcome not in run.remove_vm_when, known=run.known)
 
 
 def job_task(name: str) -> Callable:
@@ -195,10 +207,11 @@ def job_task(name: str) -> Callable:
                 # The router put it on the wrong queue: refuse rather than act on the wrong hypervisor.
                 ctx.jobs.finish(job_id, JobState.FAILED, f"task for node {node} reached node {ctx.node}")
                 return {"job": job_id, "state": "failed"}
-            job = _take_stage(ctx, job_id, name, node, ("starting", None))
-            if job is None:
+            taken = _take_stage(ctx, job_id, name, node, ("starting", None))
+            if taken is None:
                 return {"job": job_id, "state": "skipped"}
-            run = JobRun(ctx, job)
+            run = JobRun(ctx, *taken)
+            job = run.job
             with _leased(run, name):
                 try:
                     result = fn(run, vm=vm, node=node, **job.params) or {}
@@ -256,7 +269,7 @@ def hop(run: JobRun, task_name: str, node: str, ops: Callable[[], list[Op]] | No
             job.note(message)
         return True
 
-    run.job = run.ctx.jobs.update(run.job.id, mutate, (lambda _j: ops()) if ops else None)
+    run.update(mutate, (lambda _j: ops()) if ops else None)
     dispatch.publish(run.job)
 
 
@@ -278,10 +291,10 @@ def step_task(name: str, *, claims: tuple[str, Callable[[Job], str]] | None = No
         @functools.wraps(fn)
         def task(job_id: str, vm: str, node: str) -> dict:
             ctx = current()
-            job = _take_stage(ctx, job_id, name, node, claims)
-            if job is None:
+            taken = _take_stage(ctx, job_id, name, node, claims)
+            if taken is None:
                 return {"job": job_id, "state": "skipped"}
-            run = JobRun(ctx, job)
+            run = JobRun(ctx, *taken)
             with _leased(run, name):
                 try:
                     if cancellable and run.job.cancel_requested:
@@ -304,7 +317,7 @@ def step_task(name: str, *, claims: tuple[str, Callable[[Job], str]] | None = No
 
 
 def _take_stage(ctx: NodeContext, job_id: str, name: str, node: str,
-                claims: tuple[str, Callable[[Job], str] | None] | None) -> Job | None:
+                claims: tuple[str, Callable[[Job], str] | None] | None) -> tuple[Job, int] | None:
     """Compare-and-set: the job's ``stage`` is ``name`` on this node and not yet taken -> taken (the first step also
     moves the job queued -> running and enters its phase in the same write). None for a stale or duplicated
     message: of two messages for one stage, delivered at once to two threads, exactly one runs the step."""
@@ -326,8 +339,8 @@ def _take_stage(ctx: NodeContext, job_id: str, name: str, node: str,
         job.stage_taken, taken = name, True
         return True
 
-    job = ctx.jobs.update(job_id, mutate)
-    return job if taken else None
+    job, version = ctx.jobs.update_versioned(job_id, mutate)
+    return (job, version) if taken else None
 
 
 @contextmanager

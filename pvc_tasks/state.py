@@ -87,8 +87,9 @@ def with_liveness(name: str, record: dict, alive: bool) -> dict:
     return record
 
 
-def node_record(zk: KazooClient, schema: Schema, name: str) -> dict:
-    record = read_keys(zk, schema, "node", [(name,)])[0]
+def node_record(zk: KazooClient, schema: Schema, name: str, only: Iterable[str] | None = None) -> dict:
+    """One node's record (``only`` those keys) with ``alive``; ``NotFound`` node_not_found."""
+    record = read_keys(zk, schema, "node", [(name,)], only)[0]
     if record is None:
         raise NotFound(f"no node {name!r}", code="node_not_found")
     return with_liveness(name, record, zk.exists(schema.path("node.presence", name)) is not None)
@@ -103,9 +104,11 @@ def node_records(zk: KazooClient, schema: Schema, only: Iterable[str] | None = N
             for name, record, present in zip(all_names, records, presence) if record is not None]
 
 
-def domain_record(zk: KazooClient, schema: Schema, vm: str) -> dict:
+def domain_record(zk: KazooClient, schema: Schema, vm: str, only: Iterable[str] | None = None) -> dict:
+    """One VM's record (``only`` those keys: a migration step re-checks two, not the 16 with the XML) with ``name``;
+    ``NotFound`` vm_not_found."""
     try:
-        record = read_keys(zk, schema, "domain", [(vm,)])[0]
+        record = read_keys(zk, schema, "domain", [(vm,)], only)[0]
     except ValueError:
         record = None
     if record is None:
