@@ -9,6 +9,7 @@ from pvc_tasks.state import domain_record
 from pvc_tasks.submit import set_meta, submit_define, submit_vm_action
 from pvc_web.blueprint import Blueprint, accepted, handle
 from pvc_web.idempotency import idempotent, origin
+from pvc_web.render import CachedList
 from pvc_web.schemas import (
     JobSchema,
     MetaSchema,
@@ -22,13 +23,14 @@ from pvc_web.views import job_view, vm_view
 
 PREFIX = "/vms"
 blp = Blueprint("vms", __name__, description="Virtual machines and their lifecycle jobs")
+_LISTED = CachedList(VmSchema(), vm_view)
 
 
 @blp.route("")
 @blp.response(200, VmSchema(many=True))
 def list_vms():
     """Every VM, sorted by name (without its XML: see one VM for that)."""
-    return [vm_view(r) for r in handle().vm_records()]
+    return _LISTED.response(handle().vm_records())
 
 
 @blp.route("", methods=["POST"])
