@@ -4,7 +4,7 @@ The schema follows the cluster: it is loaded from the version the cluster record
 an upgrade moves it, so request handlers always build paths of the live layout. A cluster that was never
 initialised answers 503 ``cluster_not_initialised`` to everything except health and init.
 
-List requests read the collections through ``vm_records``, ``node_records`` and ``jobs``: from the read model
+List requests read VMs and jobs through ``vm_records`` and ``jobs``: from the read model
 (``pvc_web.readmodel``, rebuilt for each layout), or from ZooKeeper directly while it cannot answer.
 """
 
@@ -97,11 +97,8 @@ class ClusterHandle:
         return [dict(r, name=n) for n, r in zip(names, found) if r is not None]
 
     def node_records(self) -> list[dict]:
-        """Every node's record (no secrets) with ``alive``, sorted by name."""
-        records = self.model.records("node")
-        if _served(records) is None:
-            return state.node_records(self.zk, self.schema)
-        return [state.with_liveness(r["name"], r, r.get("presence") is not None) for r in records]
+        """Every node's record (no secrets) with ``alive``, sorted by name: read directly (see pvc_web.readmodel)."""
+        return state.node_records(self.zk, self.schema)
 
     def jobs(self) -> list[Job]:
         """Every job record."""

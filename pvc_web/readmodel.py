@@ -1,12 +1,16 @@
-"""The API's read model: VM, node and job records kept in memory by ZooKeeper watches, so that list requests cost
-what the answer costs, not one ZooKeeper read per key per VM (issue 17: 14 reads per VM made ``GET /vms`` take 3 s
-at 1,000 VMs).
+"""The API's read model: VM and job records kept in memory by ZooKeeper watches, so that list requests cost what
+the answer costs, not one ZooKeeper read per key per VM (issue 17: 14 reads per VM made ``GET /vms`` take 3 s at
+1,000 VMs).
 
-What it holds, per collection (``COLLECTIONS``): the instances under a directory (``/domains``, ``/nodes``,
-``/jobs``), each with its keys below (a VM's keys except its XML, which only the detail view reads; a node's keys
-except secrets, and its ephemeral presence; a job's own data, parsed). A child watch on the directory adds and
-drops instances; a data watch on every key re-reads that key when it changes. Watches are one-shot: the re-read
-arms the next one and returns the data as it is then, so no change between the event and the re-read is lost.
+What it holds, per collection (``COLLECTIONS``): the instances under a directory (``/domains``, ``/jobs``), each
+with its keys below (a VM's keys except its XML, which only the detail view reads; a job's own data, parsed). A
+child watch on the directory adds and drops instances; a data watch on every key re-reads that key when it
+changes. Watches are one-shot: the re-read arms the next one and returns the data as it is then, so no change
+between the event and the re-read is lost.
+
+Nodes are not in it: they are few (a node list is one parallel read of a few dozen keys), and their figures are
+rewritten by every keepalive and every job step, which made two thirds of the model's watch events and cost job
+submissions 14 % of their rate (bench/scale.py, same run).
 
 Consistency rule (``barrier``): a list request answers from the model only after the model has caught up with
 everything ZooKeeper committed before the request began:
@@ -55,23 +59,18 @@ class Collection:
 
     section: str
     directory: str
-    #: Key names kept ("" is the instance's own data); ``optional`` ones may be absent (ephemeral): their creation
-    #: is watched too.
+    #: Key names kept ("" is the instance's own data). Every one exists as long as its instance does (they are
+    #: created and deleted in one transaction), so a key that cannot be read needs no watch for its creation.
     fields: tuple[str, ...]
-    optional: frozenset[str] = frozenset()
 
 
 def collections(schema: Schema) -> dict[str, Collection]:
-    """The collections of ``schema``: VMs without XML, nodes without secrets (with presence), jobs."""
+    """The collections of ``schema``: VMs without their XML, jobs."""
     domain = tuple(k.name for k in schema.section_keys("domain") if not k.secret and k.name != "xml")
-    node_keys = schema.section_keys("node", persistent=False)
-    node = tuple(k.name for k in node_keys if not k.secret)
-    return {"domain": Collection("domain", "base.domain", domain),
-            "node": Collection("node", "base.node", node, frozenset(k.name for k in node_keys if k.ephemeral)),
-            "job": Collection("job", "base.job", ("",))}
+    return {"domain": Collection("domain", "base.domain", domain), "job": Collection("job", "base.job", ("",))}
 
 
-COLLECTIONS = ("domain", "node", "job")
+COLLECTIONS = ("domain", "job")
 
 
 class ReadModel:
@@ -224,25 +223,12 @@ class ReadModel:
                 try:
                     data = result.get()[0]
                 except NoNodeError:
-                    record[field] = None
-                    if field in self._colls[section].optional:  # watch for its creation (a worker starting)
-                        self._begin(cause)
-                        self._complete(self.zk.exists_async(path, watch=self._on_event),
-                                       lambda r: self._exists(generation, cause, path, r))
+                    record[field] = None  # its instance is being deleted: the directory's watch drops it
                     return
                 if section == "job":
                     self._jobs[name] = Job.from_bytes(data)
                 else:
                     record[field] = data.decode()
-            finally:
-                self._end(cause)
-
-    def _exists(self, generation: int, cause: int, path: str, result: AsyncResult) -> None:
-        with self._lock:
-            try:
-                if generation == self._generation and path in self._paths and result.get() is not None:
-                    section, name, field = self._paths[path]
-                    self._read(generation, cause, section, name, field)  # created between the get and the exists
             finally:
                 self._end(cause)
 
@@ -291,7 +277,7 @@ class ReadModel:
             return synced.is_set() and self._ready and generation == self._generation
 
     def records(self, section: str) -> list[dict] | None:
-        """The instances of a VM or node collection as ``pvc_tasks.state`` reads them (key -> str or None, sorted by
+        """The VMs as ``pvc_tasks.state`` reads them (key -> str or None, sorted by
         name, with ``name``), or None when the model cannot answer (read directly)."""
         if not self.barrier():
             return None
