@@ -11,7 +11,9 @@ long so that nothing else writes to ZooKeeper while it counts), starts one idle 
   the steps alternate between T and S) doing the same number of ZooKeeper writes, on the same Redis and ZooKeeper.
 
 * the same migration job on real QEMU nodes (two libvirtds, an idle 64 MiB guest, libvirt's peer-to-peer live
-  migration), in a second cluster.
+  migration), in a second cluster; after each job, the baseline in the same run: bare ``migrateToURI3`` of the
+  same guest between the same two libvirtds, there and back, with the flags and parameters pvc's adapter uses
+  (``pvc_workers.hypervisor``), connections opened beforehand as a worker holds them.
 
     .venv/bin/python bench/migrate.py [--rounds 100] [--qemu-rounds 20]
 """
@@ -89,7 +91,27 @@ def baseline(cluster: LocalCluster, rounds: int, writes: int, workdir: Path) -> 
             w.stop()
 
 
-def qemu_times(rounds: int) -> list[float]:
+def bare_there_and_back(conns: dict, peers: dict[str, str], vm: str, here: str, there: str) -> list[float]:
+    """libvirt's own live migration of ``vm`` from ``here`` to ``there`` and back (ZooKeeper still places it here
+    when this returns), each call timed."""
+    import libvirt
+
+    flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
+             | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+    params = {libvirt.VIR_MIGRATE_PARAM_URI: "tcp://127.0.0.1"}  # as LocalCluster configures the workers
+    took = []
+    for source, target in ((here, there), (there, here)):
+        dom = conns[source].lookupByName(vm)
+        started = time.perf_counter()
+        dom.migrateToURI3(peers[target], params, flags)
+        took.append(time.perf_counter() - started)
+    return took
+
+
+def qemu_times(rounds: int) -> tuple[list[float], list[float]]:
+    """(pvc migration jobs, bare migrateToURI3 calls) of one guest between two QEMU nodes, interleaved."""
+    import libvirt
+
     from pvc_dev.guests import qemu_domain_xml
 
     workdir = Path(tempfile.mkdtemp(prefix="pvc-bench-qemu-"))
@@ -102,7 +124,15 @@ def qemu_times(rounds: int) -> list[float]:
         s, base, nodes = cluster.session(), f"{cluster.api_url}/api/v1", ["hq2", "hq1"]
         migrate(s, base, "guest", "hq2")
         migrate(s, base, "guest", "hq1")
-        return [migrate(s, base, "guest", nodes[i % 2]) for i in range(rounds)]
+        peers = {n: cluster.zk.get(cluster.schema.path("node.hypervisor", n))[0].decode() for n in ("hq1", "hq2")}
+        conns = {n: libvirt.open(uri) for n, uri in peers.items()}
+        jobs, bare = [], []
+        for i in range(rounds):
+            jobs.append(migrate(s, base, "guest", nodes[i % 2]))
+            bare += bare_there_and_back(conns, peers, "guest", nodes[i % 2], nodes[(i + 1) % 2])
+        for conn in conns.values():
+            conn.close()
+        return jobs, bare
     finally:
         cluster.stop()
 
@@ -134,7 +164,7 @@ def main() -> int:
         raw = baseline(cluster, args.rounds, writes, workdir)
     finally:
         cluster.stop()
-    real = qemu_times(args.qemu_rounds) if args.qemu_rounds else []
+    real, bare = qemu_times(args.qemu_rounds) if args.qemu_rounds else ([], [])
     jp50, jp99, rp50, rp99 = percentile(times, 50), percentile(times, 99), percentile(raw, 50), percentile(raw, 99)
     print(f"\nZooKeeper write transactions per migration (API request to terminal): median {writes} "
           f"(min {min(counts)}, max {max(counts)}, over {len(counts)} migrations)")
@@ -148,6 +178,10 @@ def main() -> int:
         print(f"\nlive migration of an idle 64 MiB QEMU guest, {len(real)} rounds (ms)      p50      p99     mean")
         print(f"  pvc migrate job through the API, 2 libvirtd nodes      {percentile(real, 50) * 1e3:7.1f}  "
               f"{percentile(real, 99) * 1e3:7.1f}  {statistics.mean(real) * 1e3:7.1f}")
+        print(f"  bare migrateToURI3, same guest and nodes ({len(bare)} calls) {percentile(bare, 50) * 1e3:7.1f}  "
+              f"{percentile(bare, 99) * 1e3:7.1f}  {statistics.mean(bare) * 1e3:7.1f}")
+        ratios = percentile(real, 50) / percentile(bare, 50), percentile(real, 99) / percentile(bare, 99)
+        print(f"  ratio pvc / bare                                       {ratios[0]:7.2f}x {ratios[1]:6.2f}x")
     return 0
 
 

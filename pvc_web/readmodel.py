@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from kazoo.client import KazooClient
@@ -99,16 +98,15 @@ class ReadModel:
     def reset(self, schema: Schema | None) -> None:
         """Rebuild for ``schema`` (a new layout, or a new session); None: stop serving until a cluster exists."""
         with self._lock:
-            self._generation += 1
-            self._schema, self._ready = schema, False
+            self._invalidate()
+            self._schema = schema
             self._data, self._jobs, self._paths, self._dirs = {}, {}, {}, {}
             self._outstanding.clear()
-            for _, event in self._waiters:
-                event.set()  # they find the model not ready and read ZooKeeper directly
-            self._waiters = []
             if schema is None:
                 return
             self._colls = collections(schema)
+            # A cause of its own: a read of the previous build that completes late must not count against it.
+            self._seq += 1
             generation, cause = self._generation, self._seq
             for coll in self._colls.values():
                 self._data[coll.section] = {}
@@ -128,11 +126,18 @@ class ReadModel:
                 self._ready = True
                 log.info("read model built: %s", {c: len(d) for c, d in self._data.items()})
 
+    def _invalidate(self) -> None:
+        """Stop answering (the lock is held): reads of the current build are ignored, waiting requests released."""
+        self._ready = False
+        self._generation += 1
+        for _, event in self._waiters:
+            event.set()  # they find the model not ready and read ZooKeeper directly
+        self._waiters = []
+
     def _on_state(self, state: KazooState) -> None:
         if state == KazooState.LOST:  # the session expired: its watches are gone
             with self._lock:
-                self._ready = False
-                self._generation += 1
+                self._invalidate()
         elif state == KazooState.CONNECTED and not self._ready and self._schema is not None:
             # A listener must not block the connection thread: the rebuild only issues asynchronous reads, from
             # the callback thread.
@@ -149,7 +154,9 @@ class ReadModel:
     def _begin(self, cause: int) -> None:
         self._outstanding[cause] += 1
 
-    def _end(self, cause: int) -> None:
+    def _end(self, generation: int, cause: int) -> None:
+        if generation != self._generation:
+            return  # a read of an earlier build: its counts were cleared with it
         self._outstanding[cause] -= 1
         if self._outstanding[cause] <= 0:
             del self._outstanding[cause]
@@ -168,11 +175,16 @@ class ReadModel:
     def _list(self, generation: int, cause: int, section: str) -> None:
         path = self._schema.path(self._colls[section].directory)
         self._begin(cause)
-        self._complete(self.zk.get_children_async(path, watch=self._on_event),
-                       lambda result: self._listed(generation, cause, section, result))
+        self.zk.get_children_async(path, watch=self._on_event).rawlink(
+            lambda result: self._listed(generation, cause, section, result))
 
-    def _complete(self, result: AsyncResult, then: Callable[[AsyncResult], None]) -> None:
-        result.rawlink(then)
+    def _broken(self, what: str, exc: Exception) -> None:
+        """A read failed (the connection dropped): a watch may not have been set again, so nothing the model holds
+        can be trusted. Not ready until rebuilt: at once when connected, else when the connection comes back."""
+        log.warning("read model: %s failed (%s); rebuilding it", what, exc)
+        self._invalidate()
+        if self.zk.connected:
+            self.zk.handler.dispatch_callback(KazooCallback("watch", self._rebuild_after_loss, ()))
 
     def _listed(self, generation: int, cause: int, section: str, result: AsyncResult) -> None:
         with self._lock:
@@ -183,6 +195,9 @@ class ReadModel:
                     children = set(result.get())
                 except NoNodeError:
                     children = set()
+                except Exception as exc:  # noqa: BLE001 - ConnectionLoss, SessionExpired, ...
+                    self._broken(f"the listing of {section}", exc)
+                    return
                 known = self._data[section]
                 for gone in set(known) - children:
                     self._forget(section, gone)
@@ -191,7 +206,7 @@ class ReadModel:
                     for field in self._colls[section].fields:
                         self._read(generation, cause, section, name, field)
             finally:
-                self._end(cause)
+                self._end(generation, cause)
 
     def _forget(self, section: str, name: str) -> None:
         for field in self._colls[section].fields:
@@ -207,8 +222,8 @@ class ReadModel:
         path = self._path(section, name, field)
         self._paths[path] = (section, name, field)
         self._begin(cause)
-        self._complete(self.zk.get_async(path, watch=self._on_event),
-                       lambda result: self._got(generation, cause, path, result))
+        self.zk.get_async(path, watch=self._on_event).rawlink(
+            lambda result: self._got(generation, cause, path, result))
 
     def _got(self, generation: int, cause: int, path: str, result: AsyncResult) -> None:
         with self._lock:
@@ -225,12 +240,19 @@ class ReadModel:
                 except NoNodeError:
                     record[field] = None  # its instance is being deleted: the directory's watch drops it
                     return
+                except Exception as exc:  # noqa: BLE001 - ConnectionLoss, SessionExpired, ...
+                    self._broken(f"the read of {path}", exc)
+                    return
                 if section == "job":
-                    self._jobs[name] = Job.from_bytes(data)
+                    try:
+                        self._jobs[name] = Job.from_bytes(data)
+                    except ValueError:
+                        log.warning("read model: job %s is unreadable; left out of lists", name)
+                        self._jobs.pop(name, None)
                 else:
                     record[field] = data.decode()
             finally:
-                self._end(cause)
+                self._end(generation, cause)
 
     # ---- watch events (kazoo's callback thread) ------------------------------------------------------------------
     def _on_event(self, event: WatchedEvent) -> None:

@@ -77,3 +77,22 @@ def test_the_model_is_rebuilt_after_the_api_loses_its_zookeeper_session(make_clu
                "the model to be rebuilt on the new session")
     assert s.get(f"{base}/vms", timeout=30).json()[0]["meta"]["node_limit"] == ["hv2"]
     assert "read model built" in c.api.log_path.read_text()
+
+
+def test_the_model_follows_changes_across_a_zookeeper_restart(make_cluster):
+    """The cluster's ZooKeeper SIGKILLed and started again (2 s down, sessions survive): a change written right
+    after it came back reaches the model (its watches were set again on the reconnected session), and a job run
+    after it shows in the lists at once."""
+    c = make_cluster(own_zookeeper=True)
+    c.define_vm("steady", node="hv1")
+    s, base = c.session(), f"{c.api_url}/api/v1"
+    assert s.get(f"{base}/vms", timeout=30).headers["X-PVC-Read-From"] == "model"
+    c.restart_zookeeper(down=2.0)
+    wait_until(lambda: c.zk.connected, 30, "the harness's client to reconnect")
+    c.zk.set(c.schema.path("domain.meta.node_limit", "steady"), b"hv1,hv2")
+    wait_until(lambda: (r := s.get(f"{base}/vms", timeout=30)).headers["X-PVC-Read-From"] == "model"
+               and r.json()[0]["meta"]["node_limit"] == ["hv1", "hv2"], 30, "the change in the model")
+    job = s.post(f"{base}/vms/steady/state", json={"state": "start"}, timeout=30).json()
+    assert c.wait_job(job["id"])["state"] == "succeeded"
+    listed = s.get(f"{base}/vms", timeout=30)
+    assert listed.headers["X-PVC-Read-From"] == "model" and listed.json()[0]["state"] == "running"
