@@ -82,21 +82,19 @@ def _timeout(run: JobRun, params: dict) -> float:
     return float(params.get("timeout") or run.ctx.settings.shutdown_timeout)
 
 
-@job_task("pvc.vm.define")
+@job_task("pvc.vm.define", phase=("define", lambda j: f"defining {j.vm} on {j.node}"))
 def define(run: JobRun, vm: str, node: str, **params) -> dict:
     """Runs on the target node: define the VM's XML (read from ZooKeeper) in the node's libvirt."""
     run.remove_vm_when = {JobState.FAILED, JobState.CANCELLED}
-    run.phase("define", 1, 1, f"defining {vm} on {node}")
     xml, _ = run.ctx.zk.get(run.ctx.schema.path("domain.xml", vm))
     facts = run.hv.define(xml.decode())
     run.on_success.update(uuid=facts.uuid, memory=str(facts.memory_mib), vcpus=str(facts.vcpus))
     return {"node": node, "uuid": facts.uuid}
 
 
-@job_task("pvc.vm.start")
+@job_task("pvc.vm.start", phase=("start", lambda j: f"starting {j.vm} on {j.node}"))
 def start(run: JobRun, vm: str, node: str, **params) -> dict:
     """Runs on the VM's node: start the domain."""
-    run.phase("start", 1, 1, f"starting {vm} on {node}")
     if params.get("clear_autostart"):  # an unflush's start: the flag goes only with a start that succeeded
         run.on_success["meta.autostart"] = "false"
     if run.hv.state(vm) == "missing":  # ZooKeeper is the truth: a node that lost the definition gets it again
@@ -113,10 +111,9 @@ def shutdown(run: JobRun, vm: str, node: str, **params) -> dict:
     return {"node": node, "state": run.hv.state(vm), "forced": forced}
 
 
-@job_task("pvc.vm.stop")
+@job_task("pvc.vm.stop", phase=("stop", lambda j: f"forcing {j.vm} off"))
 def stop(run: JobRun, vm: str, node: str, **params) -> dict:
     """Runs on the VM's node: force the domain off."""
-    run.phase("stop", 1, 1, f"forcing {vm} off")
     if run.hv.state(vm) not in ("stopped", "missing"):
         run.hv.destroy(vm)
     return {"node": node, "state": run.hv.state(vm)}
@@ -131,11 +128,10 @@ def restart(run: JobRun, vm: str, node: str, **params) -> dict:
     return {"node": node, "state": run.hv.state(vm), "forced": forced}
 
 
-@job_task("pvc.vm.undefine")
+@job_task("pvc.vm.undefine", phase=("undefine", lambda j: f"undefining {j.vm}"))
 def undefine(run: JobRun, vm: str, node: str, **params) -> dict:
     """Runs on the VM's node: remove the domain from libvirt, then its record from ZooKeeper."""
     run.remove_vm_when = {JobState.SUCCEEDED}
-    run.phase("undefine", 1, 1, f"undefining {vm}")
     state = run.hv.state(vm)
     if state == "running":
         raise JobFailed(f"VM {vm} is running; stop or shut it down first")

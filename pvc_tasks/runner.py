@@ -195,8 +195,12 @@ def _finish(run: JobRun, outcome: JobState, reason: str = "", result: dict | Non
                                release=outcome not in run.remove_vm_when, known=run.known)
 
 
-def job_task(name: str) -> Callable:
-    """Declare a one-step job's Celery task ``name`` whose body is ``fn(run, vm=..., node=..., **job.params)``."""
+def job_task(name: str, phase: tuple[str, Callable[[Job], str]] | None = None) -> Callable:
+    """Declare a one-step job's Celery task ``name`` whose body is ``fn(run, vm=..., node=..., **job.params)``.
+
+    ``phase`` (name, message from the job): the body's only phase, entered by the write that takes the job, so a
+    one-phase job writes its record twice (take, end) instead of three times; without it the take enters
+    ``starting`` and the body calls ``run.phase``."""
 
     def decorate(fn: Callable) -> Callable:
         @app.task(name=name)
@@ -207,7 +211,7 @@ def job_task(name: str) -> Callable:
                 # The router put it on the wrong queue: refuse rather than act on the wrong hypervisor.
                 ctx.jobs.finish(job_id, JobState.FAILED, f"task for node {node} reached node {ctx.node}")
                 return {"job": job_id, "state": "failed"}
-            taken = _take_stage(ctx, job_id, name, node, ("starting", None))
+            taken = _take_stage(ctx, job_id, name, node, phase or ("starting", None))
             if taken is None:
                 return {"job": job_id, "state": "skipped"}
             run = JobRun(ctx, *taken)

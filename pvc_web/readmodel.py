@@ -2,7 +2,7 @@
 the answer costs, not one ZooKeeper read per key per VM (issue 17: 14 reads per VM made ``GET /vms`` take 3 s at
 1,000 VMs).
 
-What it holds, per collection (``COLLECTIONS``): the instances under a directory (``/domains``, ``/jobs``), each
+What it holds, per collection (``collections``): the instances under a directory (``/domains``, ``/jobs``), each
 with its keys below (a VM's keys except its XML, which only the detail view reads; a job's own data, parsed). A
 child watch on the directory adds and drops instances; a data watch on every key re-reads that key when it
 changes. Watches are one-shot: the re-read arms the next one and returns the data as it is then, so no change
@@ -25,7 +25,7 @@ everything ZooKeeper committed before the request began:
 
 So a client that saw a job end (through any API process) and then lists VMs sees what the job's transaction
 wrote. A request whose barrier does not pass within ``BARRIER_TIMEOUT`` s, or arrives while the model is being
-built (API start, a new ZooKeeper session, a schema upgrade), is answered from ZooKeeper directly, as before.
+built (API start, a reconnection to ZooKeeper, a schema upgrade), is answered from ZooKeeper directly, as before.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from kazoo.protocol.states import EventType, KazooState, WatchedEvent
 from pvc_tasks.jobs import Job
 from zk_schema import Schema
 
-__all__ = ["BARRIER_TIMEOUT", "COLLECTIONS", "ReadModel"]
+__all__ = ["BARRIER_TIMEOUT", "Collection", "ReadModel", "collections"]
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,6 @@ def collections(schema: Schema) -> dict[str, Collection]:
     domain = tuple(k.name for k in schema.section_keys("domain") if not k.secret and k.name != "xml")
     return {"domain": Collection("domain", "base.domain", domain), "job": Collection("job", "base.job", ("",))}
 
-
-COLLECTIONS = ("domain", "job")
 
 
 class ReadModel:
@@ -135,7 +133,10 @@ class ReadModel:
         self._waiters = []
 
     def _on_state(self, state: KazooState) -> None:
-        if state == KazooState.LOST:  # the session expired: its watches are gone
+        # Why SUSPENDED too: kazoo drops every watcher when the connection drops, even when the session survives
+        # (it fires them with a NONE event and sends no SetWatches on reconnect). Trusting them after a ZooKeeper
+        # restart left the model serving a VM's old meta forever (tests/integration/test_read_model.py).
+        if state in (KazooState.LOST, KazooState.SUSPENDED):
             with self._lock:
                 self._invalidate()
         elif state == KazooState.CONNECTED and not self._ready and self._schema is not None:
