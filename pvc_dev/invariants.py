@@ -95,11 +95,14 @@ def zk_snapshot(zk: KazooClient, path: str = "/") -> dict[str, bytes]:
 
 
 def zk_state(zk: KazooClient) -> dict[str, bytes]:
-    """The whole cluster tree minus ``TICKING_KEYS``: two equal states mean nothing was written."""
+    """The whole cluster tree minus ``TICKING_KEYS`` and the index entries of jobs that have ended (the primary's
+    janitor removes those on its own schedule): two equal states mean nothing was written."""
     schema = Schema.load(cluster_version(zk))
     ticking = {schema.path(k) for k in TICKING_KEYS if k.startswith("base.")}
     for node in names(zk, schema, "base.node"):
         ticking |= {schema.path(k, node) for k in TICKING_KEYS if k.startswith("node.")}
+    if "job_open" in schema.roots:
+        ticking |= {schema.path("job_open", j) for j in JobStore(zk, schema).open_index()[1]}
     return {p: d for p, d in zk_snapshot(zk).items() if p not in ticking}
 
 
