@@ -267,11 +267,12 @@ class JobStore:
         return self.schema.path("job", job_id)
 
     def create_ops(self, job: Job) -> list[Op]:
-        """Ops creating the job's record and, for an unfinished job, its entry in the index of open jobs (schema 8):
-        in one transaction, so that every unfinished job is in the index. The entry outlives the job's end until the
-        primary's janitor sees the end (``unfinished``); nothing but that janitor deletes it."""
+        """Ops creating the job's record and its entry in the index of open jobs (schema 8), in one transaction, so
+        that every unfinished job is in the index, and every new job shows in it (the API's read model discovers
+        new jobs there). The entry outlives the job's end until the primary's janitor sees the end
+        (``open_index``); nothing but that janitor deletes it."""
         ops: list[Op] = [("create", self.path(job.id), job.to_bytes())]
-        if not job.terminal and "job_open" in self.schema.roots:
+        if "job_open" in self.schema.roots:
             ops.append(("create", self.schema.path("job_open", job.id), b""))
         return ops
 

@@ -4,8 +4,10 @@ the answer costs, not one ZooKeeper read per key per VM (issue 17: 14 reads per 
 
 What it holds, per collection (``collections``): the instances under a directory (``/domains``, ``/jobs``), each
 with its keys below (a VM's keys except its XML, which only the detail view reads; a job's own data, parsed). A
-child watch on the directory adds and drops instances; a data watch on every key re-reads that key when it
-changes. Watches are one-shot: the re-read arms the next one and returns the data as it is then, so no change
+child watch on ``/domains`` adds and drops VMs; new jobs are found through the index of open jobs (``/jobs_open``,
+where every job gets an entry in its creating transaction: listing ``/jobs`` at each creation would cost the whole
+history), and a pruned job drops out when its own data watch finds it gone. A data watch on every key re-reads
+that key when it changes. Watches are one-shot: the re-read arms the next one and returns the data as it is then, so no change
 between the event and the re-read is lost.
 
 Nodes are not in it: they are few (a node list is one parallel read of a few dozen keys), and their figures are
@@ -61,12 +63,17 @@ class Collection:
     #: Key names kept ("" is the instance's own data). Every one exists as long as its instance does (they are
     #: created and deleted in one transaction), so a key that cannot be read needs no watch for its creation.
     fields: tuple[str, ...]
+    #: Where new instances are discovered after the build, when not by listing ``directory`` again: jobs by the
+    #: index of open jobs (every job gets an entry in its creating transaction). Listing ``/jobs`` at every job's
+    #: creation cost the whole history (10,000 ids) per job; an ended job's deletion is seen on its own data watch.
+    discover: str = ""
 
 
 def collections(schema: Schema) -> dict[str, Collection]:
     """The collections of ``schema``: VMs without their XML, jobs."""
     domain = tuple(k.name for k in schema.section_keys("domain") if not k.secret and k.name != "xml")
-    return {"domain": Collection("domain", "base.domain", domain), "job": Collection("job", "base.job", ("",))}
+    jobs = Collection("job", "base.job", ("",), "base.job_open" if "job_open" in schema.roots else "")
+    return {"domain": Collection("domain", "base.domain", domain), "job": jobs}
 
 
 
@@ -83,9 +90,9 @@ class ReadModel:
         #: collection -> instance name -> field -> data (None: absent)
         self._data: dict[str, dict[str, dict[str, str | None]]] = {}
         self._jobs: dict[str, Job] = {}
-        #: znode path -> (collection, instance, field); directory path -> collection.
+        #: znode path -> (collection, instance, field); directory path -> (collection, the listing is complete).
         self._paths: dict[str, tuple[str, str, str]] = {}
-        self._dirs: dict[str, str] = {}
+        self._dirs: dict[str, tuple[str, bool]] = {}
         self._seq = 0
         self._outstanding: Counter[int] = Counter()
         self._waiters: list[tuple[int, threading.Event]] = []
@@ -108,8 +115,9 @@ class ReadModel:
             generation, cause = self._generation, self._seq
             for coll in self._colls.values():
                 self._data[coll.section] = {}
-                self._dirs[schema.path(coll.directory)] = coll.section
-                self._list(generation, cause, coll.section)
+                self._list(generation, cause, coll.section, schema.path(coll.directory), not coll.discover)
+                if coll.discover:
+                    self._list(generation, cause, coll.section, schema.path(coll.discover), False)
         threading.Thread(target=self._become_ready, args=(generation, cause), name="readmodel-build",
                          daemon=True).start()
 
@@ -173,11 +181,15 @@ class ReadModel:
                 still.append((marker, event))
         self._waiters = still
 
-    def _list(self, generation: int, cause: int, section: str) -> None:
-        path = self._schema.path(self._colls[section].directory)
+    def _list(self, generation: int, cause: int, section: str, path: str, complete: bool) -> None:
+        """List ``path``: a complete listing (watched) adds and drops instances, a discovery listing (an index;
+        watched) only adds; the build lists a discovered collection's directory once, unwatched."""
+        watched = complete or path != self._schema.path(self._colls[section].directory)
+        if watched:
+            self._dirs[path] = (section, complete)
         self._begin(cause)
-        self.zk.get_children_async(path, watch=self._on_event).rawlink(
-            lambda result: self._listed(generation, cause, section, result))
+        self.zk.get_children_async(path, watch=self._on_event if watched else None).rawlink(
+            lambda result: self._listed(generation, cause, section, result, complete))
 
     def _broken(self, what: str, exc: Exception) -> None:
         """A read failed (the connection dropped): a watch may not have been set again, so nothing the model holds
@@ -187,7 +199,7 @@ class ReadModel:
         if self.zk.connected:
             self.zk.handler.dispatch_callback(KazooCallback("watch", self._rebuild_after_loss, ()))
 
-    def _listed(self, generation: int, cause: int, section: str, result: AsyncResult) -> None:
+    def _listed(self, generation: int, cause: int, section: str, result: AsyncResult, complete: bool) -> None:
         with self._lock:
             try:
                 if generation != self._generation:
@@ -200,7 +212,7 @@ class ReadModel:
                     self._broken(f"the listing of {section}", exc)
                     return
                 known = self._data[section]
-                for gone in set(known) - children:
+                for gone in set(known) - children if complete else ():
                     self._forget(section, gone)
                 for name in children - set(known):
                     known[name] = {}
@@ -239,7 +251,10 @@ class ReadModel:
                 try:
                     data = result.get()[0]
                 except NoNodeError:
-                    record[field] = None  # its instance is being deleted: the directory's watch drops it
+                    if self._colls[section].discover:
+                        self._forget(section, name)  # a pruned job: no listing would show it gone
+                    else:
+                        record[field] = None  # its instance is being deleted: the directory's watch drops it
                     return
                 except Exception as exc:  # noqa: BLE001 - ConnectionLoss, SessionExpired, ...
                     self._broken(f"the read of {path}", exc)
@@ -263,7 +278,8 @@ class ReadModel:
             self._seq += 1
             cause, generation = self._seq, self._generation
             if event.path in self._dirs:
-                self._list(generation, cause, self._dirs[event.path])
+                section, complete = self._dirs[event.path]
+                self._list(generation, cause, section, event.path, complete)
             elif event.path in self._paths:
                 section, name, field = self._paths[event.path]
                 self._read(generation, cause, section, name, field)
