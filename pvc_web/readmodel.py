@@ -6,9 +6,11 @@ What it holds, per collection (``collections``): the instances under a directory
 with its keys below (a VM's keys except its XML, which only the detail view reads; a job's own data, parsed). A
 child watch on ``/domains`` adds and drops VMs; new jobs are found through the index of open jobs (``/jobs_open``,
 where every job gets an entry in its creating transaction: listing ``/jobs`` at each creation would cost the whole
-history), and a pruned job drops out when its own data watch finds it gone. A data watch on every key re-reads
-that key when it changes. Watches are one-shot: the re-read arms the next one and returns the data as it is then, so no change
-between the event and the re-read is lost.
+history), and a pruned job drops out when its own data watch finds it gone. A data watch on every key notes the
+key as changed; the next list request reads every noted key again (which sets its watch again: watches are
+one-shot, and the re-read returns the data as it is then, so no change is lost). Between two lists, a key that
+changed many times costs one event and one read. Listings are read at once (an index entry may be gone by the next
+request).
 
 Nodes are not in it: they are few (a node list is one parallel read of a few dozen keys), and their figures are
 rewritten by every keepalive and every job step, which made two thirds of the model's watch events and cost job
@@ -20,10 +22,11 @@ everything ZooKeeper committed before the request began:
 1. ``sync`` on the model's session: the server it is connected to has applied every earlier transaction, and
    ZooKeeper delivers the watch events those transactions caused before the sync's answer (events, watches and
    replies are ordered on a session);
-2. a marker is queued behind those events on kazoo's callback queue: when it runs, each event has run and issued
-   its re-read, tagged with the event's sequence number (its *cause*);
-3. the request waits until no read caused at or before the marker is outstanding, including reads that those
-   reads caused in turn (a new VM's keys, read after the directory listing that showed it).
+2. a marker is queued behind those events on kazoo's callback queue: when it runs, each event has noted its key,
+   and the marker issues the re-reads of every noted key, tagged with a new sequence number (its *cause*);
+3. the request waits until no read caused at or before its marker is outstanding (an earlier request's re-reads
+   included), counting reads that those reads caused in turn (a new VM's keys, read after the directory listing
+   that showed it).
 
 So a client that saw a job end (through any API process) and then lists VMs sees what the job's transaction
 wrote. A request whose barrier does not pass within ``BARRIER_TIMEOUT`` s, or arrives while the model is being
@@ -93,6 +96,8 @@ class ReadModel:
         #: znode path -> (collection, instance, field); directory path -> (collection, the listing is complete).
         self._paths: dict[str, tuple[str, str, str]] = {}
         self._dirs: dict[str, tuple[str, bool]] = {}
+        #: Paths whose watch fired since the last barrier: read again by the next one.
+        self._dirty: set[str] = set()
         self._seq = 0
         self._outstanding: Counter[int] = Counter()
         self._waiters: list[tuple[int, threading.Event]] = []
@@ -106,6 +111,7 @@ class ReadModel:
             self._invalidate()
             self._schema = schema
             self._data, self._jobs, self._paths, self._dirs = {}, {}, {}, {}
+            self._dirty.clear()
             self._outstanding.clear()
             if schema is None:
                 return
@@ -272,17 +278,30 @@ class ReadModel:
 
     # ---- watch events (kazoo's callback thread) ------------------------------------------------------------------
     def _on_event(self, event: WatchedEvent) -> None:
+        """Note a changed key; it is read again by the next request's barrier, not now. Why: a re-read per event
+        made the API process every change of every job and VM as it happened (about 8 reads per lifecycle job, 15 %
+        of a job's latency through this API); noted, a key that changes many times between two lists costs one
+        event and one read, and a cluster nobody lists costs no reads. The watch is not set again until the
+        re-read, so later changes of that key raise no event meanwhile: the key is read anyway."""
         with self._lock:
             if self._schema is None or event.type == EventType.NONE:
                 return
-            self._seq += 1
-            cause, generation = self._seq, self._generation
             if event.path in self._dirs:
+                # Listings are not deferred: an entry of /jobs_open lives only until the janitor sees its job
+                # ended, so a listing at the next request could miss a job that came and went in between.
+                self._seq += 1
                 section, complete = self._dirs[event.path]
-                self._list(generation, cause, section, event.path, complete)
+                self._list(self._generation, self._seq, section, event.path, complete)
             elif event.path in self._paths:
-                section, name, field = self._paths[event.path]
-                self._read(generation, cause, section, name, field)
+                self._dirty.add(event.path)
+
+    def _read_dirty(self, cause: int) -> None:
+        """Read again (and watch again) everything noted since the last barrier, as caused by ``cause``."""
+        for path in self._dirty:
+            if path in self._paths:  # else its instance was dropped since
+                section, name, field = self._paths[path]
+                self._read(self._generation, cause, section, name, field)
+        self._dirty.clear()
 
     # ---- requests ---------------------------------------------------------------------------------------------------
     def barrier(self, timeout: float = BARRIER_TIMEOUT) -> bool:
@@ -295,6 +314,8 @@ class ReadModel:
 
         def marker() -> None:
             with self._lock:
+                self._seq += 1
+                self._read_dirty(self._seq)
                 self._waiters.append((self._seq, passed))
                 self._release_waiters()
 
