@@ -9,7 +9,8 @@ where every job gets an entry in its creating transaction: listing ``/jobs`` at 
 history), and a pruned job drops out when its own data watch finds it gone. A data watch on every key notes the
 key as changed; the next list request reads every noted key again (which sets its watch again: watches are
 one-shot, and the re-read returns the data as it is then, so no change is lost). Between two lists, a key that
-changed many times costs one event and one read. Listings are read at once (an index entry may be gone by the next
+changed many times costs one event and one read (and when ``DIRTY_LIMIT`` keys are noted, they are read at once,
+so that no request inherits a whole burst). Listings are read at once (an index entry may be gone by the next
 request).
 
 Nodes are not in it: they are few (a node list is one parallel read of a few dozen keys), and their figures are
