@@ -37,7 +37,6 @@ __all__ = [
     "supported",
     "vf_record",
     "vf_records",
-    "with_liveness",
 ]
 
 
@@ -79,7 +78,7 @@ def read_keys(zk: KazooClient, schema: Schema, section: str, instances: Iterable
 LEADING = ("primary", "takeover", "relinquish")
 
 
-def with_liveness(name: str, record: dict, alive: bool) -> dict:
+def _with_liveness(name: str, record: dict, alive: bool) -> dict:
     """A node's record with its name and ``alive`` (its worker holds presence); a dead primary shows secondary."""
     record.update(name=name, alive=alive)
     if not alive and record.get("router_state") in LEADING:  # it crashed while primary: no longer so
@@ -92,7 +91,7 @@ def node_record(zk: KazooClient, schema: Schema, name: str, only: Iterable[str] 
     record = read_keys(zk, schema, "node", [(name,)], only)[0]
     if record is None:
         raise NotFound(f"no node {name!r}", code="node_not_found")
-    return with_liveness(name, record, zk.exists(schema.path("node.presence", name)) is not None)
+    return _with_liveness(name, record, zk.exists(schema.path("node.presence", name)) is not None)
 
 
 def node_records(zk: KazooClient, schema: Schema, only: Iterable[str] | None = None) -> list[dict]:
@@ -100,7 +99,7 @@ def node_records(zk: KazooClient, schema: Schema, only: Iterable[str] | None = N
     all_names = names(zk, schema, "base.node")
     presence = [zk.exists_async(schema.path("node.presence", n)) for n in all_names]
     records = read_keys(zk, schema, "node", [(n,) for n in all_names], only)
-    return [with_liveness(name, record, present.get() is not None)
+    return [_with_liveness(name, record, present.get() is not None)
             for name, record, present in zip(all_names, records, presence) if record is not None]
 
 
