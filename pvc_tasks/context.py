@@ -81,6 +81,9 @@ class Hypervisor(Protocol):
 
     def domains(self) -> dict[str, DomainFacts]: ...
 
+    def facts(self, name: str) -> DomainFacts | None:
+        """One domain's facts; None when it is not defined here."""
+
     def resources(self) -> NodeResources: ...
 
 
@@ -104,9 +107,10 @@ class NodeContext:
     zk: KazooClient
     schema: Schema
     hypervisor: Hypervisor
-    #: Refreshes and returns this node's resource figures (node key name -> value), written with every job's
-    #: terminal transaction so placement never reads figures that lag behind a change the job made.
-    inventory: Callable[[], dict[str, str]] | None = None
+    #: ``inventory(*vms)``: this node's resource figures (node key name -> value) after a step changed ``vms``
+    #: (only those are read again), written with every step's transaction that changes a VM here, so placement
+    #: never reads figures that lag behind a change the job made.
+    inventory: Callable[..., dict[str, str]] | None = None
     #: Fences a node through its BMC: ``fence(hostname, username, password)`` -> {"ok", "reason", "steps",
     #: "seconds"} (the worker's IPMI adapter, ``pvc_workers.ipmi``; tasks never import the worker).
     fence: Callable[[str, str, str], dict] | None = None

@@ -185,7 +185,7 @@ def perform(run: JobRun) -> None:
     left = {"handover": f"{vm} left {source}: {run.hv.uri} has no live migration, so its definition is handed "
                         f"over (destroyed here, started on {target})"}.get(how, f"{vm} left {source} ({how})")
     doing = "recording" if not was_running else "verifying" if how == "live" else "starting"
-    hop(run, FINISH, target, ops=lambda: node_figure_ops(run.ctx), params={"was_running": was_running, "how": how},
+    hop(run, FINISH, target, ops=lambda: node_figure_ops(run.ctx, vm), params={"was_running": was_running, "how": how},
         phase=("finish", 3), message=f"{left}; {doing} it on {target}")
 
 
@@ -196,7 +196,7 @@ def _commit_ops(run: JobRun, observed: str) -> list:
     values = {"node": run.ctx.node, "last_node": last, "state": observed, "failed_reason": ""}
     ops = [("set", schema.path(f"domain.{k}", vm), v.encode(), -1) for k, v in values.items()]
     return (ops + vfs.commit_ops(schema, vm, params["source"], run.ctx.node, params)
-            + placement.release_op(zk, schema, run.ctx.node, run.job.id) + node_figure_ops(run.ctx))
+            + placement.release_op(zk, schema, run.ctx.node, run.job.id) + node_figure_ops(run.ctx, vm))
 
 
 @step_task(FINISH, on_error=_abort)
@@ -231,7 +231,7 @@ def cleanup(run: JobRun) -> None:
     how = run.job.params.get("how", "")
     run.job = run.ctx.jobs.finish(run.job.id, JobState.SUCCEEDED, "", {"node": target, "from": source, "how": how,
                                                                         "forced": how == "forced"},
-                                  ops=lambda _j: node_figure_ops(run.ctx), known=run.known)
+                                  ops=lambda _j: node_figure_ops(run.ctx, vm), known=run.known)
     if note:
         run.ctx.jobs.update(run.job.id, lambda j: (j.note(note.lstrip("; ")), True)[1])
 
@@ -290,7 +290,7 @@ def abort_source(run: JobRun) -> None:
         if on_source and observed != "missing":
             values["state"] = observed
         out = [("set", ctx.schema.path(f"domain.{k}", vm), v.encode(), -1) for k, v in values.items()]
-        return out + node_figure_ops(ctx)  # the reservation and the slot go with end_ops
+        return out + node_figure_ops(ctx, vm)  # the reservation and the slot go with end_ops
 
     run.job = ctx.jobs.finish(job_id, outcome, reason, ops=ops)
 

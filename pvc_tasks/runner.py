@@ -162,11 +162,12 @@ def _begin(job: Job) -> bool:
     return True
 
 
-def node_figure_ops(ctx: NodeContext) -> list[Op]:
-    """Ops writing this node's fresh resource figures (empty outside a worker with an inventory)."""
+def node_figure_ops(ctx: NodeContext, *vms: str) -> list[Op]:
+    """Ops writing this node's resource figures after the step changed ``vms`` here (empty outside a worker with
+    an inventory)."""
     if ctx.inventory is None:
         return []
-    return [("set", ctx.schema.path(f"node.{k}", ctx.node), v.encode(), -1) for k, v in ctx.inventory().items()]
+    return [("set", ctx.schema.path(f"node.{k}", ctx.node), v.encode(), -1) for k, v in ctx.inventory(*vms).items()]
 
 
 def _outcome_ops(run: JobRun, outcome: JobState, reason: str) -> list[Op]:
@@ -175,9 +176,9 @@ def _outcome_ops(run: JobRun, outcome: JobState, reason: str) -> list[Op]:
         return node_figure_ops(ctx)
     root = schema.path("domain", vm)
     if ctx.zk.exists(root) is None:
-        return node_figure_ops(ctx)
+        return node_figure_ops(ctx, vm)
     if outcome in run.remove_vm_when:
-        return vfs.remove_vm_ops(ctx.zk, schema, vm) + node_figure_ops(ctx)
+        return vfs.remove_vm_ops(ctx.zk, schema, vm) + node_figure_ops(ctx, vm)
     values = dict(run.on_success if outcome == JobState.SUCCEEDED else
                   run.on_failure if outcome == JobState.FAILED else {})
     observed = run.hv.state(vm)
@@ -186,7 +187,7 @@ def _outcome_ops(run: JobRun, outcome: JobState, reason: str) -> list[Op]:
     values["failed_reason"] = reason if outcome == JobState.FAILED else ""
     extra = run.success_ops if outcome == JobState.SUCCEEDED else []
     return ([("set", schema.path(f"domain.{key}", vm), value.encode(), -1) for key, value in values.items()]
-            + extra + node_figure_ops(ctx))
+            + extra + node_figure_ops(ctx, vm))
 
 
 def _finish(run: JobRun, outcome: JobState, reason: str = "", result: dict | None = None) -> Job:

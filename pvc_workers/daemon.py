@@ -202,7 +202,7 @@ class Daemon:
     def run(self) -> int:
         ctx = self.prepare()
         inventory = Inventory(ctx, self.stop, self.vf_inventory.sync)
-        ctx.inventory = inventory.refresh
+        ctx.inventory = inventory.after
         threads = [inventory, Keepalive(ctx, inventory, self.stop),
                    Janitor(ctx, self.stop, self._primary, self.returning), SessionWatch(ctx, self.stop),
                    Watchdog(ctx, self.stop),

@@ -120,6 +120,12 @@ class LibvirtHypervisor:
             return "missing"
         return _STATES.get(state, "other")
 
+    def facts(self, name: str) -> DomainFacts | None:
+        try:
+            return self._facts(self.conn.lookupByName(name))
+        except libvirt.libvirtError:
+            return None
+
     def domains(self) -> dict[str, DomainFacts]:
         facts = {}
         for dom in self._call("list domains", self.conn.listAllDomains):

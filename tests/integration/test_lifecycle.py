@@ -48,3 +48,21 @@ def test_node_list_shows_resources_from_libvirt(api):
     assert all(n["keepalive_age"] is not None and n["keepalive_age"] < 10 for n in nodes.values())
     assert all(n["faults"] == [] for n in nodes.values())
     assert "password" not in str(nodes)
+
+
+def test_node_figures_follow_each_job_in_its_ending_transaction(cluster, api, vm_name):
+    """A node's running-VM figures, read the moment a job ends, already count what the job did (not a second later,
+    at the inventory's next full pass)."""
+    r = api.post(f"{api.base}/vms", json={"xml": domain_xml(vm_name, 384), "node": "hv3"})
+    assert cluster.wait_job(r.json()["id"])["state"] == "succeeded"
+
+    def figures() -> tuple[int, int]:
+        return tuple(int(cluster.zk.get(cluster.schema.path(f"node.{key}", "hv3"))[0])
+                     for key in ("vms.running", "memory.allocated"))
+
+    idle = figures()
+    for round_ in range(5):
+        for action, delta in (("start", (1, 384)), ("stop", (0, 0))):
+            r = api.post(f"{api.base}/vms/{vm_name}/state", json={"state": action})
+            assert cluster.wait_job(r.json()["id"])["state"] == "succeeded"
+            assert figures() == (idle[0] + delta[0], idle[1] + delta[1]), (round_, action)
