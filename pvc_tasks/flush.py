@@ -44,7 +44,7 @@ import uuid
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NoNodeError
 
-from pvc_tasks import capacity, dispatch, placement
+from pvc_tasks import capacity, dispatch, placement, slots
 from pvc_tasks.app import app
 from pvc_tasks.engine import collect_ended, continue_job, pass_deadline, record_outcome, take_lease
 from pvc_tasks.errors import Conflict, NotFound, PvcError, describe
@@ -192,6 +192,9 @@ def _submit_child(zk: KazooClient, schema: Schema, job: Job, vm: dict, failed_be
         return "stayed", exc.message, exc.code
 
 
+#: The VM keys a pass decides on (``_concerned``, its active job, ``_submit_child``); the submission reads its own.
+_PASS_KEYS = ("node", "state", "last_node", "meta.autostart", "active_job")
+
 #: Refusals that mean "not now": the VM is tried again at a later pass.
 WAIT_CODES = ("migration_limit", "vm_busy", "busy")
 
@@ -261,12 +264,13 @@ def _pass(ctx, job: Job, token: str) -> dict:
         return _cancel_children(ctx, job, result, notes, token)
     handled = set(result["done"]) | set(result["stayed"]) | set(running)
     waiting, deadline, more = "", pass_deadline(), False
+    room, binding = slots.room(zk, schema, **({"source": node} if job.kind == "flush" else {"target": node}))
     for name in [n for n in result["plan"] if n not in handled]:
         if time.monotonic() > deadline:
             more = True
             break
         try:
-            record = domain_record(zk, schema, name)
+            record = domain_record(zk, schema, name, only=_PASS_KEYS)
         except NotFound:
             result["done"].append(name)
             notes.append(f"{name} was removed meanwhile")
@@ -277,9 +281,15 @@ def _pass(ctx, job: Job, token: str) -> dict:
         if record["active_job"]:
             waiting = f"{name} has another job ({record['active_job']})"
             continue
+        migrates = job.kind == "flush" or record["node"] != node  # an unflush starts the VMs already on N
+        if migrates and not room:
+            waiting = f"no migration slot: {binding} limit is reached"
+            break  # the next child's end frees one
         failed_before = result.get("retried", {}).get(name, {}).get("last", "")
         outcome, detail, code = _submit_child(zk, schema, job, record, failed_before)
         record_outcome(result, notes, name, outcome, detail)
+        if migrates and outcome == "child":
+            room -= 1
         if outcome == "wait":
             waiting = detail
             if code == "migration_limit":

@@ -62,6 +62,11 @@ def _make_permanent(store: JobStore, vm: dict, marker_path: str, marker_stat, or
     return job
 
 
+#: The VM keys a migration's submission decides on (not its meta for other purposes, profile, console...).
+_VM_KEYS = ("state", "node", "last_node", "xml", "memory", "vcpus", "meta.migration_method", "meta.node_selector",
+            "meta.node_limit")
+
+
 def submit_migration(zk: KazooClient, schema: Schema, vm_name: str, kind: str, target: str | None = None,
                      method: str | None = None, force_live: bool = False, timeout: float | None = None,
                      parent: str = "", priority: str = "user", target_states: tuple[str, ...] = ("ready",),
@@ -73,7 +78,7 @@ def submit_migration(zk: KazooClient, schema: Schema, vm_name: str, kind: str, t
         raise Invalid(f"kind: {kind!r} is not one of {', '.join(KINDS)}")
     store = JobStore(zk, schema)
     for _attempt in range(10):
-        vm, marker_path, marker_stat = free_vm(zk, schema, vm_name)
+        vm, marker_path, marker_stat = free_vm(zk, schema, vm_name, only=_VM_KEYS)
         if vm["state"] not in ("running", "stopped", "failed", "crashed", "paused"):
             raise Conflict(f"cannot migrate VM {vm_name}: it is {vm['state']}", code="invalid_state",
                            details={"state": vm["state"]})

@@ -90,7 +90,7 @@ def check_target(zk: KazooClient, schema: Schema, vm: dict, target: str, *, own_
 
     ``own_job``: a job whose reservation on the target is the VM's own (counted as free when re-checking).
     ``states``: the target's acceptable domain states (an unflush brings VMs back to its node while ``unflush``)."""
-    record = node_record(zk, schema, target, only=selector.KEYS)
+    record = node_record(zk, schema, target, only=selector.FIT_KEYS)
     memory, limit = int(vm.get("memory") or 0), node_limit(vm)
     if target == vm.get("node"):
         raise Conflict(f"VM {vm['name']} is already on {target}", code="same_node", details={"node": target})
@@ -125,7 +125,7 @@ def choose_target(zk: KazooClient, schema: Schema, vm: dict, explicit: str | Non
         return explicit
     method = vm.get("meta.node_selector") or zk.get(schema.path("base.config.migration_selector"))[0].decode()
     memory = int(vm.get("memory") or 0)
-    nodes = node_records(zk, schema, selector.KEYS)
+    nodes = node_records(zk, schema, selector.keys_for(method))
     unfit: dict[str, str] = {}
     for node in nodes if fits is not None else []:
         try:

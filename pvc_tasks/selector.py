@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-__all__ = ["KEYS", "METHODS", "candidates", "free_memory", "reservations", "select"]
+__all__ = ["FIT_KEYS", "KEYS", "METHODS", "candidates", "free_memory", "keys_for", "reservations", "select"]
 
 METHODS = ("mem", "memprov", "load", "vcpus", "vms")
 #: The node keys the selector reads: placement fetches only these (``alive`` comes with every node record).
@@ -65,6 +65,18 @@ _SCORES = {
     "vcpus": lambda r: -(_num(r, "vcpu.allocated") + _reserved(r)[1]),
     "vms": lambda r: -(_num(r, "vms.total") + _reserved(r)[2]),
 }
+
+
+#: The keys every choice reads (is the node ready, does the VM fit), and what each method's score adds to them.
+FIT_KEYS = ("domain_state", "memory.total", "memory.allocated", "reserved")
+_SCORE_KEYS = {"mem": (), "memprov": ("memory.provisioned",), "load": ("load",), "vcpus": ("vcpu.allocated",),
+               "vms": ("vms.total",)}
+
+
+def keys_for(method: str) -> tuple[str, ...]:
+    """The node keys ``select(nodes, method, ...)`` reads: placement fetches 4 or 5 keys per node, not all of
+    ``KEYS`` (an unknown method gets them all; ``select`` refuses it)."""
+    return FIT_KEYS + _SCORE_KEYS[method] if method in _SCORE_KEYS else KEYS
 
 
 def candidates(nodes: Iterable[dict], memory_mib: int, node_limit: Iterable[str] = (),

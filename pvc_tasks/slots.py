@@ -24,7 +24,7 @@ from pvc_tasks.jobs import Op
 from pvc_tasks.state import names
 from zk_schema import Schema
 
-__all__ = ["LIMIT_KEYS", "admit_op", "limit_fields", "limits", "read_slots", "release_ops"]
+__all__ = ["LIMIT_KEYS", "admit_op", "limit_fields", "limits", "read_slots", "release_ops", "room"]
 
 LIMIT_KEYS = {"out": "base.config.limits.migrate_out_per_node", "in": "base.config.limits.migrate_in_per_node",
               "cluster": "base.config.limits.migrate_cluster"}
@@ -80,6 +80,21 @@ def admit_op(zk: KazooClient, schema: Schema, job_id: str, source: str, target: 
                        code="migration_limit", details={"limit": "in", "node": target})
     slots[job_id] = {"source": source, "target": target, "priority": priority}
     return ("set", schema.path("base.migrations"), json.dumps(slots, sort_keys=True).encode(), version)
+
+
+def room(zk: KazooClient, schema: Schema, source: str = "", target: str = "") -> tuple[int, str]:
+    """How many more migrations out of ``source`` (or into ``target``) the limits admit now, and which limit
+    binds: a flush's pass stops there instead of trying a submission it knows will be refused. Advisory: each
+    submission still takes its slot version-checked (``admit_op``)."""
+    slots, _version = read_slots(zk, schema)
+    limit = limits(zk, schema)
+    free = {"the cluster's": limit["cluster"] - len(slots)}
+    if source:
+        free[f"{source}'s outgoing"] = limit["out"] - sum(s["source"] == source for s in slots.values())
+    if target:
+        free[f"{target}'s incoming"] = limit["in"] - sum(s["target"] == target for s in slots.values())
+    binding = min(free, key=free.get)
+    return max(free[binding], 0), binding
 
 
 def release_ops(zk: KazooClient, schema: Schema, job_id: str) -> list[Op]:

@@ -133,12 +133,13 @@ def domain_records_matching(zk: KazooClient, schema: Schema, first: Iterable[str
     return [dict(r, name=n) for n, r in zip(picked, records) if r is not None]
 
 
-def free_vm(zk: KazooClient, schema: Schema, vm: str) -> tuple[dict, str, ZnodeStat]:
-    """A VM with no active job: its record, its marker's path and the marker's stat (for the version check of
-    the transaction that gives it a job). ``Conflict`` vm_busy naming the active job otherwise."""
-    record = domain_record(zk, schema, vm)
+def free_vm(zk: KazooClient, schema: Schema, vm: str, only: Iterable[str] | None = None) -> tuple[dict, str, ZnodeStat]:
+    """A VM with no active job: its record (``only`` those keys), its marker's path and the marker's stat (for the
+    version check of the transaction that gives it a job). ``Conflict`` vm_busy naming the active job otherwise."""
     marker_path = schema.path("domain.active_job", vm)
-    marker, stat = zk.get(marker_path)
+    marker_read = zk.get_async(marker_path)  # answered with the record's reads
+    record = domain_record(zk, schema, vm, only)
+    marker, stat = marker_read.get()
     if marker:
         raise Conflict(f"VM {vm} already has an active job {marker.decode()}; wait for it or cancel it",
                        code="vm_busy", details={"job": marker.decode()})

@@ -1,8 +1,10 @@
 """Node selection: each method picks what its definition says, among valid candidates only."""
 
+import json
+
 import pytest
 
-from pvc_tasks.selector import METHODS, candidates, select
+from pvc_tasks.selector import METHODS, candidates, keys_for, select
 
 
 def node(name, total=8192, allocated=0, provisioned=0, load=0.0, vcpus=0, vms=0, alive=True, state="ready"):
@@ -47,3 +49,15 @@ def test_unknown_method_raises():
     """A misspelt selector is an error naming the valid ones."""
     with pytest.raises(ValueError, match="mem"):
         select(NODES, "random", 1)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_decides_on_the_keys_placement_reads_for_it(method):
+    """Records cut down to ``keys_for(method)`` (what placement fetches) give the same choice as whole records,
+    whichever node each other key would favour."""
+    for favoured in range(3):
+        nodes = [dict(n, reserved=json.dumps({"j": {"memory": 100, "vcpus": 1}}) if i == favoured else "{}")
+                 for i, n in enumerate(NODES)]
+        cut = [{k: v for k, v in n.items() if k in keys_for(method) or k in ("name", "alive")} for n in nodes]
+        assert select(cut, method, 512) == select(nodes, method, 512)
+    assert set(keys_for(method)) < {k for k in NODES[0] if k not in ("name", "alive")} | {"reserved"}
