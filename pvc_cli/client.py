@@ -18,7 +18,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import click
 import requests
 
 __all__ = ["ApiError", "Client", "Unreachable", "resolve"]
@@ -48,17 +50,25 @@ class Connection:
 
 
 def resolve(url: str | None, token: str | None, config: str | None) -> Connection:
-    path = Path(config or os.environ.get("PVC_CLI_CONFIG") or DEFAULT_CONFIG).expanduser()
+    """The connection settings; ``click.UsageError`` (exit 2) for a config file that is named but missing or
+    unreadable, or an API URL that is not ``http(s)://host[:port]``."""
+    named = config or os.environ.get("PVC_CLI_CONFIG")
+    path = Path(named or DEFAULT_CONFIG).expanduser()
     file: dict[str, Any] = {}
     if path.is_file():
         try:
             file = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ApiError(0, "bad_config", f"cannot read {path}: {exc}") from exc
-    elif config:
-        raise ApiError(0, "bad_config", f"config file {path} does not exist")
-    return Connection(url=(url or os.environ.get("PVC_API_URL") or file.get("api_url") or DEFAULT_URL).rstrip("/"),
-                      token=token or os.environ.get("PVC_API_TOKEN") or file.get("token") or "")
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise click.UsageError(f"cannot read the CLI config file {path}: {exc}") from exc
+    elif named:
+        source = "--config" if config else "PVC_CLI_CONFIG"
+        raise click.UsageError(f"the CLI config file {path} ({source}) does not exist")
+    chosen = (url or os.environ.get("PVC_API_URL") or file.get("api_url") or DEFAULT_URL).rstrip("/")
+    parts = urlsplit(chosen)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise click.UsageError(f"API URL {chosen!r} is not http(s)://host[:port] (from --api-url, PVC_API_URL or "
+                               f"the config file's api_url)")
+    return Connection(url=chosen, token=token or os.environ.get("PVC_API_TOKEN") or file.get("token") or "")
 
 
 class Client:
@@ -80,6 +90,8 @@ class Client:
             return self.session.request(method, url, timeout=self.timeout, **kwargs)
         except (requests.ConnectionError, requests.Timeout):
             pass  # once more, with the same key
+        except requests.RequestException as exc:
+            raise Unreachable(f"cannot talk to the pvc API at {self.base}: {exc}") from exc
         try:
             return self.session.request(method, url, timeout=self.timeout, **kwargs)
         except requests.ConnectionError as exc:
@@ -87,17 +99,26 @@ class Client:
                               f"(set --api-url or PVC_API_URL)") from exc
         except requests.Timeout as exc:
             raise Unreachable(f"the pvc API at {self.base} did not answer within {self.timeout:g} s") from exc
+        except requests.RequestException as exc:  # a URL requests cannot use, a TLS failure, a broken answer
+            raise Unreachable(f"cannot talk to the pvc API at {self.base}: {exc}") from exc
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self._send(method, path, **kwargs)
+        try:
+            body = response.json() if response.content else None
+        except ValueError:
+            # Not the pvc API (a proxy's error page, Flower, a web server): say where we asked and what answered.
+            kind = response.headers.get("Content-Type", "no content type").split(";")[0]
+            raise ApiError(response.status_code, "not_pvc_api",
+                           f"{method} {response.url} answered HTTP {response.status_code} with {kind}, not the pvc "
+                           f"API's JSON: is the API URL ({self.base.removesuffix('/api/v1')}) right?") from None
         if response.status_code >= 400:
-            try:
-                body = response.json()
-                raise ApiError(response.status_code, body.get("error", "error"), body.get("message", response.text),
-                               body.get("details"))
-            except ValueError:
-                raise ApiError(response.status_code, "http_error", response.text[:200] or response.reason) from None
-        return response.json() if response.content else None
+            body = body if isinstance(body, dict) else {}
+            code, message = body.get("error", "http_error"), body.get("message") or response.reason
+            if response.status_code == 404 and code == "not_found":
+                message = f"{message} (at {self.base.removesuffix('/api/v1')}: is the API URL right?)"
+            raise ApiError(response.status_code, code, message, body.get("details"))
+        return body
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})

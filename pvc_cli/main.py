@@ -12,7 +12,7 @@ import click
 
 from pvc_cli.client import ApiError, Client, Unreachable, resolve
 from pvc_cli.commands import cluster, job, node, sriov, vm
-from pvc_cli.wait import EXIT_API, EXIT_UNREACHABLE
+from pvc_cli.wait import EXIT_API, EXIT_INTERRUPTED, EXIT_UNREACHABLE
 
 __all__ = ["cli", "main"]
 
@@ -31,9 +31,14 @@ class _Group(click.Group):
         except Unreachable as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(EXIT_UNREACHABLE)
+        except KeyboardInterrupt:  # before a job id is known (waits name theirs, pvc_cli.wait)
+            click.echo("\ninterrupted; a request already sent may have been accepted: `pvc job list` shows it",
+                       err=True)
+            sys.exit(EXIT_INTERRUPTED)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pvc-orchestrator", prog_name="pvc", message="%(prog)s %(version)s")
 @click.option("--api-url", metavar="URL", help="API base URL [env PVC_API_URL; default http://127.0.0.1:7370]")
 @click.option("--token", metavar="TOKEN", help="API token [env PVC_API_TOKEN]")
 @click.option("--config", metavar="FILE", help="CLI config file (api_url, token) [env PVC_CLI_CONFIG]")

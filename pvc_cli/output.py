@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-__all__ = ["age", "emit", "output_option", "table"]
+__all__ = ["age", "confirmed", "emit", "output_option", "table"]
 
 
 def output_option(fn: Callable) -> Callable:
@@ -35,3 +35,18 @@ def age(timestamp: float | None) -> str:
         if seconds >= size:
             return f"{seconds / size:.0f}{unit} ago"
     return f"{seconds:.0f}s ago"
+
+
+def confirmed(question: str, yes: bool) -> bool:
+    """Ask before a destructive command (unless ``--yes``). Declining is not a failure: it prints that nothing was
+    done and the command exits 0. No answer at all (stdin closed or not a terminal) is a usage error (exit 2): a
+    script must say ``--yes``."""
+    if yes:
+        return True
+    try:
+        if click.confirm(question, err=True):
+            return True
+    except click.Abort:
+        raise click.UsageError("no answer to the confirmation (stdin closed); pass --yes to go ahead") from None
+    click.echo("nothing done", err=True)
+    return False

@@ -8,6 +8,7 @@ Exit statuses of every ``pvc`` command:
     3  the API refused the request (e.g. 404, 409); its message is printed
     4  timed out waiting; the job goes on (follow it with ``pvc job watch ID``)
     5  the API is unreachable
+  130  interrupted (Ctrl-C); a job being waited for goes on, and the CLI says how to follow it
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import click
 from pvc_cli.client import Client
 from pvc_cli.output import emit
 
-__all__ = ["EXIT_API", "EXIT_FAILED", "EXIT_TIMEOUT", "EXIT_UNREACHABLE", "Progress", "finish", "wait_options", "watch"]
+__all__ = ["EXIT_API", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_TIMEOUT", "EXIT_UNREACHABLE", "Progress", "finish",
+           "wait_options", "watch"]
 
-EXIT_FAILED, EXIT_API, EXIT_TIMEOUT, EXIT_UNREACHABLE = 1, 3, 4, 5
+EXIT_FAILED, EXIT_API, EXIT_TIMEOUT, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 1, 3, 4, 5, 130
 TERMINAL = ("succeeded", "failed", "cancelled")
 #: Seconds one long-poll request may wait for a change (below the client's HTTP timeout).
 LONG_POLL = 10.0
@@ -59,8 +61,10 @@ class Progress:
         click.echo(f"\r\033[K{line}" if self.tty else line, err=True, nl=not self.tty)
 
     def close(self) -> None:
+        """End the bar's line (once)."""
         if not self.quiet and self.tty:
             click.echo("", err=True)
+        self.quiet = True
 
 
 def watch(client: Client, job: dict, timeout: float, quiet: bool) -> tuple[dict, bool]:
@@ -83,6 +87,11 @@ def watch(client: Client, job: dict, timeout: float, quiet: bool) -> tuple[dict,
             # Long-poll: the API answers as soon as the job changes (or after `wait` s with no change).
             job = client.get(f"/jobs/{job['id']}", wait=round(min(LONG_POLL, remaining), 3),
                              after=job.get("revision", -1))
+    except KeyboardInterrupt:
+        progress.close()
+        click.echo(f"stopped waiting; job {job['id']} goes on: `pvc job watch {job['id']}` follows it, "
+                   f"`pvc job cancel {job['id']}` stops it", err=True)
+        raise SystemExit(EXIT_INTERRUPTED) from None
     finally:
         progress.close()
 

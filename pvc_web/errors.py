@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from pvc_tasks.errors import PvcError
@@ -55,6 +55,9 @@ def handle_http(exc: HTTPException):
     if details:
         message = "invalid request: " + "; ".join(f"{k}: {' '.join(v)}" for k, v in sorted(details.items()))
         return error_response(400 if status == 422 else status, "invalid_request", message, details)
+    if status == 404:  # no route matched (a missing VM or job is a PvcError with its own code): name what was asked
+        return error_response(404, "not_found", f"no API endpoint {request.method} {request.path}: see "
+                                                f"/api/v1/docs for the endpoints")
     return error_response(status, _HTTP_CODES.get(status, "http_error"), exc.description or exc.name)
 
 

@@ -23,21 +23,25 @@ class CachedList:
 
     def __init__(self, schema: Schema, view: Callable[[dict], dict]) -> None:
         self._schema, self._view = schema, view
-        self._items: dict[str, tuple[tuple, bytes]] = {}
+        #: name -> (the record last rendered, its items, its JSON)
+        self._items: dict[str, tuple[dict, tuple, bytes]] = {}
         self._lock = threading.Lock()
 
     def response(self, records: list[dict]) -> Response:
         with self._lock:
             known = self._items
-        fresh: dict[str, tuple[tuple, bytes]] = {}
+        fresh: dict[str, tuple[dict, tuple, bytes]] = {}
         parts = []
         for record in records:
-            key = tuple(record.items())
             item = known.get(record["name"])
-            if item is None or item[0] != key:
-                item = (key, current_app.json.dumps(self._schema.dump(self._view(record))).encode())
+            if item is None or item[0] is not record:  # the read model hands out the same dict until it changes
+                key = tuple(record.items())
+                if item is None or item[1] != key:
+                    item = (record, key, current_app.json.dumps(self._schema.dump(self._view(record))).encode())
+                else:
+                    item = (record, key, item[2])
             fresh[record["name"]] = item
-            parts.append(item[1])
+            parts.append(item[2])
         with self._lock:
             self._items = fresh  # names no longer listed are dropped with the old table
         return current_app.response_class(b"[" + b",".join(parts) + b"]\n", mimetype="application/json")

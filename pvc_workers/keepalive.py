@@ -1,7 +1,9 @@
 """Keepalive and inventory: two threads, so that a slow hypervisor never delays the keepalive.
 
 * ``Inventory`` asks the hypervisor for resources and domains every interval and keeps the latest figures; it
-  also re-reads the node's SR-IOV NICs (``pvc_workers.vf_inventory``), which writes only when they changed.
+  also re-reads the node's SR-IOV NICs (``pvc_workers.vf_inventory``), which writes only when they changed. A
+  step that changed a VM here gets the figures from ``after(vm)``, which reads only that VM again and sums the
+  rest from the last full pass (the step writes them in its own transaction).
 * ``Keepalive`` writes, every interval, the node's keepalive timestamp together with the latest inventory in ONE
   transaction: a reader never sees a fresh keepalive beside stale resources from another moment. It touches only
   ZooKeeper, so it keeps beating while a task or libvirt is slow.

@@ -6,7 +6,7 @@ import time
 
 import click
 
-from pvc_cli.output import emit, output_option, table
+from pvc_cli.output import confirmed, emit, output_option, table
 from pvc_cli.wait import EXIT_TIMEOUT, Progress, finish, wait_options
 
 
@@ -102,8 +102,8 @@ def fence(client, node, yes, wait, timeout, output) -> None:
     """Fence a node whose worker is down, now, through its BMC: power off, verify off, power on; then its VMs are
     recovered elsewhere (or marked failed) by the fencing policies, as after an automatic fence, in maintenance
     mode too. Refused (exit 3) while the node's worker runs."""
-    if not yes and not click.confirm(f"Power-cycle node {node} through its BMC?", err=True):
-        raise click.Abort()
+    if not confirmed(f"Power-cycle node {node} through its BMC?", yes):
+        return
     c = client()
     finish(c, c.post(f"/nodes/{node}/fence"), wait, timeout, output)
 
@@ -121,9 +121,9 @@ def evacuate(client, node, confirm_powered_off, yes, wait, timeout, output) -> N
     """Recover every VM of a node that is down on the other nodes (those that ran are started there), after its
     fence succeeded or with --confirm-powered-off. Refused (exit 3) while its worker runs, or when it is not known
     to be off."""
-    if confirm_powered_off and not yes and not click.confirm(
-            f"Node {node} is powered off and runs no VM? Its VMs will be started elsewhere", err=True):
-        raise click.Abort()
+    if confirm_powered_off and not confirmed(
+            f"Node {node} is powered off and runs no VM? Its VMs will be started elsewhere", yes):
+        return
     c = client()
     finish(c, c.post(f"/nodes/{node}/evacuate", {"confirm_powered_off": True} if confirm_powered_off else {}),
            wait, timeout, output)

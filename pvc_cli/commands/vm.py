@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pvc_cli.output import emit, output_option, table
+from pvc_cli.output import confirmed, emit, output_option, table
 from pvc_cli.wait import finish, wait_options
 
 SELECTORS = ["mem", "memprov", "load", "vcpus", "vms"]
@@ -52,7 +52,7 @@ def info(client, vm, show_xml, output) -> None:
 
 
 @group.command("define")
-@click.argument("xml_file", type=click.File("r"))
+@click.argument("xml_file", type=click.File("rb"))
 @click.option("--node", help="node to define it on (default: chosen by the selector)")
 @click.option("--limit", "node_limit", help="comma-separated nodes the VM may run on")
 @click.option("--selector", type=click.Choice(SELECTORS), help="node selector for this VM")
@@ -70,7 +70,12 @@ def define(client, xml_file, node, node_limit, selector, autostart, migration_me
         meta["node_selector"] = selector
     if migration_method:
         meta["migration_method"] = migration_method
-    body = {"xml": xml_file.read(), "meta": meta, **({"node": node} if node else {})}
+    try:
+        xml = xml_file.read().decode()
+    except UnicodeDecodeError:
+        raise click.BadParameter(f"{xml_file.name} is not a text file (libvirt domain XML, UTF-8)",
+                                 param_hint="XML_FILE") from None
+    body = {"xml": xml, "meta": meta, **({"node": node} if node else {})}
     c = client()
     finish(c, c.post("/vms", body), wait, timeout, output)
 
@@ -110,8 +115,8 @@ _state_command("restart", "Shut a VM down gracefully, then start it.", with_time
 @click.pass_obj
 def undefine(client, vm, yes, wait, timeout, output) -> None:
     """Remove a stopped VM from its node and from the cluster."""
-    if not yes and not click.confirm(f"Undefine VM {vm}?", err=True):
-        raise click.Abort()
+    if not confirmed(f"Undefine VM {vm}?", yes):
+        return
     c = client()
     finish(c, c.delete(f"/vms/{vm}"), wait, timeout, output)
 

@@ -134,7 +134,7 @@ def test_connection_errors_are_one_line(pvc, tmp_path):
     assert bad.returncode == 3 and "[unauthorised]" in bad.stderr
     config = tmp_path / "cli.toml"
     missing = pvc("--config", str(tmp_path / "nope.toml"), "vm", "list")
-    assert missing.returncode == 3 and "does not exist" in missing.stderr
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
     config.write_text("api_url = 'http://127.0.0.1:9'\n")
     assert pvc("vm", "list", env={"PVC_CLI_CONFIG": str(config), "PVC_API_URL": ""}).returncode == 5
 
@@ -169,3 +169,84 @@ def test_cluster_status_maintenance_and_node_info_show_ha_state(pvc):
     info = pvc("node", "info", "hv1")
     assert "keepalive age" in info.stdout and "IPMI" in info.stdout and ": ok" in info.stdout, info.stdout
     assert BMC_PASSWORD not in info.stdout + pvc("node", "info", "hv1", "-o", "json").stdout
+
+
+def _bad_inputs(cluster, tmp_path: Path) -> list[tuple[list[str], dict, int, str]]:
+    binary = tmp_path / "binary.xml"
+    binary.write_bytes(bytes(range(256)))
+    not_xml = tmp_path / "notes.txt"
+    not_xml.write_text("this is not a domain\n")
+    bad_toml = tmp_path / "bad.toml"
+    bad_toml.write_text("api_url = [unterminated\n")
+    api = cluster.api_url
+    return [
+        (["--api-url", "foo", "vm", "list"], {}, 2, "is not http(s)://host"),
+        (["--api-url", "ftp://127.0.0.1", "vm", "list"], {}, 2, "is not http(s)://host"),
+        (["vm", "list"], {"PVC_API_URL": "127.0.0.1:7370"}, 2, "is not http(s)://host"),
+        (["--api-url", "http://127.0.0.1:9", "vm", "list"], {}, 5, "cannot reach the pvc API"),
+        (["--api-url", f"{api}/pvc", "vm", "list"], {}, 3, "no API endpoint GET /pvc/api/v1/vms"),
+        (["--config", str(tmp_path / "missing.toml"), "vm", "list"], {}, 2, "missing.toml (--config) does not exist"),
+        (["vm", "list"], {"PVC_CLI_CONFIG": str(tmp_path / "gone.toml")}, 2, "gone.toml (PVC_CLI_CONFIG) does not"),
+        (["--config", str(bad_toml), "vm", "list"], {}, 2, "cannot read the CLI config file"),
+        (["--config", str(binary), "vm", "list"], {}, 2, "cannot read the CLI config file"),
+        (["vm", "define", str(binary)], {}, 2, "is not a text file"),
+        (["vm", "define", str(tmp_path / "absent.xml")], {}, 2, "does not exist"),
+        (["vm", "define", str(not_xml)], {}, 3, "[invalid_request]"),
+        (["vm", "info", "no-such-vm"], {}, 3, "[vm_not_found]"),
+        (["vm", "start"], {}, 2, "Missing argument"),
+        (["vm", "list", "-o", "yaml"], {}, 2, "Invalid value for '-o'"),
+        (["job", "watch", "nope", "--timeout", "-1"], {}, 2, "Invalid value for '--timeout'"),
+        (["vm", "undefine", "no-such-vm"], {}, 2, "pass --yes"),  # stdin closed: no answer
+        (["nonsense"], {}, 2, "No such command"),
+    ]
+
+
+def test_user_mistakes_exit_with_their_documented_status_and_no_traceback(cluster, pvc, tmp_path):
+    """Each bad URL, config, file or flag gets one clear line and its documented exit status, never a traceback."""
+    for args, env, status, says in _bad_inputs(cluster, tmp_path):
+        result = pvc(*args, env=env, stdin="")
+        assert (result.returncode, "Traceback" in result.stderr) == (status, False), (args, result.stderr)
+        assert says in result.stderr, (args, result.stderr)
+
+
+def test_pointed_at_flower_the_cli_names_the_url_instead_of_printing_html(cluster, pvc):
+    """Flower's answer is not the pvc API's JSON: exit 3 naming the URL, no HTML on the terminal."""
+    flower = cluster.start_flower()
+    result = pvc("--api-url", flower.info["url"], "vm", "list")
+    assert result.returncode == 3, result.stderr
+    assert f"{flower.info['url']}/api/v1/vms answered HTTP" in result.stderr
+    assert "is the API URL" in result.stderr and "<" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_answering_no_changes_nothing_and_exits_0(cluster, pvc, vm_name):
+    """Declining `vm undefine` is not a failure: exit 0, "nothing done", the VM stays."""
+    cluster.define_vm(vm_name, node="hv1")
+    result = pvc("vm", "undefine", vm_name, stdin="n\n")
+    assert (result.returncode, "nothing done" in result.stderr) == (0, True), result.stderr
+    assert pvc("vm", "info", vm_name).returncode == 0
+
+
+def test_version_is_printed():
+    """`pvc --version` prints the installed version."""
+    result = subprocess.run(PVC + ["--version"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and result.stdout.startswith("pvc ") and result.stdout.split()[1][0].isdigit()
+
+
+def test_ctrl_c_while_waiting_says_the_job_goes_on_and_exits_130(cluster, api, vm_name):
+    """Ctrl-C during a wait stops only the wait: exit 130, the job's id and how to follow it; the job completes."""
+    cluster.define_vm(vm_name, node="hv3", start=True)
+    worker = cluster.workers["hv3"]
+    os.kill(worker.pid, signal.SIGSTOP)
+    try:
+        waiting = subprocess.Popen(PVC + ["vm", "stop", vm_name], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True, env={**os.environ, **cluster.client_env()})
+        first = waiting.stderr.readline()  # the wait's first progress line: the job exists and is being watched
+        job = api.get(f"{api.base}/vms/{vm_name}").json()["active_job"]
+        waiting.send_signal(signal.SIGINT)
+        _out, err = waiting.communicate(timeout=30)
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+    assert waiting.returncode == 130, first + err
+    assert f"stopped waiting; job {job} goes on: `pvc job watch {job}`" in err
+    assert "Traceback" not in err and "Aborted" not in err
+    assert cluster.wait_job(job)["state"] == "succeeded"
