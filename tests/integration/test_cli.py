@@ -19,8 +19,9 @@ PVC = [str(Path(sys.executable).with_name("pvc"))]
 @pytest.fixture
 def pvc(cluster):
     def run(*args: str, env: dict | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
-        full_env = {**os.environ, **cluster.client_env(), **(env or {})}
-        full_env.pop("PVC_CLI_CONFIG", None)
+        # The developer's own config must not leak in; a test's own PVC_CLI_CONFIG must reach the CLI.
+        mine = {k: v for k, v in os.environ.items() if k != "PVC_CLI_CONFIG"}
+        full_env = {**mine, **cluster.client_env(), **(env or {})}
         return subprocess.run(PVC + list(args), capture_output=True, text=True, env=full_env, input=stdin,
                               timeout=60)
 
@@ -190,7 +191,7 @@ def _bad_inputs(cluster, tmp_path: Path) -> list[tuple[list[str], dict, int, str
         (["--config", str(bad_toml), "vm", "list"], {}, 2, "cannot read the CLI config file"),
         (["--config", str(binary), "vm", "list"], {}, 2, "cannot read the CLI config file"),
         (["vm", "define", str(binary)], {}, 2, "is not a text file"),
-        (["vm", "define", str(tmp_path / "absent.xml")], {}, 2, "does not exist"),
+        (["vm", "define", str(tmp_path / "absent.xml")], {}, 2, "No such file or directory"),
         (["vm", "define", str(not_xml)], {}, 3, "[invalid_request]"),
         (["vm", "info", "no-such-vm"], {}, 3, "[vm_not_found]"),
         (["vm", "start"], {}, 2, "Missing argument"),
