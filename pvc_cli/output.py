@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-__all__ = ["age", "confirmed", "emit", "output_option", "table"]
+__all__ = ["age", "confirmed", "duration", "emit", "output_option", "table"]
 
 
 def output_option(fn: Callable) -> Callable:
@@ -25,6 +25,16 @@ def table(rows: Iterable[dict], columns: list[tuple[str, Callable[[dict], Any]]]
 
 def emit(output: str, data: Any, render: Callable[[Any], str]) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True) if output == "json" else render(data))
+
+
+def duration(seconds: float) -> str:
+    """``0.42 s``, ``12.3 s``, ``4m05s``, ``2h03m``."""
+    seconds = max(seconds, 0.0)
+    if seconds < 60:
+        return f"{seconds:.2f} s" if seconds < 10 else f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
 
 
 def age(timestamp: float | None) -> str:

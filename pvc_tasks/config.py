@@ -88,6 +88,8 @@ class Settings:
     ipmi_username: str = ""
     ipmi_password: str = field(default="", repr=False)
     log_level: str = "INFO"
+    #: ``text`` or ``json`` (pvc_tasks.logs).
+    log_format: str = "text"
     # API
     api_listen: str = defaults.API_LISTEN
     api_threads: int = defaults.API_THREADS
@@ -172,6 +174,8 @@ def load_settings(path: str | os.PathLike | None = None, env: dict[str, str] | N
     if scheme not in BROKER_SCHEMES:
         raise ValueError(f"invalid setting: the broker URL must start with {', '.join(BROKER_SCHEMES)}, "
                          f"not {scheme or 'nothing'}://")
+    if settings.log_format not in ("text", "json"):
+        raise ValueError(f"invalid setting: log_format must be text or json, not {settings.log_format!r}")
     if settings.sriov_backend not in ("auto", "ip-link", "simulated"):
         raise ValueError(f"invalid setting: sriov_backend must be auto, ip-link or simulated, "
                          f"not {settings.sriov_backend!r}")

@@ -21,7 +21,13 @@ __all__ = ["DomainFacts", "Hypervisor", "HypervisorError", "MigrationAborted", "
 
 
 class HypervisorError(Exception):
-    """The hypervisor refused or failed an operation; the message is the hypervisor's own."""
+    """The hypervisor refused or failed an operation; the message is the hypervisor's own. ``config``: it refused
+    because of the VM's definition or the node's setup (a network, storage pool or device that does not exist, a
+    setting it does not support): the operator's to fix, not a fault of pvc or of the node."""
+
+    def __init__(self, message: str, *, config: bool = False) -> None:
+        super().__init__(message)
+        self.config = config
 
 
 class NicError(Exception):

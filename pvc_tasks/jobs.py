@@ -60,6 +60,7 @@ class Origin:
     job_id: str = ""
     request: str = ""
     requested_by: str = ""
+    request_id: str = ""
 
 
 #: One step of a ZooKeeper transaction (``commit``), as a plain tuple so that ops compose by list concatenation.
@@ -108,6 +109,8 @@ class Job:
     #: The name of the API token that asked for the job; empty for jobs pvc creates itself (a flush's or a
     #: fence's children: see ``parent``).
     requested_by: str = ""
+    #: The id of the API request that created it (``X-Request-Id``, pvc_web.access): its line in the access log.
+    request_id: str = ""
 
     @classmethod
     def new(cls, kind: str, vm: str, node: str, params: dict | None = None, parent: str = "", *,
@@ -119,7 +122,7 @@ class Job:
         origin = origin or Origin()
         return cls(id=origin.job_id or str(uuid.uuid4()), kind=kind, vm=vm, node=node, params=dict(params or {}),
                    created=now, parent=parent, stage=stage, sent=now, request=origin.request,
-                   requested_by=origin.requested_by)
+                   requested_by=origin.requested_by, request_id=origin.request_id)
 
     @property
     def terminal(self) -> bool:

@@ -28,13 +28,13 @@ from kazoo.exceptions import BadVersionError, NoNodeError
 
 from pvc_tasks import defaults, dispatch, vfs
 from pvc_tasks.app import app
-from pvc_tasks.context import NodeContext, current
+from pvc_tasks.context import HypervisorError, NodeContext, current
 from pvc_tasks.errors import describe
 from pvc_tasks.jobs import Job, JobState, JobStore, Op, commit
 from pvc_tasks.leases import LEASES
 
 __all__ = ["JobCancelled", "JobFailed", "JobRun", "StageLost", "fail_orphan", "hop", "job_task", "node_figure_ops",
-           "step_task"]
+           "refused", "step_task"]
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +227,8 @@ def job_task(name: str, phase: tuple[str, Callable[[Job], str]] | None = None) -
                     job = _finish(run, JobState.CANCELLED, str(exc))
                 except JobFailed as exc:
                     job = _finish(run, JobState.FAILED, str(exc))
+                except HypervisorError as exc:
+                    job = _finish(run, JobState.FAILED, refused(exc, node))
                 except Exception as exc:
                     log.exception("job %s (%s) crashed", job_id, name)
                     job = _finish(run, JobState.FAILED, f"internal error in {name}: {describe(exc)}")
@@ -235,6 +237,14 @@ def job_task(name: str, phase: tuple[str, Callable[[Job], str]] | None = None) -
         return task
 
     return decorate
+
+
+def refused(exc: HypervisorError, node: str) -> str:
+    """A job's reason when the hypervisor refused: an expected failure, not "internal error"; a configuration error
+    (a network, pool or device that does not exist, an unsupported setting) says so and whose it is to fix."""
+    if exc.config:
+        return f"configuration error on {node}: {exc} (the VM's XML or the node's setup must change)"
+    return f"hypervisor of {node}: {exc}"
 
 
 def fail_orphan(store: JobStore, job: Job, reason: str) -> None:
@@ -311,6 +321,8 @@ def step_task(name: str, *, claims: tuple[str, Callable[[Job], str]] | None = No
                     _step_error(run, on_error, JobState.CANCELLED, str(exc))
                 except JobFailed as exc:
                     _step_error(run, on_error, JobState.FAILED, str(exc))
+                except HypervisorError as exc:
+                    _step_error(run, on_error, JobState.FAILED, refused(exc, node))
                 except Exception as exc:  # every job must end with a reason, whatever went wrong
                     log.exception("job %s step %s crashed", job_id, name)
                     _step_error(run, on_error, JobState.FAILED, f"internal error in {name}: {describe(exc)}")

@@ -13,7 +13,7 @@ from flask import Flask, Response, g
 
 from pvc_tasks.app import configure
 from pvc_tasks.config import Settings
-from pvc_web import auth, errors, limits, names
+from pvc_web import access, auth, errors, limits, names
 from pvc_web.blueprint import API_PREFIX, PvcApi
 from pvc_web.cluster import ClusterHandle
 from pvc_web.routes import cluster, health, jobs, nodes, sriov, vms
@@ -47,6 +47,7 @@ def create_app(settings: Settings, handle: ClusterHandle | None = None) -> Flask
     app.extensions["pvc"] = handle
     app.extensions["pvc_settings"] = settings
     app.extensions["pvc_waiters"] = threading.BoundedSemaphore(max(1, settings.api_threads // 2))
+    access.install(app)
     auth.install(app, auth.TokenTable(settings.api_tokens))
     limits.install(app)
     names.install(app)

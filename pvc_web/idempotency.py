@@ -27,6 +27,7 @@ from kazoo.exceptions import NodeExistsError
 
 from pvc_tasks.errors import Conflict, Invalid, NotFound, PvcError
 from pvc_tasks.jobs import JobStore, Origin
+from pvc_web.access import request_id
 from pvc_web.auth import caller, presented
 from pvc_web.blueprint import accepted, handle
 from pvc_web.views import job_view
@@ -44,7 +45,7 @@ def _origin(key: str) -> Origin:
     client = hashlib.sha256((presented() or "").encode()).hexdigest()
     fingerprint = hashlib.sha256(b"\0".join([request.method.encode(), request.path.encode(),
                                              request.get_data()])).hexdigest()
-    return Origin(str(uuid.uuid5(_NAMESPACE, f"{client}:{key}")), fingerprint, _requester())
+    return Origin(str(uuid.uuid5(_NAMESPACE, f"{client}:{key}")), fingerprint, _requester(), request_id())
 
 
 def _replay(wanted: Origin):
@@ -94,4 +95,4 @@ def _requester() -> str:
 def origin() -> Origin:
     """Who asked for the current request's job, and with an ``Idempotency-Key`` the id and fingerprint it must
     carry."""
-    return g.get("pvc_origin") or Origin(requested_by=_requester())
+    return g.get("pvc_origin") or Origin(requested_by=_requester(), request_id=request_id())

@@ -250,6 +250,8 @@ class JobSchema(Schema):
     parent = fields.String()
     requested_by = fields.String(metadata={"description": "the name of the API token that asked for the job; empty "
                                                           "when pvc created it (see parent)"})
+    request_id = fields.String(metadata={"description": "the id of the API request that created the job (its "
+                                                        "X-Request-Id; its line in the API's access log)"})
     cancel_requested = fields.Boolean()
     revision = fields.Integer(metadata={"description": "increases on every change of the job (show only)"})
 

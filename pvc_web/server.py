@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
+from pvc_tasks import logs
 from pvc_tasks.config import load_settings
 from pvc_web.app import create_app
 from pvc_web.auth import ROLES, new_token
@@ -31,8 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"pvc-api: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s api %(name)s: %(message)s")
-    logging.getLogger("kazoo").setLevel(logging.WARNING)
+    logs.setup(settings.log_level, settings.log_format, "api")
     if not settings.api_tokens:
         print("pvc-api: no API token configured (api_tokens or PVC_API_TOKENS; `pvc-api --new-token NAME` makes one); "
               "every request would be refused", file=sys.stderr)

@@ -35,7 +35,7 @@ import time
 from kazoo.client import KazooClient
 from kazoo.exceptions import NodeExistsError
 
-from pvc_tasks import defaults
+from pvc_tasks import defaults, logs
 from pvc_tasks.app import configure
 from pvc_tasks.config import Settings, load_settings
 from pvc_tasks.context import HypervisorError, NicError, NodeContext, install
@@ -249,9 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"pvc-worker: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    logging.basicConfig(level=settings.log_level,
-                        format=f"%(asctime)s %(levelname)s [{settings.node or '?'}] %(name)s: %(message)s")
-    logging.getLogger("kazoo").setLevel(logging.WARNING)
+    logs.setup(settings.log_level, settings.log_format, f"[{settings.node or '?'}]", node=settings.node)
     try:
         if settings.ipmi_password:
             check_key(settings.secret_key)

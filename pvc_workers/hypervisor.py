@@ -34,6 +34,15 @@ _STATES = {
 }
 
 
+#: libvirt's answers that mean "the definition or the node's setup is wrong": a job failing on one says so.
+_CONFIG_ERRORS = frozenset({
+    libvirt.VIR_ERR_XML_ERROR, libvirt.VIR_ERR_XML_DETAIL, libvirt.VIR_ERR_CONFIG_UNSUPPORTED,
+    libvirt.VIR_ERR_NO_NETWORK, libvirt.VIR_ERR_INVALID_NETWORK, libvirt.VIR_ERR_NO_STORAGE_POOL,
+    libvirt.VIR_ERR_NO_STORAGE_VOL, libvirt.VIR_ERR_NO_NODE_DEVICE, libvirt.VIR_ERR_NO_SECRET,
+    libvirt.VIR_ERR_NO_NWFILTER, libvirt.VIR_ERR_NO_INTERFACE,
+})
+
+
 def _quiet(_ctx: object, _err: object) -> None:
     """libvirt prints every error to stderr by default; ours are raised as HypervisorError instead."""
 
@@ -96,7 +105,8 @@ class LibvirtHypervisor:
         try:
             return fn(*args)
         except libvirt.libvirtError as exc:
-            raise HypervisorError(f"{what} failed: {exc.get_error_message() or exc}") from exc
+            raise HypervisorError(f"{what} failed: {exc.get_error_message() or exc}",
+                                  config=exc.get_error_code() in _CONFIG_ERRORS) from exc
 
     def define(self, xml: str) -> DomainFacts:
         return self._facts(self._call("define", self.conn.defineXML, xml))

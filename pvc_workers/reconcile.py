@@ -39,7 +39,7 @@ from pvc_tasks import dispatch, kinds
 from pvc_tasks.context import HypervisorError, NodeContext
 from pvc_tasks.engine import resume_passes
 from pvc_tasks.errors import NotFound
-from pvc_tasks.jobs import orphan
+from pvc_tasks.jobs import commit, orphan
 from pvc_tasks.state import domain_records, read_keys
 
 __all__ = ["reconcile_jobs", "reconcile_vms", "remove_stale_copies"]
@@ -72,8 +72,14 @@ def reconcile_vms(ctx: NodeContext, returning: bool = False) -> dict[str, int]:
                 log.error("could not restore VM %s on %s: %s", vm, ctx.node, exc)
                 zk.set(schema.path("domain.failed_reason", vm), f"restore on worker start failed: {exc}".encode())
         observed = hv.state(vm)
+        ops = []
         if observed not in ("missing", record["state"]) and not (record["state"] == "failed" and observed == "stopped"):
-            zk.set(schema.path("domain.state", vm), observed.encode())
+            ops.append(("set", schema.path("domain.state", vm), observed.encode(), -1))
+        if observed == "running" and record["failed_reason"]:
+            # It runs: whatever failed before (a restore at an earlier start, a fence) is no longer its state.
+            ops.append(("set", schema.path("domain.failed_reason", vm), b"", -1))
+        if ops:
+            commit(zk, ops)
             counts["updated"] += 1
     counts["foreign"] = len(set(live) - {r["name"] for r in mine} - set(elsewhere))
     if counts["foreign"]:

@@ -6,6 +6,7 @@ import time
 
 import click
 
+from pvc_cli.complete import node_names
 from pvc_cli.output import confirmed, emit, output_option, table
 from pvc_cli.wait import EXIT_TIMEOUT, Progress, finish, wait_options
 
@@ -56,7 +57,7 @@ def list_nodes(client, output) -> None:
 
 
 @group.command("info")
-@click.argument("node")
+@click.argument("node", shell_complete=node_names)
 @output_option
 @click.pass_obj
 def info(client, node, output) -> None:
@@ -65,7 +66,7 @@ def info(client, node, output) -> None:
 
 
 @group.command("flush")
-@click.argument("node")
+@click.argument("node", shell_complete=node_names)
 @click.option("--allow-shutdown", is_flag=True,
               help="shut down (and mark autostart) running VMs that have nowhere to go, instead of refusing")
 @wait_options
@@ -81,7 +82,7 @@ def flush(client, node, allow_shutdown, wait, timeout, output) -> None:
 
 
 @group.command("ready")
-@click.argument("node")
+@click.argument("node", shell_complete=node_names)
 @wait_options
 @output_option
 @click.pass_obj
@@ -93,7 +94,7 @@ def ready(client, node, wait, timeout, output) -> None:
 
 
 @group.command("fence")
-@click.argument("node")
+@click.argument("node", shell_complete=node_names)
 @click.option("--yes", is_flag=True, help="do not ask for confirmation")
 @wait_options
 @output_option
@@ -109,7 +110,7 @@ def fence(client, node, yes, wait, timeout, output) -> None:
 
 
 @group.command("evacuate")
-@click.argument("node")
+@click.argument("node", shell_complete=node_names)
 @click.option("--confirm-powered-off", is_flag=True,
               help="you know that the node is powered off (it was not fenced, or its fence failed); recorded in "
                    "the job with your token's name")
@@ -154,7 +155,7 @@ def _handover(client, node: str, want: str, timeout: float, output: str) -> None
 
 
 def _handover_command(want: str, doc: str) -> None:
-    @click.argument("node")
+    @click.argument("node", shell_complete=node_names)
     @click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
                   help="seconds to wait for the handover")
     @output_option

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from pvc_cli.complete import node_names
 from pvc_cli.output import age, emit, output_option, table
 from pvc_cli.wait import finish, wait_options
 
@@ -66,7 +67,7 @@ def render_vf(v: dict) -> str:
 
 
 @vf.command("info")
-@click.argument("node")
+@click.argument("node", shell_complete=node_names)
 @click.argument("vf_name", metavar="VF")
 @output_option
 @click.pass_obj
@@ -80,7 +81,7 @@ def _flag(name: str, help_text: str):
 
 
 @vf.command("set")
-@click.argument("node")
+@click.argument("node", shell_complete=node_names)
 @click.argument("vf_name", metavar="VF")
 @click.option("--vlan-id", type=int, help="0-4095 (0: untagged)")
 @click.option("--vlan-qos", type=int, help="0-7, priority of the VLAN tag (needs a VLAN)")

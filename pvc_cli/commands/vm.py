@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from xml.dom import minidom
+from xml.parsers.expat import ExpatError
+
 import click
 
+from pvc_cli.complete import node_names, vm_names
 from pvc_cli.output import confirmed, emit, output_option, table
 from pvc_cli.wait import finish, wait_options
 
@@ -28,7 +32,7 @@ def render_vm(v: dict) -> str:
 
 
 @group.command("list")
-@click.option("--node", help="only VMs on this node")
+@click.option("--node", help="only VMs on this node", shell_complete=node_names)
 @click.option("--state", help="only VMs in this state (running, stopped, ...)")
 @output_option
 @click.pass_obj
@@ -41,19 +45,32 @@ def list_vms(client, node, state, output) -> None:
         ("JOB", lambda v: v["active_job"][:8] or "-"), ("REASON", lambda v: v["failed_reason"][:50])]))
 
 
+def indented(xml: str) -> str:
+    """The XML as defined when it has lines; a one-line definition (as scripts often send) indented for reading.
+    Display only: what libvirt runs is the stored XML, unchanged."""
+    if "\n" in xml.strip():
+        return xml
+    try:
+        pretty = minidom.parseString(xml).documentElement.toprettyxml(indent="  ")
+    except ExpatError:
+        return xml
+    return "\n".join(line for line in pretty.splitlines() if line.strip())
+
+
 @group.command("info")
-@click.argument("vm")
+@click.argument("vm", shell_complete=vm_names)
 @click.option("--xml", "show_xml", is_flag=True, help="print the libvirt XML too")
 @output_option
 @click.pass_obj
 def info(client, vm, show_xml, output) -> None:
     """One VM in detail."""
-    emit(output, client().get(f"/vms/{vm}"), lambda v: render_vm(v) + (f"\n\n{v['xml']}" if show_xml else ""))
+    emit(output, client().get(f"/vms/{vm}"), lambda v: render_vm(v) + (f"\n\n{indented(v['xml'])}" if show_xml else ""))
 
 
 @group.command("define")
 @click.argument("xml_file", type=click.File("rb"))
-@click.option("--node", help="node to define it on (default: chosen by the selector)")
+@click.option("--node", help="node to define it on (default: chosen by the selector)",
+              shell_complete=node_names)
 @click.option("--limit", "node_limit", help="comma-separated nodes the VM may run on")
 @click.option("--selector", type=click.Choice(SELECTORS), help="node selector for this VM")
 @click.option("--autostart/--no-autostart", default=False, show_default=True)
@@ -81,7 +98,7 @@ def define(client, xml_file, node, node_limit, selector, autostart, migration_me
 
 
 def _state_command(action: str, doc: str, with_timeout: bool = False):
-    @click.argument("vm")
+    @click.argument("vm", shell_complete=vm_names)
     @wait_options
     @output_option
     @click.pass_obj
@@ -108,7 +125,7 @@ _state_command("restart", "Shut a VM down gracefully, then start it.", with_time
 
 
 @group.command("undefine")
-@click.argument("vm")
+@click.argument("vm", shell_complete=vm_names)
 @click.option("--yes", is_flag=True, help="do not ask for confirmation")
 @wait_options
 @output_option
@@ -122,7 +139,7 @@ def undefine(client, vm, yes, wait, timeout, output) -> None:
 
 
 def _migration_command(kind: str, doc: str):
-    @click.argument("vm")
+    @click.argument("vm", shell_complete=vm_names)
     @wait_options
     @output_option
     @click.pass_obj
@@ -142,7 +159,8 @@ def _migration_command(kind: str, doc: str):
                            help="override the VM's migration_method")(command)
     command = click.option("--live", is_flag=True, help="force a live migration (no fallback to shutdown)")(command)
     if kind != "unmigrate":
-        command = click.option("--target", help="target node (default: chosen by the VM's selector)")(command)
+        command = click.option("--target", help="target node (default: chosen by the VM's selector)",
+                               shell_complete=node_names)(command)
     if kind == "migrate":
         command = click.option("--force", is_flag=True,
                                help="migrate a VM that is already away from its home; it keeps that home")(command)
@@ -156,7 +174,7 @@ _migration_command("unmigrate", "Return a migrated VM to the node it came from."
 
 
 @group.command("meta")
-@click.argument("vm")
+@click.argument("vm", shell_complete=vm_names)
 @click.option("--limit", "node_limit", help="comma-separated nodes the VM may run on ('' for any)")
 @click.option("--selector", type=click.Choice([*SELECTORS, "default"]), help="node selector ('default': cluster's)")
 @click.option("--autostart/--no-autostart", default=None)

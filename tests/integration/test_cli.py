@@ -91,14 +91,16 @@ def test_no_wait_then_watch_and_json_output(cluster, pvc, vm_name):
 
 
 def test_define_rejected_by_libvirt_fails_and_leaves_nothing(cluster, pvc, tmp_path):
-    """XML libvirt refuses: the define job fails with libvirt's reason, exit 1, and the VM record is gone."""
+    """XML libvirt refuses: the define job fails as a configuration error with libvirt's reason, exit 1, and the
+    VM record is gone."""
     xml = tmp_path / "bad.xml"
     disk = ("<devices><disk type='file'><source file='/var/lib/libvirt/images/x'/>"
             "<target dev='vda' bus='nonsense'/></disk></devices>")
     xml.write_text(domain_xml("badbus").replace("</os>", "</os>" + disk))
     result = pvc("vm", "define", str(xml), "--node", "hv1")
     assert result.returncode == 1
-    assert "failed" in result.stdout and "nonsense" in result.stdout
+    assert "failed: configuration error on hv1: define failed: XML error" in result.stdout  # not "internal error"
+    assert "nonsense" in result.stdout
     assert pvc("vm", "info", "badbus").returncode == 3
 
 
@@ -251,3 +253,45 @@ def test_ctrl_c_while_waiting_says_the_job_goes_on_and_exits_130(cluster, api, v
     assert f"stopped waiting; job {job} goes on: `pvc job watch {job}`" in err
     assert "Traceback" not in err and "Aborted" not in err
     assert cluster.wait_job(job)["state"] == "succeeded"
+
+
+def test_the_example_vm_defines_and_shows_its_xml_indented(cluster, pvc):
+    """examples/test-vm.xml defines as is; `vm info --xml` shows a one-line definition indented; `job show` gives
+    absolute times, durations and the result line by line."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "test-vm.xml"
+    defined = pvc("vm", "define", str(example), "--node", "hv2", "--no-wait", "-o", "json")
+    assert defined.returncode == 0, defined.stderr
+    job_id = json.loads(defined.stdout)["id"]
+    assert cluster.wait_job(job_id)["state"] == "succeeded"
+    shown = pvc("job", "show", job_id)
+    assert shown.returncode == 0 and "{" not in shown.stdout.split("result:")[1].splitlines()[0]
+    assert " ran " in shown.stdout and "finished: 20" in shown.stdout
+    try:
+        one_line = pvc("vm", "define", "-", "--node", "hv2", stdin=domain_xml("example-oneline"))
+        assert one_line.returncode == 0, one_line.stderr
+        info = pvc("vm", "info", "example-oneline", "--xml")
+        assert "\n  <memory" in info.stdout and "\n  <os>" in info.stdout
+    finally:
+        for vm in ("example", "example-oneline"):
+            pvc("vm", "undefine", vm, "--yes")
+
+
+def complete(cluster, words: str, env: dict | None = None) -> list[str]:
+    """What bash completion offers after ``words`` (click's protocol: type,value lines)."""
+    full = {k: v for k, v in os.environ.items() if k != "PVC_CLI_CONFIG"}
+    full.update(cluster.client_env(), _PVC_COMPLETE="bash_complete", COMP_WORDS=words,
+                COMP_CWORD=str(len(words.split()) - (0 if words.endswith(" ") else 1)), **(env or {}))
+    out = subprocess.run(PVC, capture_output=True, text=True, env=full, timeout=30)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    return [line.split(",", 1)[1] for line in out.stdout.splitlines() if line.startswith("plain,")]
+
+
+def test_completion_offers_the_clusters_vm_node_and_job_names(cluster, vm_name):
+    """Bash completion completes VM names, node names and job ids from the API, and nothing (no error) when the
+    API cannot be reached."""
+    defined = cluster.define_vm(vm_name, node="hv1")
+    assert vm_name in complete(cluster, f"pvc vm start {vm_name[:4]}")
+    assert complete(cluster, "pvc node info hv") == ["hv1", "hv2", "hv3"]
+    assert complete(cluster, "pvc vm migrate x --target hv2") == ["hv2"]
+    assert defined["id"] in complete(cluster, f"pvc job show {defined['id'][:6]}")
+    assert complete(cluster, "pvc vm start ", env={"PVC_API_URL": "http://127.0.0.1:9"}) == []

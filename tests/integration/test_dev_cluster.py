@@ -2,12 +2,14 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import requests
 
+from pvc_dev.bmc import BMC_PASSWORD, BMC_USER
 from pvc_dev.services import wait_until
 
 PVC_DEV = str(Path(sys.executable).with_name("pvc-dev"))
@@ -21,8 +23,54 @@ def alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
 
 
+def _power_cut_is_fenced_and_recovered(launcher, workdir: Path, banner: str, url: str, token: str,
+                                       state: dict) -> dict:
+    """The README's fencing demo: hv1's power is cut through its BMC with ipmitool; the primary fences hv1 (its
+    power cycle starts a new worker), web1 runs on another node, the launcher stays up and records the new worker,
+    and `ready hv1` brings web1 home. Returns the launcher's new state."""
+    port = re.search(r"hv1 127\.0\.0\.1:(\d+)", banner).group(1)
+    off = subprocess.run(["ipmitool", "-I", "lanplus", "-C", "3", "-H", "127.0.0.1", "-p", port, "-U", BMC_USER,
+                          "-P", BMC_PASSWORD, "chassis", "power", "off"], capture_output=True, text=True, timeout=30)
+    assert off.returncode == 0, off.stderr
+    headers = {"X-Api-Key": token}
+
+    def get(path: str, **params):
+        return requests.get(f"{url}/api/v1{path}", headers=headers, params=params, timeout=10).json()
+
+    def recovered():
+        web1 = get("/vms/web1")
+        return web1 if web1["node"] != "hv1" and web1["state"] == "running" else None
+
+    def hv1_back():
+        hv1 = {n["name"]: n for n in get("/nodes")}["hv1"]
+        return hv1["alive"] and hv1["daemon_state"] == "run"
+
+    wait_until(recovered, 120, "web1 to run on another node")
+    assert [(f["node"], f["state"]) for f in get("/jobs", kind="fence")] == [("hv1", "succeeded")]
+    wait_until(hv1_back, 120, "hv1 to be powered on and its worker to run")
+    old_pid = {p["name"]: p["pid"] for p in state["processes"]}["worker-hv1"]
+
+    def recorded():
+        now = json.loads((workdir / "state.json").read_text())
+        pid = {p["name"]: p["pid"] for p in now["processes"]}["worker-hv1"]
+        return now if pid != old_pid and alive(pid) else None
+
+    new_state = wait_until(recorded, 30, "the launcher to record hv1's new worker")
+    ready = requests.post(f"{url}/api/v1/nodes/hv1/ready", headers=headers, json={}, timeout=10).json()
+
+    def ended():
+        job = get(f"/jobs/{ready['id']}")
+        return job if job["state"] in ("succeeded", "failed", "cancelled") else None
+
+    assert wait_until(ended, 120, "`ready hv1` to end")["state"] == "succeeded"
+    assert get("/vms/web1")["node"] == "hv1"  # home again
+    assert launcher.poll() is None
+    return new_state
+
+
 def test_up_status_second_up_and_down(tmp_path):
-    """`pvc-dev up` starts everything with demo VMs; `up` again only reports; `down` stops every recorded PID."""
+    """`pvc-dev up` starts everything with demo VMs; a power cut of a node through its BMC is fenced and recovered
+    while the launcher stays up; `up` again only reports; `down` stops every recorded PID."""
     workdir = tmp_path / "dev"
     log = open(tmp_path / "up.log", "w")
     launcher = subprocess.Popen([PVC_DEV, "--workdir", str(workdir), "up"], stdout=log, stderr=subprocess.STDOUT,
@@ -43,6 +91,8 @@ def test_up_status_second_up_and_down(tmp_path):
                                                         "batch1": "stopped"}
         nodes = requests.get(f"{url}/api/v1/nodes", headers={"X-Api-Key": token}, timeout=5).json()
         assert len({n["memory"]["total"] for n in nodes}) == 3  # each node its own size
+
+        state = _power_cut_is_fenced_and_recovered(launcher, workdir, banner, url, token, state)
 
         again = subprocess.run([PVC_DEV, "--workdir", str(workdir), "up"], capture_output=True, text=True,
                                timeout=60)

@@ -225,3 +225,16 @@ def test_a_node_restarted_under_a_queued_migration_restores_the_vm_before_moving
     assert {n: d.get("queued", {}).get("state") for n, d in libvirt_domains(c).items()} == \
         {"hv1": None, "hv2": "running"}
     assert "reconciled VMs of hv1: {'redefined': 1, 'restarted': 1," in c.workers["hv1"].log_path.read_text()
+
+
+def test_a_vm_restored_running_at_worker_start_loses_its_old_failure_reason(make_cluster):
+    """A VM whose record carries a failure reason (an earlier restore failed) and that the restarted worker
+    restores running has no failure reason any more: it is what the node's libvirt now says."""
+    c = make_cluster([NodeSpec("hv1")])
+    assert c.define_vm("revived", node="hv1", start=True)["state"] == "succeeded"
+    c.zk.set(c.schema.path("domain.failed_reason", "revived"), b"restore on worker start failed: no such network")
+    c.workers["hv1"].kill()  # its test-driver hypervisor goes with it: the next worker restores the VM
+    c.start_worker("hv1")
+    c.wait_worker("hv1")
+    vm = api(c, "get", "/vms/revived").json()
+    assert (vm["state"], vm["failed_reason"]) == ("running", ""), vm
