@@ -27,7 +27,7 @@ setup(
         "cryptography>=41",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2", "ruff>=0.6", "pyyaml>=6"],
+        "test": ["pytest>=8", "pytest-timeout>=2", "pytest-xdist>=3", "ruff>=0.6", "pyyaml>=6"],
     },
     entry_points={
         "console_scripts": [

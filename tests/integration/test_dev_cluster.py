@@ -46,7 +46,7 @@ def _power_cut_is_fenced_and_recovered(launcher, workdir: Path, banner: str, url
         return hv1["alive"] and hv1["daemon_state"] == "run"
 
     wait_until(recovered, 120, "web1 to run on another node")
-    assert [(f["node"], f["state"]) for f in get("/jobs", kind="fence")] == [("hv1", "succeeded")]
+    assert [(f["params"]["target"], f["state"]) for f in get("/jobs", kind="fence")] == [("hv1", "succeeded")]
     wait_until(hv1_back, 120, "hv1 to be powered on and its worker to run")
     old_pid = {p["name"]: p["pid"] for p in state["processes"]}["worker-hv1"]
 
