@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import os
+import random
 import re
 import secrets
 import shutil
@@ -33,9 +34,29 @@ ZK_CLASSPATH = ":".join(f"/usr/share/java/{jar}" for jar in (
     "metrics-core.jar", "snappy-java.jar", "commons-cli.jar"))
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(udp: bool = False) -> int:
-    """A TCP (or ``udp``) port nobody uses at the moment of asking (the OS picks it)."""
-    with socket.socket(type=socket.SOCK_DGRAM if udp else socket.SOCK_STREAM) as sock:
+    """A TCP (or ``udp``) port nobody uses at the moment of asking, chosen at random BELOW the kernel's ephemeral
+    range. Why not bind(0): that hands out a port from the ephemeral range, which the kernel also gives every
+    outgoing connection and UDP client (ipmitool's, a client's), so another process could take it before our server
+    binds it; seen with two pytest-xdist processes: ipmi_sim "Unable to bind to LAN port: Address already in use"."""
+    kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
+    low = _ephemeral_low()
+    for _ in range(200) if low > 11000 else ():
+        port = random.randint(10000, low - 1)
+        with socket.socket(type=kind) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(type=kind) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 

@@ -29,10 +29,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from celery import Celery
 
 from pvc_dev import invariants
 from pvc_dev.cluster import LocalCluster, NodeSpec
 from pvc_dev.services import start_rabbitmq, start_zookeeper, stop_epmd
+from pvc_tasks.routing import node_queue
 
 FAST_WORKER_ENV = {"PVC_KEEPALIVE_INTERVAL": "1", "PVC_JANITOR_INTERVAL": "1", "PVC_ZK_SESSION_TIMEOUT": "2",
                    "PVC_SHUTDOWN_TIMEOUT": "5"}
@@ -193,6 +195,15 @@ def paused(worker, max_seconds: float = 8) -> Iterator[None]:
         os.kill(worker.pid, signal.SIGCONT)
     held = time.monotonic() - started
     assert held < max_seconds, f"{worker.name} was paused {held:.1f} s, long enough to look absent"
+
+
+def consumer(c: LocalCluster, node: str, on: bool) -> None:
+    """Stop or resume ``node``'s worker consuming its queue (the worker, its janitor included, stays alive: unlike
+    a SIGSTOP, this can last without the node looking absent)."""
+    control = Celery("control", broker=c.broker_url).control
+    call = control.add_consumer if on else control.cancel_consumer
+    replies = call(node_queue(node).name, destination=[f"pvc@{node}"], reply=True, timeout=5)
+    assert replies and "ok" in next(iter(replies[0].values())), replies
 
 
 def task_returns(worker, task: str, job_id: str) -> list[str]:

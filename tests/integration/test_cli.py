@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from pvc_cli.main import cli
 from pvc_dev.cluster import domain_xml
+from tests.conftest import consumer
 
 PVC = [str(Path(sys.executable).with_name("pvc"))]
 
@@ -238,8 +239,7 @@ def test_version_is_printed():
 def test_ctrl_c_while_waiting_says_the_job_goes_on_and_exits_130(cluster, api, vm_name):
     """Ctrl-C during a wait stops only the wait: exit 130, the job's id and how to follow it; the job completes."""
     cluster.define_vm(vm_name, node="hv3", start=True)
-    worker = cluster.workers["hv3"]
-    os.kill(worker.pid, signal.SIGSTOP)
+    consumer(cluster, "hv3", on=False)  # the stop job waits in hv3's queue; hv3 stays alive (no fence, no janitor)
     try:
         waiting = subprocess.Popen(PVC + ["vm", "stop", vm_name], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    text=True, env={**os.environ, **cluster.client_env()})
@@ -248,7 +248,7 @@ def test_ctrl_c_while_waiting_says_the_job_goes_on_and_exits_130(cluster, api, v
         waiting.send_signal(signal.SIGINT)
         _out, err = waiting.communicate(timeout=30)
     finally:
-        os.kill(worker.pid, signal.SIGCONT)
+        consumer(cluster, "hv3", on=True)
     assert waiting.returncode == 130, first + err
     assert f"stopped waiting; job {job} goes on: `pvc job watch {job}`" in err
     assert "Traceback" not in err and "Aborted" not in err

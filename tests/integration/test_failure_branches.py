@@ -17,7 +17,7 @@ from pvc_dev.cluster import NodeSpec, domain_xml
 from pvc_dev.invariants import libvirt_domains
 from pvc_dev.services import wait_until
 from pvc_tasks.routing import node_queue
-from tests.conftest import BOTH_BROKERS, SLOW_SESSION, paused, task_returns
+from tests.conftest import BOTH_BROKERS, SLOW_SESSION, consumer, paused, task_returns
 
 
 def skipped(worker, task: str, job_id: str) -> int:
@@ -34,14 +34,6 @@ def send_duplicates(c, task: str, job_id: str, vm: str, node: str, times: int = 
 
 def api(c, method, path, **kw):
     return c.session().request(method, f"{c.api_url}/api/v1{path}", timeout=30, **kw)
-
-
-def consumer(c, node: str, on: bool) -> None:
-    """Stop or resume ``node``'s worker consuming its queue (the worker, its janitor included, stays alive)."""
-    control = Celery("control", broker=c.broker_url).control
-    call = control.add_consumer if on else control.cancel_consumer
-    replies = call(node_queue(node).name, destination=[f"pvc@{node}"], reply=True, timeout=5)
-    assert replies and "ok" in next(iter(replies[0].values())), replies
 
 
 @BOTH_BROKERS
