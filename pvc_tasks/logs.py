@@ -19,23 +19,22 @@ from celery.signals import task_postrun, task_prerun
 __all__ = ["FORMATS", "JsonFormatter", "setup"]
 
 FORMATS = ("text", "json")
-#: The job a task of this thread is running: {"job", "vm", "node"} (only those it has).
+#: The job a task of this thread is running: {"job", "vm", "node"} (only those it has). Each pool thread has its own
+#: context, and a task runs start to end on one thread: set at its start, cleared at its end (no token to keep: two
+#: copies of one message, which share a task id, may run at once on two threads).
 _JOB: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("pvc_job", default=None)
-_TOKENS: dict[str, contextvars.Token] = {}
 
 
 @task_prerun.connect
-def _enter(task_id: str | None = None, kwargs: dict | None = None, **_: object) -> None:
+def _enter(kwargs: dict | None = None, **_: object) -> None:
     kwargs = kwargs or {}
     context = {"job": kwargs.get("job_id"), "vm": kwargs.get("vm"), "node": kwargs.get("node")}
-    _TOKENS[task_id or ""] = _JOB.set({k: str(v) for k, v in context.items() if v})
+    _JOB.set({k: str(v) for k, v in context.items() if v})
 
 
 @task_postrun.connect
-def _leave(task_id: str | None = None, **_: object) -> None:
-    token = _TOKENS.pop(task_id or "", None)
-    if token is not None:
-        _JOB.reset(token)
+def _leave(**_: object) -> None:
+    _JOB.set(None)
 
 
 class _Context(logging.Filter):
