@@ -29,6 +29,13 @@ class HypervisorError(Exception):
         super().__init__(message)
         self.config = config
 
+    def as_reason(self, node: str) -> str:
+        """The reason of a job the hypervisor of ``node`` refused: an expected failure, not "internal error"; a
+        configuration error says so and whose it is to fix."""
+        if self.config:
+            return f"configuration error on {node}: {self} (the VM's XML or the node's setup must change)"
+        return f"hypervisor of {node}: {self}"
+
 
 class NicError(Exception):
     """The node's SR-IOV NIC (or its simulation) could not be read or refused a setting."""

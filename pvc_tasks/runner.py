@@ -34,7 +34,7 @@ from pvc_tasks.jobs import Job, JobState, JobStore, Op, commit
 from pvc_tasks.leases import LEASES
 
 __all__ = ["JobCancelled", "JobFailed", "JobRun", "StageLost", "fail_orphan", "hop", "job_task", "node_figure_ops",
-           "refused", "step_task"]
+           "step_task"]
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ def job_task(name: str, phase: tuple[str, Callable[[Job], str]] | None = None) -
                 except JobFailed as exc:
                     job = _finish(run, JobState.FAILED, str(exc))
                 except HypervisorError as exc:
-                    job = _finish(run, JobState.FAILED, refused(exc, node))
+                    job = _finish(run, JobState.FAILED, exc.as_reason(node))
                 except Exception as exc:
                     log.exception("job %s (%s) crashed", job_id, name)
                     job = _finish(run, JobState.FAILED, f"internal error in {name}: {describe(exc)}")
@@ -237,14 +237,6 @@ def job_task(name: str, phase: tuple[str, Callable[[Job], str]] | None = None) -
         return task
 
     return decorate
-
-
-def refused(exc: HypervisorError, node: str) -> str:
-    """A job's reason when the hypervisor refused: an expected failure, not "internal error"; a configuration error
-    (a network, pool or device that does not exist, an unsupported setting) says so and whose it is to fix."""
-    if exc.config:
-        return f"configuration error on {node}: {exc} (the VM's XML or the node's setup must change)"
-    return f"hypervisor of {node}: {exc}"
 
 
 def fail_orphan(store: JobStore, job: Job, reason: str) -> None:
@@ -322,7 +314,7 @@ def step_task(name: str, *, claims: tuple[str, Callable[[Job], str]] | None = No
                 except JobFailed as exc:
                     _step_error(run, on_error, JobState.FAILED, str(exc))
                 except HypervisorError as exc:
-                    _step_error(run, on_error, JobState.FAILED, refused(exc, node))
+                    _step_error(run, on_error, JobState.FAILED, exc.as_reason(node))
                 except Exception as exc:  # every job must end with a reason, whatever went wrong
                     log.exception("job %s step %s crashed", job_id, name)
                     _step_error(run, on_error, JobState.FAILED, f"internal error in {name}: {describe(exc)}")
