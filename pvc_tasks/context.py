@@ -71,11 +71,13 @@ class Hypervisor(Protocol):
     live_migration: bool
 
     def migrate_live(self, name: str, peer_uri: str, *, max_downtime_ms: int, timeout: float, stall: float,
-                     progress: Callable[[float], None], cancelled: Callable[[], bool],
-                     dest_xml: str = "") -> dict[str, int]:
+                     progress: Callable[[float, dict], None], cancelled: Callable[[], bool],
+                     dest_xml: str = "") -> dict:
         """Live-migrate to ``peer_uri`` (with ``dest_xml`` as the target's definition when the VM's devices differ
-        there, e.g. another SR-IOV VF); ``progress`` gets 0..1 on every look at the migration, ``cancelled`` is
-        polled; returns what the hypervisor applied (``max_downtime_ms``). Raises ``MigrationAborted`` when
+        there, e.g. another SR-IOV VF); ``progress`` gets 0..1 and the figures in MiB (``sent_mib``,
+        ``remaining_mib``, ``total_mib``, ``mib_per_s``; empty before libvirt has any) on every look at the
+        migration, ``cancelled`` is polled; returns what the hypervisor applied (``max_downtime_ms``) and the last
+        ``figures``. Raises ``MigrationAborted`` when
         cancelled, not converged within ``timeout`` s, or no data moved for ``stall`` s (the VM stays here)."""
 
     def define(self, xml: str) -> DomainFacts: ...

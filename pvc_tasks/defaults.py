@@ -132,6 +132,9 @@ BROKER_CONNECT_TIMEOUT = 3.0
 BROKER_SOCKET_TIMEOUT = 10.0
 #: How often (s) a live migration's watcher checks its progress, the cancel flag and its timeout.
 MIGRATION_WATCH_INTERVAL = 0.1
+#: At most how often (s) a step rewrites its job's progress figures when its percent has not risen (a live migration's
+#: MiB sent and left): every write is a ZooKeeper write and a watch event for every reader of the job.
+PROGRESS_EVERY = 0.5
 #: Bound (s) of one ``ip link`` command that sets an SR-IOV VF.
 NIC_COMMAND_TIMEOUT = 10.0
 #: Terminal jobs are kept this long (s) for `pvc job list`, then pruned by the primary's janitor ...

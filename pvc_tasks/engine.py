@@ -82,6 +82,12 @@ def extend_lease(store: JobStore, job_id: str, token: str, seconds: float, resul
     return held
 
 
+def _names(names: list[str], shown: int = 4) -> str:
+    """``a, b, c, d and 3 more``: a phase stays one line however many children run."""
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
 def continue_job(store: JobStore, job_id: str, token: str, result: dict, notes: list[str], waiting: str,
                  again: bool = False) -> dict:
     """Record progress (``result`` with ``done``/``stayed``/``total``), give the lease back, schedule the next
@@ -93,9 +99,12 @@ def continue_job(store: JobStore, job_id: str, token: str, result: dict, notes: 
         if job.terminal:
             return False
         job.result = result
-        done = len(result.get("done", [])) + len(result.get("stayed", {}))
-        job.percent = max(job.percent, min(99, int(100 * done / max(result.get("total", 0), 1))))
-        job.phase = f"{job.kind} {done}/{result.get('total', 0)}" + (f", waiting: {waiting}" if waiting else "")
+        done, total = len(result.get("done", [])) + len(result.get("stayed", {})), result.get("total", 0)
+        in_flight = sorted(result.get("running", {}))
+        job.percent = max(job.percent, min(99, int(100 * done / max(total, 1))))
+        job.progress = {"done": done, "total": total, "in_flight": in_flight}
+        job.phase = (f"{job.kind} {done}/{total}" + (f", in flight: {_names(in_flight)}" if in_flight else "")
+                     + (f", waiting: {waiting}" if waiting else ""))
         for note in notes:
             job.note(note)
         if waiting and waiting != job.params.get("waiting"):  # say once why the job waits, not at every pass

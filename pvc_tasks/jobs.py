@@ -86,6 +86,9 @@ class Job:
     step: int = 0
     steps: int = 1
     percent: int = 0
+    #: Figures of the work in flight, for progress displays: a live migration's MiB sent, left and rate
+    #: (``pvc_tasks.migration``); a flush's VMs done, total and in flight (``pvc_tasks.engine``).
+    progress: dict = field(default_factory=dict)
     messages: list[dict] = field(default_factory=list)
     created: float = 0.0
     started: float | None = None

@@ -47,6 +47,7 @@ step start and during live migration (libvirt's abortJob), and always ends with 
 from __future__ import annotations
 
 import logging
+import time
 
 from pvc_tasks import defaults, dispatch, placement, slots, vfs
 from pvc_tasks.context import HypervisorError, MigrationAborted
@@ -146,10 +147,14 @@ def _live(run: JobRun, target: str, record: dict) -> None:
     def cancelled() -> bool:
         return run.ctx.jobs.get(run.job.id).cancel_requested
 
+    def progress(fraction: float, figures: dict) -> None:
+        run.percent_within(fraction, figures, _moving(figures))
+
+    started = time.monotonic()
     try:
         applied = run.hv.migrate_live(run.vm, peer, max_downtime_ms=downtime,
                                       timeout=run.ctx.settings.migration_timeout,
-                                      stall=run.ctx.settings.migration_stall, progress=run.percent_within,
+                                      stall=run.ctx.settings.migration_stall, progress=progress,
                                       cancelled=cancelled, dest_xml=run.job.params.get("target_xml") or "")
     except MigrationAborted as exc:
         if cancelled():
@@ -157,6 +162,17 @@ def _live(run: JobRun, target: str, record: dict) -> None:
         raise
     if applied.get("max_downtime_ms"):
         run.note_only(f"hypervisor applied max downtime {applied['max_downtime_ms']} ms")
+    if figures := applied.get("figures"):
+        run.note_only(f"live migration sent {figures['sent_mib']:g} MiB in {time.monotonic() - started:.1f} s "
+                      f"({figures['mib_per_s']:g} MiB/s)")
+
+
+def _moving(figures: dict) -> str:
+    """The phase of a live migration under way: ``live migration: 40 of 64 MiB sent, 24 MiB left, 90 MiB/s``."""
+    if not figures:
+        return "live migration: starting"
+    return (f"live migration: {figures['sent_mib']:g} of {figures['total_mib']:g} MiB sent, "
+            f"{figures['remaining_mib']:g} MiB left, {figures['mib_per_s']:g} MiB/s")
 
 
 @step_task(PERFORM, on_error=_abort)

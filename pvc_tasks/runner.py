@@ -72,6 +72,8 @@ class JobRun:
         self.remove_vm_when: set[JobState] = set()
         #: More ops committed with a successful end (a recovery moves its VM's SR-IOV VF use to this node).
         self.success_ops: list[Op] = []
+        #: When ``percent_within`` last wrote the job's progress figures (monotonic s).
+        self._progress_at = 0.0
 
     def phase(self, name: str, step: int, steps: int, message: str | None = None) -> None:
         """Enter phase ``name`` (step k of n); also a cancel point."""
@@ -88,18 +90,34 @@ class JobRun:
         if self.job.cancel_requested:
             raise JobCancelled(f"cancelled by request before phase {name!r}")
 
-    def percent_within(self, fraction: float) -> None:
+    def percent_within(self, fraction: float, progress: dict | None = None, phase: str = "") -> None:
         """Report progress inside the current step (0..1); never goes backwards. Every call renews the step's
         lease: the body's loop is alive and its hypervisor answered (a live migration's watcher calls this on every
-        tick, and bounds a migration that moves no data itself)."""
+        tick, and bounds a migration that moves no data itself). ``progress`` (the job's figures) and ``phase``
+        are written with a rise of the percent, else at most every ``PROGRESS_EVERY`` s: a watcher looks ten
+        times a second, and each write is a ZooKeeper write and a watch event for every reader."""
         LEASES.renew()
         job = self.job
         start = 100 * (job.step - 1) / job.steps
         target = int(start + max(0.0, min(fraction, 1.0)) * 100 / job.steps)
-        if target > job.percent:
+        figures = bool(progress) and progress != job.progress and \
+            time.monotonic() - self._progress_at >= defaults.PROGRESS_EVERY
+        if target <= job.percent and not figures:
+            return
+        if progress:
+            self._progress_at = time.monotonic()
+
+        def mutate(j: Job) -> bool:
             # Progress of a step that lost its stage is not written, and not raised either: the caller may be
             # watching a hypervisor operation that must be followed to its end (a live migration).
-            self.update(lambda j: self._owns(j) and _raise_percent(j, target))
+            if not self._owns(j):
+                return False
+            _raise_percent(j, target)
+            if progress:
+                j.progress, j.phase = dict(progress), phase or j.phase
+            return True
+
+        self.update(mutate)
 
     def note_only(self, text: str) -> None:
         """Add a message to the job without changing its phase (not once the step lost its stage)."""

@@ -241,6 +241,9 @@ class JobSchema(Schema):
     step = fields.Integer()
     steps = fields.Integer()
     percent = fields.Integer()
+    progress = fields.Dict(metadata={"description": "figures of the work in flight: a live migration's sent_mib, "
+                                                    "remaining_mib, total_mib and mib_per_s; a flush's done, total "
+                                                    "and in_flight (VM names)"})
     messages = fields.List(fields.Dict())
     created = fields.Float()
     started = fields.Float(allow_none=True)

@@ -69,6 +69,14 @@ def _ensure_event_loop() -> None:
     _event_loop.start()
 
 
+def _figures(sent: int, remaining: int, total: int, seconds: float) -> dict:
+    """A live migration's figures in MiB, for people: sent so far, left to send, the guest's total (QEMU's
+    estimate: pages dirtied again are sent again, so sent may pass it) and the mean rate since the start."""
+    mib = 1024 * 1024
+    return {"sent_mib": round(max(sent, 0) / mib, 1), "remaining_mib": round(remaining / mib, 1),
+            "total_mib": round(total / mib, 1), "mib_per_s": round(max(sent, 0) / mib / max(seconds, 1e-3), 1)}
+
+
 class LibvirtHypervisor:
     """A node's hypervisor through one libvirt connection."""
 
@@ -146,8 +154,8 @@ class LibvirtHypervisor:
         return facts
 
     def migrate_live(self, name: str, peer_uri: str, *, max_downtime_ms: int, timeout: float, stall: float,
-                     progress: Callable[[float], None], cancelled: Callable[[], bool],
-                     dest_xml: str = "") -> dict[str, int]:
+                     progress: Callable[[float, dict], None], cancelled: Callable[[], bool],
+                     dest_xml: str = "") -> dict:
         """libvirt peer-to-peer live migration, watched from here: progress from the job's data figures, abort on
         cancel, when it has not converged within ``timeout`` s, or when no data was sent for
         ``stall`` s (the VM then keeps running on this node). However long it takes, a migration whose data keeps
@@ -161,7 +169,7 @@ class LibvirtHypervisor:
         if self.migration_bandwidth:
             params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(self.migration_bandwidth)
         outcome: dict[str, BaseException | None] = {"error": None}
-        applied: dict[str, int] = {}
+        applied: dict = {}
 
         def run() -> None:
             try:
@@ -189,7 +197,7 @@ class LibvirtHypervisor:
                     dom.abortJob()
                 except libvirt.libvirtError:
                     pass  # finished or failed meanwhile; the thread's outcome says which
-                progress(fraction)  # libvirt answered: the abort is under way, the step is not stuck
+                progress(fraction, {})  # libvirt answered: the abort is under way, the step is not stuck
                 continue
             if max_downtime_ms and not applied:
                 # The downtime limit is a parameter of the running migration job: set it once the job exists,
@@ -208,11 +216,13 @@ class LibvirtHypervisor:
             if (sent := stats.get("data_processed") or 0) > copied:
                 copied, moved = sent, time.monotonic()
             total, remaining = stats.get("data_total") or 0, stats.get("data_remaining")
+            figures = {}
             if total and remaining is not None:
                 fraction = 1 - remaining / total
+                figures = applied["figures"] = _figures(copied, remaining, total, time.monotonic() - started)
             # On every look libvirt answered, even before the first figures (the target's QEMU can take a second
             # to start): each call renews the step's lease, and only a call that hangs stops them.
-            progress(fraction)
+            progress(fraction, figures)
         if aborted and outcome["error"] is not None:
             raise MigrationAborted(f"live migration of {name} aborted: {aborted}; it still runs here")
         if outcome["error"] is not None:

@@ -8,6 +8,7 @@ from collections import Counter
 from pvc_dev.cluster import NodeSpec, domain_xml
 from pvc_dev.invariants import zk_state
 from pvc_dev.services import wait_until
+from tests.conftest import consumer
 
 NODES = [NodeSpec("hv1", 8192), NodeSpec("hv2", 8192), NodeSpec("hv3", 8192), NodeSpec("hv4", 4096)]
 
@@ -36,12 +37,24 @@ def assert_consistent(c) -> None:
 
 
 def test_flush_then_ready_brings_every_vm_back(make_cluster):
-    """Flush moves every VM off the node by child migrations (stopped ones without booting); the node takes no new
-    VM; flush again is a no-op; ready brings them all back; ready again is a no-op."""
+    """Flush moves every VM off the node by child migrations (stopped ones without booting), showing which VMs are
+    in flight; the node takes no new VM; flush again is a no-op; ready brings them all back; ready again is a
+    no-op."""
     c = make_cluster(NODES)
     for i in range(6):
         assert c.define_vm(f"f{i}", 256, node="hv1", start=i < 4)["state"] == "succeeded"
+    for node in ("hv2", "hv3", "hv4"):
+        consumer(c, node, False)  # the children wait for their targets: the flush holds two in flight
     job = api(c, "post", "/nodes/hv1/flush").json()
+    wait_until(lambda: len(api(c, "get", f"/jobs/{job['id']}").json()["progress"].get("in_flight", [])) == 2, 30,
+               "two children in flight")
+    flushing = api(c, "get", f"/jobs/{job['id']}").json()
+    in_flight = flushing["progress"]["in_flight"]
+    assert set(in_flight) < {f"f{i}" for i in range(6)}, flushing["progress"]
+    assert (flushing["progress"]["done"], flushing["progress"]["total"]) == (0, 6)
+    assert flushing["phase"].startswith(f"flush 0/6, in flight: {', '.join(in_flight)}"), flushing["phase"]
+    for node in ("hv2", "hv3", "hv4"):
+        consumer(c, node, True)
     ended = c.wait_job(job["id"], timeout=120)
     assert ended["state"] == "succeeded" and ended["percent"] == 100, ended
     assert sorted(ended["result"]["done"]) == [f"f{i}" for i in range(6)]

@@ -51,8 +51,9 @@ def start_busy_guest(c, vm: str, node: str, image=busy_boot_image, at: range = r
     wait_until(lambda: boot_code_offset(uri, vm) in at, 180, f"{vm} to run its boot code")
 
 
-def follow(c, job_id: str, timeout: float = 180) -> tuple[dict, list[int]]:
-    """Long-poll the job to its end (at most ``timeout`` s), recording every percent seen."""
+def follow(c, job_id: str, timeout: float = 180, revisions: list | None = None) -> tuple[dict, list[int]]:
+    """Long-poll the job to its end (at most ``timeout`` s), recording every percent seen (and every revision seen
+    in ``revisions``)."""
     s, seen, job = c.session(), [], {"revision": -1, "state": "queued"}
     deadline = time.monotonic() + timeout
     while job["state"] not in ("succeeded", "failed", "cancelled"):
@@ -60,6 +61,8 @@ def follow(c, job_id: str, timeout: float = 180) -> tuple[dict, list[int]]:
         job = s.get(f"{c.api_url}/api/v1/jobs/{job_id}", params={"wait": 5, "after": job.get("revision", -1)},
                     timeout=20).json()
         seen.append(job["percent"])
+        if revisions is not None:
+            revisions.append(job)
     return job, seen
 
 
@@ -187,13 +190,25 @@ def test_cancel_after_the_guest_arrived_rolls_forward(make_cluster):
 def test_a_live_migration_longer_than_the_step_lease_is_never_cut_off(make_cluster):
     """A live migration capped at 1 MiB/s lasts several step leases of 2 s: every look of its watcher at the data
     moving renews the lease, so the job completes live and nothing rolls it back. (The fill guest: 4 MiB written
-    once, so the copy takes ~6 s and converges; the busy guest's writes outrun 1 MiB/s for minutes.)"""
+    once, so the copy takes ~6 s and converges; the busy guest's writes outrun 1 MiB/s for minutes.) Meanwhile the
+    job shows the MiB sent and left and the rate, in its progress figures and its phase."""
     # A stuck step is judged at most lease + janitor interval (2.25 s) after its last renewal.
     c = make_cluster(QEMU_NODES, worker_env={"PVC_MIGRATION_BANDWIDTH": "1", "PVC_STEP_LEASE": "2",
                                              "PVC_JANITOR_INTERVAL": "0.25"})
     start_busy_guest(c, "long", "hq1", image=fill_boot_image, at=FILL_DONE)
-    job, _seen = follow(c, api(c, "post", "/vms/long/migrate", json={"target": "hq2", "method": "live"}).json()["id"])
+    revisions: list[dict] = []
+    job, _seen = follow(c, api(c, "post", "/vms/long/migrate", json={"target": "hq2", "method": "live"}).json()["id"],
+                        revisions=revisions)
     assert job["state"] == "succeeded" and job["result"]["how"] == "live", job
+    moving = [r for r in revisions if r["phase"].startswith("live migration: ") and r["progress"]]
+    assert len(moving) >= 3, [r["phase"] for r in revisions]
+    sent = [r["progress"]["sent_mib"] for r in moving]
+    assert sent == sorted(sent) and sent[-1] > sent[0] >= 0, sent
+    first = moving[0]["progress"]
+    assert first["total_mib"] >= 64 and 0 < first["remaining_mib"] <= first["total_mib"], first
+    assert all(0 < r["progress"]["mib_per_s"] < 20 for r in moving[1:]), moving  # capped at 1 MiB/s, mean
+    assert f"{first['sent_mib']:g} of {first['total_mib']:g} MiB sent" in moving[0]["phase"]
+    assert any(m["text"].startswith("live migration sent ") and " MiB/s)" in m["text"] for m in job["messages"])
     times = {m["text"].split(" ")[0]: m["time"] for m in job["messages"]}
     lasted = times["long"] - times["live-migrating"]  # "live-migrating long to hq2 ..." .. "long left hq1 (live)..."
     print(f"\nlive migration lasted {lasted:.1f} s with a step lease of 2 s")
