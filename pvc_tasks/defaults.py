@@ -182,3 +182,19 @@ XML_ALLOWED_EMULATORS = ("/usr/bin/qemu-system-x86_64", "/usr/bin/kvm", "/usr/bi
 ZK_MAX_REQUEST = 1000 * 1024
 #: Jobs a list request returns at most unless it asks for fewer.
 JOB_LIST_LIMIT = 200
+
+# ---- the events stream (pvc_web.events) ---------------------------------------------------------------------------
+#: Events kept for clients that resume with Last-Event-ID.
+EVENTS_KEEP = 10_000
+#: How often (s) the feed looks at node figures without a watch having fired.
+EVENTS_NODE_POLL = 2.0
+#: The pause (s) after a watch fires before the feed reads, gathering a burst of changes into one read.
+EVENTS_DEBOUNCE = 0.1
+#: Ended jobs in a new stream's snapshot (besides every unfinished job).
+EVENTS_RECENT_JOBS = 50
+#: A stream ends after this many seconds; the client reconnects with its last event id and loses nothing.
+EVENTS_STREAM_SECONDS = 300.0
+#: A comment line after this many seconds without an event (finds clients that went away; keeps proxies open).
+EVENTS_HEARTBEAT = 15.0
+#: What a stream tells EventSource to wait (s) before reconnecting.
+EVENTS_RETRY = 2.0

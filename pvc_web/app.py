@@ -16,7 +16,8 @@ from pvc_tasks.config import Settings
 from pvc_web import access, auth, errors, limits, names
 from pvc_web.blueprint import API_PREFIX, PvcApi
 from pvc_web.cluster import ClusterHandle
-from pvc_web.routes import cluster, health, jobs, nodes, sriov, vms
+from pvc_web.events import EventFeed
+from pvc_web.routes import cluster, events, health, jobs, nodes, sriov, vms
 
 __all__ = ["create_app"]
 
@@ -47,13 +48,15 @@ def create_app(settings: Settings, handle: ClusterHandle | None = None) -> Flask
     app.extensions["pvc"] = handle
     app.extensions["pvc_settings"] = settings
     app.extensions["pvc_waiters"] = threading.BoundedSemaphore(max(1, settings.api_threads // 2))
+    app.extensions["pvc_events"] = EventFeed(handle)
+    app.extensions["pvc_streams"] = threading.BoundedSemaphore(max(1, settings.api_threads // 4))
     access.install(app)
     auth.install(app, auth.TokenTable(settings.api_tokens))
     limits.install(app)
     names.install(app)
     errors.register(app)
     api = PvcApi(app)
-    for module in (health, cluster, nodes, vms, jobs, sriov):
+    for module in (health, cluster, nodes, vms, jobs, sriov, events):
         api.register_blueprint(module.blp, url_prefix=f"{API_PREFIX}{module.PREFIX}")
 
     @app.after_request

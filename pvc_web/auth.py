@@ -7,8 +7,9 @@ the right hash (a slow password hash buys nothing against 192 random bits). The 
 digest compared with ``hmac.compare_digest`` against every entry, with no early exit on a match; tokens and hashes
 are never logged.
 
-Clients send ``X-Api-Key: <token>``. HTTP Basic (the token as the password) is accepted only for GET of the
-documentation (Swagger UI and the OpenAPI document), so that a browser can open them: a browser re-sends cached
+Clients send ``X-Api-Key: <token>``. HTTP Basic (the token as the password; any user name) is accepted only for
+GET of the pages a browser or a scraper opens (Swagger UI and the OpenAPI document, the status page and the events
+stream it reads, the metrics), so that a browser can open them: a browser re-sends cached
 Basic credentials with any request to the host, including a form posted from another site, which must not be able
 to act (CSRF). ``X-Api-Key`` is a custom header, which a cross-site form cannot send. For the same reason a
 mutation must carry its body, if any, as ``application/json`` (``pvc_web.limits``).
@@ -29,8 +30,9 @@ from pvc_web.errors import error_response
 __all__ = ["ROLES", "Caller", "TokenTable", "caller", "entry", "install", "new_token", "presented"]
 
 OPEN_ENDPOINTS = frozenset({"/api/v1/health"})
-#: Pages a browser opens (Basic allowed, GET only).
-DOC_PATHS = ("/api/v1/docs", "/api/v1/openapi.json")
+#: Pages a browser (or Prometheus) opens: Basic allowed, GET only. None of them changes anything, and another
+#: site's page cannot read their answers (no CORS), so a browser's cached credentials give it nothing.
+BROWSER_PATHS = ("/api/v1/docs", "/api/v1/openapi.json", "/api/v1/status", "/api/v1/events", "/api/v1/metrics")
 ROLES = ("admin", "read-only")
 READ_METHODS = frozenset({"GET", "HEAD"})
 _ENTRY = re.compile(r"\A(?P<name>[A-Za-z0-9][A-Za-z0-9_.@-]{0,62}):(?P<role>[a-z-]+):sha256:(?P<hex>[0-9a-f]{64})\Z")
@@ -97,9 +99,9 @@ def caller() -> Caller | None:
     return g.get("pvc_caller")
 
 
-def _docs_page() -> bool:
+def _browser_page() -> bool:
     path = request.path.rstrip("/")
-    return request.method in READ_METHODS and any(path == p or path.startswith(p + "/") for p in DOC_PATHS)
+    return request.method in READ_METHODS and any(path == p or path.startswith(p + "/") for p in BROWSER_PATHS)
 
 
 def install(app: Flask, table: TokenTable) -> None:
@@ -107,19 +109,19 @@ def install(app: Flask, table: TokenTable) -> None:
     def _authenticate():
         if request.path.rstrip("/") in OPEN_ENDPOINTS:
             return None
-        docs = _docs_page()
-        who = table.find(presented(basic=docs))
+        browser = _browser_page()
+        who = table.find(presented(basic=browser))
         if who is None:
             if not table.entries:
                 message = "no API token is configured on the server (set api_tokens)"
-            elif request.authorization and not docs:
-                message = ("HTTP Basic is accepted only for the documentation pages: send the token in the "
-                           "X-Api-Key header")
+            elif request.authorization and not browser:
+                message = ("HTTP Basic is accepted only for the pages a browser opens (docs, status, events, "
+                           "metrics): send the token in the X-Api-Key header")
             else:
                 message = "missing or invalid API token: send it in the X-Api-Key header"
             response = error_response(401, "unauthorised", message)
-            # Only the documentation asks a browser for Basic credentials; elsewhere they would not be accepted.
-            response.headers["WWW-Authenticate"] = ('Basic realm="pvc"' if docs else
+            # Only the browser pages ask for Basic credentials; elsewhere they would not be accepted.
+            response.headers["WWW-Authenticate"] = ('Basic realm="pvc"' if browser else
                                                     'ApiKey realm="pvc", header="X-Api-Key"')
             return response
         if who.role == "read-only" and request.method not in READ_METHODS:

@@ -39,6 +39,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kazoo.client import KazooClient
@@ -112,7 +113,14 @@ class ReadModel:
         self._outstanding: Counter[int] = Counter()
         self._waiters: list[tuple[int, threading.Event]] = []
         self._ready = False
+        #: Called (on kazoo's callback thread, quickly) when a watched key or listing changes: the events feed.
+        self._on_change: list[Callable[[], None]] = []
         zk.add_listener(self._on_state)
+
+    def on_change(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` whenever a watch of the model fires (it must not block: it runs on kazoo's callback
+        thread, with the model's lock held)."""
+        self._on_change.append(fn)
 
     # ---- lifecycle ------------------------------------------------------------------------------------------------
     def reset(self, schema: Schema | None) -> None:
@@ -307,6 +315,8 @@ class ReadModel:
         with self._lock:
             if self._schema is None or event.type == EventType.NONE:
                 return
+            for fn in self._on_change:
+                fn()
             if event.path in self._dirs:
                 # Listings are not deferred: an entry of /jobs_open lives only until the janitor sees its job
                 # ended, so a listing at the next request could miss a job that came and went in between.

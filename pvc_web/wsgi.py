@@ -94,7 +94,10 @@ def serve(app, settings: Settings, host: str, port: int) -> None:
         host=host, port=port, threads=settings.api_threads, ident="pvc-api",
         connection_limit=settings.api_connection_limit, channel_timeout=settings.api_idle_timeout,
         cleanup_interval=1, max_request_body_size=settings.api_max_body, max_request_header_size=64 * 1024,
-        asyncore_use_poll=True, backlog=1024)
+        asyncore_use_poll=True, backlog=1024,
+        # Read while a request is served, so that a client that closes an event stream is seen at once (waitress
+        # then says so to the stream, pvc_web.events); without it a stream kept its thread until its next write.
+        channel_request_lookahead=1)
     log.info("serving on http://%s:%s (%d threads, %d connections, %d per client)", host, port,
              settings.api_threads, settings.api_connection_limit, settings.api_connections_per_client)
     server.run()
