@@ -10,7 +10,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["zk_schema*", "pvc_tasks*", "pvc_workers*", "pvc_web*", "pvc_cli*", "pvc_dev*"]),
-    package_data={"zk_schema": ["versions/*.json"], "pvc_dev": ["nodes/*.xml", "vms/*.xml"]},
+    package_data={"zk_schema": ["versions/*.json"], "pvc_dev": ["nodes/*.xml", "vms/*.xml"],
+                  "pvc_web": ["static/*"]},
     install_requires=[
         "celery[redis]>=5.4,<6",
         "kombu>=5.4,<6",
@@ -25,9 +26,14 @@ setup(
         "waitress>=3,<4",
         "libvirt-python>=9",
         "cryptography>=41",
+        "prometheus-client>=0.20,<1",
+        # Swagger UI 4.15.5's files, served by the API itself (pvc_web.pages): pinned, no CDN.
+        "swagger-ui-bundle==1.1.0",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2", "pytest-xdist>=3", "ruff>=0.6", "pyyaml>=6"],
+        "test": ["pytest>=8", "pytest-timeout>=2", "pytest-xdist>=3", "ruff>=0.6", "pyyaml>=6",
+                 # The status page and Swagger UI in a real headless Chromium (Debian's chromium-driver).
+                 "selenium>=4.20,<5"],
     },
     entry_points={
         "console_scripts": [

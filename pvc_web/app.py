@@ -1,8 +1,8 @@
 """``create_app(settings)``: the Flask application factory of ``pvc-api``.
 
-Every route lives under ``/api/v1``; the OpenAPI 3 document is ``/api/v1/openapi.json`` and Swagger UI is
-``/api/v1/docs`` (both behind the token; a browser is asked for it through Basic auth, which only these pages
-accept: ``pvc_web.auth``).
+Every route lives under ``/api/v1``; the OpenAPI 3 document is ``/api/v1/openapi.json``, Swagger UI is
+``/api/v1/docs`` and the live status page ``/api/v1/status`` (``pvc_web.pages``; all behind the token; a browser
+is asked for it through Basic auth, which only these pages accept: ``pvc_web.auth``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from flask import Flask, Response, g
 
 from pvc_tasks.app import configure
 from pvc_tasks.config import Settings
-from pvc_web import access, auth, errors, limits, names
+from pvc_web import access, auth, errors, limits, names, pages
 from pvc_web.blueprint import API_PREFIX, PvcApi
 from pvc_web.cluster import ClusterHandle
 from pvc_web.events import EventFeed
@@ -31,7 +31,7 @@ def create_app(settings: Settings, handle: ClusterHandle | None = None) -> Flask
         OPENAPI_URL_PREFIX=API_PREFIX,
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        OPENAPI_SWAGGER_UI_URL=pages.SWAGGER_UI_URL,  # served from the package: no CDN (pvc_web.pages)
         MAX_CONTENT_LENGTH=settings.api_max_body,
         API_SPEC_OPTIONS={
             "info": {"description": "Jobs for VM lifecycle on a pvc cluster. Authenticate with the X-Api-Key "
@@ -56,6 +56,7 @@ def create_app(settings: Settings, handle: ClusterHandle | None = None) -> Flask
     names.install(app)
     errors.register(app)
     api = PvcApi(app)
+    app.register_blueprint(pages.blp)
     for module in (health, cluster, nodes, vms, jobs, sriov, events):
         api.register_blueprint(module.blp, url_prefix=f"{API_PREFIX}{module.PREFIX}")
 

@@ -1,4 +1,4 @@
-"""Named API tokens with roles; every endpoint except ``/api/v1/health`` needs one.
+"""Named API tokens with roles; every endpoint except ``/api/v1/health`` (and an empty ``/favicon.ico``) needs one.
 
 The server keeps only hashes. An ``api_tokens`` entry is ``NAME:ROLE:sha256:HEX`` (``pvc-api --new-token NAME``
 prints a fresh token and its entry): NAME is who asked for a job (``requested_by``), ROLE is ``admin`` (everything)
@@ -29,7 +29,7 @@ from pvc_web.errors import error_response
 
 __all__ = ["ROLES", "Caller", "TokenTable", "caller", "entry", "install", "new_token", "presented"]
 
-OPEN_ENDPOINTS = frozenset({"/api/v1/health"})
+OPEN_ENDPOINTS = frozenset({"/api/v1/health", "/favicon.ico"})
 #: Pages a browser (or Prometheus) opens: Basic allowed, GET only. None of them changes anything, and another
 #: site's page cannot read their answers (no CORS), so a browser's cached credentials give it nothing.
 BROWSER_PATHS = ("/api/v1/docs", "/api/v1/openapi.json", "/api/v1/status", "/api/v1/events", "/api/v1/metrics")

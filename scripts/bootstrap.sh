@@ -6,9 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # ZooKeeper, Redis, libvirt (headers for libvirt-python; the QEMU driver for real guests), IPMI simulator,
-# libfaketime (a worker with a skewed clock, in the fencing tests).
+# libfaketime (a worker with a skewed clock, in the fencing tests), Chromium and its driver (the status page and
+# Swagger UI tested in a real browser).
 APT_PACKAGES=(zookeeper redis-server libvirt-dev pkg-config openipmi ipmitool libvirt-clients
-              qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu faketime rabbitmq-server)
+              qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu faketime rabbitmq-server
+              chromium chromium-driver)
 VENV=${PVC_VENV:-.venv}
 
 missing=()

@@ -38,12 +38,18 @@ def test_missing_or_wrong_token_is_401(cluster, headers, unchanged):
         assert r.headers["WWW-Authenticate"].startswith("Basic" if docs else "ApiKey")
 
 
-def test_health_is_open_and_basic_auth_opens_only_the_docs(cluster):
-    """Health needs no token; a browser may send the token as the Basic password, for the documentation only."""
+def test_health_is_open_and_basic_auth_opens_only_the_browser_pages(cluster):
+    """Health needs no token; a browser may send the token as the Basic password, for the pages it opens only
+    (documentation, status page, Swagger UI's files), and only to read them."""
     assert requests.get(f"{cluster.api_url}/api/v1/health", timeout=5).json()["status"] == "ok"
-    for path in ("/openapi.json", "/docs"):
+    for path in ("/openapi.json", "/docs", "/docs/static/swagger-ui-bundle.js", "/status", "/status/status.js"):
         r = requests.get(f"{cluster.api_url}/api/v1{path}", auth=("anyone", cluster.token), timeout=5)
         assert r.status_code == 200, path
+        assert requests.get(f"{cluster.api_url}/api/v1{path}", timeout=5).status_code == 401, path
+    r = requests.post(f"{cluster.api_url}/api/v1/status", auth=("anyone", cluster.token), timeout=5)
+    assert r.status_code == 401  # Basic never for a method that is not a read
+    assert requests.get(f"{cluster.api_url}/api/v1/docs/static/index.html", auth=("anyone", cluster.token),
+                        timeout=5).status_code == 404  # only the files Swagger UI's page loads
     r = requests.get(f"{cluster.api_url}/api/v1/nodes", auth=("anyone", cluster.token), timeout=5)
     assert "X-Api-Key" in assert_error(r, 401, "unauthorised")["message"]
 
