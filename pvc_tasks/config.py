@@ -8,6 +8,7 @@ are flattened. Every field's environment variable is ``PVC_`` + the upper-case f
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -90,6 +91,9 @@ class Settings:
     log_level: str = "INFO"
     #: ``text`` or ``json`` (pvc_tasks.logs).
     log_format: str = "text"
+    #: Where a worker serves its own metrics (``host:port``, no authentication: loopback or a management network;
+    #: pvc_tasks.metrics); empty: not served. The cluster's figures are the API's ``/api/v1/metrics``.
+    metrics_listen: str = ""
     # API
     api_listen: str = defaults.API_LISTEN
     api_threads: int = defaults.API_THREADS
@@ -176,6 +180,8 @@ def load_settings(path: str | os.PathLike | None = None, env: dict[str, str] | N
                          f"not {scheme or 'nothing'}://")
     if settings.log_format not in ("text", "json"):
         raise ValueError(f"invalid setting: log_format must be text or json, not {settings.log_format!r}")
+    if settings.metrics_listen and not re.fullmatch(r"[\w.:\[\]-]*:\d{1,5}", settings.metrics_listen):
+        raise ValueError(f"invalid setting: metrics_listen must be host:port, not {settings.metrics_listen!r}")
     if settings.sriov_backend not in ("auto", "ip-link", "simulated"):
         raise ValueError(f"invalid setting: sriov_backend must be auto, ip-link or simulated, "
                          f"not {settings.sriov_backend!r}")

@@ -16,6 +16,7 @@ from kazoo.handlers.threading import SequentialThreadingHandler
 
 from pvc_tasks import defaults
 from pvc_tasks.config import Settings
+from pvc_tasks.metrics import TimedKazooClient
 from zk_schema.acl import acl_for, parse_identity
 
 __all__ = ["MissingIdentity", "PollHandler", "connect"]
@@ -68,6 +69,6 @@ def connect(settings: Settings, *, timeout: float | None = None) -> KazooClient:
     # outage of T s a client came back up to ~T s later still (seen: a keepalive 6 s stale after a 3 s outage).
     retry = {"max_tries": -1, "delay": 0.1, "backoff": 2, "max_jitter": 0.4,
              "max_delay": defaults.ZK_RECONNECT_MAX_DELAY}
-    return KazooClient(hosts=settings.zookeeper, timeout=timeout or settings.zk_session_timeout,
+    return TimedKazooClient(hosts=settings.zookeeper, timeout=timeout or settings.zk_session_timeout,
                        auth_data=[("digest", settings.zookeeper_auth)], connection_retry=retry,
                        default_acl=acl_for(settings.zookeeper_auth), handler=PollHandler(), **tls)

@@ -13,7 +13,7 @@ from flask import Flask, Response, g
 
 from pvc_tasks.app import configure
 from pvc_tasks.config import Settings
-from pvc_web import access, auth, errors, limits, names, pages
+from pvc_web import access, auth, errors, limits, metrics, names, pages
 from pvc_web.blueprint import API_PREFIX, PvcApi
 from pvc_web.cluster import ClusterHandle
 from pvc_web.events import EventFeed
@@ -50,6 +50,7 @@ def create_app(settings: Settings, handle: ClusterHandle | None = None) -> Flask
     app.extensions["pvc_waiters"] = threading.BoundedSemaphore(max(1, settings.api_threads // 2))
     app.extensions["pvc_events"] = EventFeed(handle)
     app.extensions["pvc_streams"] = threading.BoundedSemaphore(max(1, settings.api_threads // 4))
+    app.extensions["pvc_metrics"] = metrics.registry_for(handle, settings.broker_url)
     access.install(app)
     auth.install(app, auth.TokenTable(settings.api_tokens))
     limits.install(app)
@@ -57,6 +58,7 @@ def create_app(settings: Settings, handle: ClusterHandle | None = None) -> Flask
     errors.register(app)
     api = PvcApi(app)
     app.register_blueprint(pages.blp)
+    app.register_blueprint(metrics.blp)
     for module in (health, cluster, nodes, vms, jobs, sriov, events):
         api.register_blueprint(module.blp, url_prefix=f"{API_PREFIX}{module.PREFIX}")
 

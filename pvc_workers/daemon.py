@@ -35,7 +35,7 @@ import time
 from kazoo.client import KazooClient
 from kazoo.exceptions import NodeExistsError
 
-from pvc_tasks import defaults, logs
+from pvc_tasks import defaults, logs, metrics
 from pvc_tasks.app import configure
 from pvc_tasks.config import Settings, load_settings
 from pvc_tasks.context import HypervisorError, NicError, NodeContext, install
@@ -209,6 +209,8 @@ class Daemon:
                    threading.Thread(target=check_own_bmc, args=(ctx,), daemon=True)]
         for thread in threads:
             thread.start()
+        if self.settings.metrics_listen:
+            metrics.serve(self.settings.metrics_listen)
         app = configure(self.settings)
         worker = app.Worker(hostname=worker_hostname(ctx.node), queues=[q.name for q in worker_queues(ctx.node)],
                             pool_cls="threads", concurrency=self.settings.worker_concurrency,

@@ -17,6 +17,7 @@ from tests.integration.test_api_errors import assert_error
 from tests.integration.test_cli import PVC
 from tests.integration.test_fencing import HA_ENV, api, bmc, fence_of, jobs, nodes, vms
 from tests.integration.test_fencing_policies import victim_of
+from tests.integration.test_metrics import sample, scrape
 
 
 def pvc(c, *args: str) -> subprocess.CompletedProcess:
@@ -41,6 +42,9 @@ def test_evacuate_after_a_failed_fence_recovers_each_vm_once_on_the_operators_wo
     c.workers[victim].kill()
     assert fence_of(c, victim)["state"] == "failed"
     assert {vms(c)[n]["state"] for n in ("ev0", "ev1")} == {"failed"}
+    figures = scrape(c)
+    assert (sample(figures, "pvc_fences_total", outcome="failed"), sample(figures, "pvc_fences_total", outcome="off")) \
+        == (1, 0)
     assert any(f"pvc node evacuate {victim}" in step for step in api(c, "get", f"/nodes/{victim}").json()["next"])
     refused = pvc(c, "node", "evacuate", victim)
     assert refused.returncode == 3 and "--confirm-powered-off" in refused.stderr, refused
@@ -116,4 +120,5 @@ def test_manual_fence_of_a_node_that_died_in_maintenance(make_cluster):
     assert Counter(j["vm"] for j in jobs(c, "recover")) == {"mf0": 1, "mf1": 1}
     assert all(v["node"] != victim and v["state"] == "running" for v in vms(c).values())
     assert fence_of(c, victim)["id"] == fence["id"]  # the monitor added none of its own
+    assert sample(scrape(c), "pvc_fences_total", outcome="off") == 1
     c.wait_worker(victim)  # powered on again by the fence

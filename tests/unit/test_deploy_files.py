@@ -1,6 +1,7 @@
 """The deployment files in deploy/ agree with the code: the example config loads, the units start our programs."""
 
 import configparser
+import json
 import re
 from pathlib import Path
 
@@ -27,3 +28,18 @@ def test_each_systemd_unit_runs_an_installed_program_and_restarts_it():
         program = Path(parser["Service"]["ExecStart"].split()[0]).name
         assert program in SCRIPTS, (unit.name, program)
         assert parser["Service"]["Restart"] == "always", unit.name
+
+
+def test_the_grafana_dashboard_plots_only_metrics_that_pvc_exports():
+    """deploy/grafana-dashboard.json is a dashboard whose every query names a metric family that pvc_web.metrics or
+    pvc_tasks.metrics defines (a renamed metric would leave a panel empty without a word)."""
+    dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
+    sources = (ROOT / "pvc_web" / "metrics.py").read_text() + (ROOT / "pvc_tasks" / "metrics.py").read_text()
+    exported = set(re.findall(r'"(pvc_[a-z_]+)"', sources))
+    assert {"pvc_jobs", "pvc_job_duration_seconds", "pvc_zookeeper_request_seconds"} <= exported
+    queries = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    assert len(queries) >= 10
+    for query in queries:
+        for name in re.findall(r"\bpvc_[a-z_]+", query):
+            family = re.sub(r"_(bucket|count|sum|total)$", "", name)
+            assert family in exported, (query, name)
