@@ -99,7 +99,7 @@ Ctrl-C here, or `pvc-dev down`, stops it.
 
 Use the CLI (in another shell):
   source .venv/bin/activate
-  export PVC_CLI_CONFIG={cli_config}
+  source {workdir / "env"}     # PVC_CLI_CONFIG={cli_config}, PVC_API_URL, PVC_API_TOKEN, BMC ports
   pvc node list
   pvc vm list
   pvc vm start batch1          # waits with a progress bar, exits 0
@@ -108,6 +108,18 @@ Use the CLI (in another shell):
   pvc vm unmigrate web1
   pvc job list
 """
+
+
+def _write_env(c: LocalCluster, workdir: Path) -> None:
+    """``<workdir>/env``, for ``source``: what the README's examples use (the CLI's config, the API's URL and
+    admin token for curl, each node's BMC port for ipmitool). Mode 0600: it holds the token."""
+    lines = [f"export PVC_CLI_CONFIG={workdir / 'cli.toml'}", f"export PVC_API_URL={c.api_url}",
+             f"export PVC_API_TOKEN={c.token}"]
+    lines += [f"export PVC_DEV_BMC_PORT_{node.upper()}={str(bmc.info['hostname']).rpartition(':')[2]}"
+              for node, bmc in c.bmc.items()]
+    path = workdir / "env"
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)
 
 
 def up(args: argparse.Namespace) -> int:
@@ -131,6 +143,7 @@ def up(args: argparse.Namespace) -> int:
     try:
         (workdir / "cli.toml").write_text(f'api_url = "{cluster.api_url}"\ntoken = "{cluster.token}"\n')
         (workdir / "cli.toml").chmod(0o600)
+        _write_env(cluster, workdir)
         if not args.no_vms:
             for name, memory, node, start in DEMO_VMS:
                 # Real guests are tiny (64 MiB, no disk: they idle in SeaBIOS) so that three nodes fit anywhere.

@@ -7,10 +7,10 @@ cd "$(dirname "$0")/.."
 
 # ZooKeeper, Redis, libvirt (headers for libvirt-python; the QEMU driver for real guests), IPMI simulator,
 # libfaketime (a worker with a skewed clock, in the fencing tests), Chromium and its driver (the status page and
-# Swagger UI tested in a real browser).
+# Swagger UI tested in a real browser), jq (the README's examples pick job ids out of JSON with it).
 APT_PACKAGES=(zookeeper redis-server libvirt-dev pkg-config openipmi ipmitool libvirt-clients
               qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu faketime rabbitmq-server
-              chromium chromium-driver)
+              chromium chromium-driver jq)
 VENV=${PVC_VENV:-.venv}
 
 missing=()

@@ -1,4 +1,4 @@
-"""``pvc node list|info|flush|ready|fence|evacuate|primary|secondary``."""
+"""``pvc node list|info|wait|flush|ready|fence|evacuate|primary|secondary``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import click
 
 from pvc_cli.complete import node_names
 from pvc_cli.output import confirmed, emit, output_option, table
-from pvc_cli.wait import EXIT_TIMEOUT, Progress, finish, wait_options
+from pvc_cli.wait import EXIT_INTERRUPTED, EXIT_TIMEOUT, Progress, finish, wait_options
 
 
 @click.group("node")
@@ -128,6 +128,42 @@ def evacuate(client, node, confirm_powered_off, yes, wait, timeout, output) -> N
     c = client()
     finish(c, c.post(f"/nodes/{node}/evacuate", {"confirm_powered_off": True} if confirm_powered_off else {}),
            wait, timeout, output)
+
+
+@group.command("wait")
+@click.argument("node", shell_complete=node_names)
+@click.option("--state", "want", type=click.Choice(["run", "dead", "stop"]), default="run", show_default=True,
+              help="the daemon state to wait for (run: its worker is up and takes jobs; dead: declared dead by the "
+                   "primary, which fences it)")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=120.0, show_default=True,
+              help="seconds to wait (exit 4 after them)")
+@output_option
+@click.pass_obj
+def wait_for_state(client, node, want, timeout, output) -> None:
+    """Wait until a node reaches a daemon state: after a power cut, `--state dead` (its fence has begun), then
+    `--state run` (it is back). Prints the node; exit 4 when the state is not reached in time."""
+    c = client()
+    progress = Progress(f"node {node}", quiet=output == "json")
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            n = c.get(f"/nodes/{node}")
+            if n["daemon_state"] == want and (n["alive"] or want != "run"):
+                break
+            if time.monotonic() >= deadline:
+                progress.close()
+                emit(output, n, lambda n: f"{node} is still {n['daemon_state']} "
+                                          f"({'alive' if n['alive'] else 'worker absent'}) after {timeout:g} s")
+                raise SystemExit(EXIT_TIMEOUT)
+            progress.update(f"{n['daemon_state']} ({'alive' if n['alive'] else 'worker absent'}), waiting for "
+                            f"{want}", 0)
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        progress.close()
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    progress.close()
+    emit(output, n, lambda n: f"{node} is {n['daemon_state']} ({'alive' if n['alive'] else 'worker absent'}), "
+                              f"{n['domain_state']}")
 
 
 def _handover(client, node: str, want: str, timeout: float, output: str) -> None:
