@@ -564,6 +564,17 @@ class LocalCluster:
             except ChannelError:
                 return 0
 
+    def consume(self, node: str, on: bool) -> None:
+        """Stop or resume ``node``'s worker consuming its queue (the worker, its janitor included, stays alive:
+        unlike a SIGSTOP, this can last without the node looking absent). Holds jobs on that node where they are."""
+        from celery import Celery
+
+        control = Celery("control", broker=self.broker_url).control
+        call = control.add_consumer if on else control.cancel_consumer
+        replies = call(node_queue(node).name, destination=[f"pvc@{node}"], reply=True, timeout=5)
+        if not replies or "ok" not in next(iter(replies[0].values())):
+            raise RuntimeError(f"{node}'s worker did not confirm {'add' if on else 'cancel'}_consumer: {replies}")
+
     def session(self) -> requests.Session:
         s = requests.Session()
         s.headers["X-Api-Key"] = self.token

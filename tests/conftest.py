@@ -29,12 +29,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from celery import Celery
 
 from pvc_dev import invariants
 from pvc_dev.cluster import LocalCluster, NodeSpec
 from pvc_dev.services import start_rabbitmq, start_zookeeper, stop_epmd
-from pvc_tasks.routing import node_queue
 
 FAST_WORKER_ENV = {"PVC_KEEPALIVE_INTERVAL": "1", "PVC_JANITOR_INTERVAL": "1", "PVC_ZK_SESSION_TIMEOUT": "2",
                    "PVC_SHUTDOWN_TIMEOUT": "5"}
@@ -198,12 +196,8 @@ def paused(worker, max_seconds: float = 8) -> Iterator[None]:
 
 
 def consumer(c: LocalCluster, node: str, on: bool) -> None:
-    """Stop or resume ``node``'s worker consuming its queue (the worker, its janitor included, stays alive: unlike
-    a SIGSTOP, this can last without the node looking absent)."""
-    control = Celery("control", broker=c.broker_url).control
-    call = control.add_consumer if on else control.cancel_consumer
-    replies = call(node_queue(node).name, destination=[f"pvc@{node}"], reply=True, timeout=5)
-    assert replies and "ok" in next(iter(replies[0].values())), replies
+    """Stop or resume ``node``'s worker consuming its queue (``LocalCluster.consume``)."""
+    c.consume(node, on)
 
 
 def task_returns(worker, task: str, job_id: str) -> list[str]:
