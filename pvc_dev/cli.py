@@ -87,7 +87,9 @@ pvc dev cluster is up ({len(c.nodes)} nodes, {c.nodes[0].hypervisor} hypervisor)
 Ctrl-C here, or `pvc-dev down`, stops it.
 
   API       {c.api_url}/api/v1        (admin token: {c.token}; read-only token: {c.read_token})
+  Status    {c.api_url}/api/v1/status (a live page; browser: any user name, the token as password)
   Swagger   {c.api_url}/api/v1/docs   (browser: any user name, the token as password; then Authorize with it)
+  Metrics   {c.api_url}/api/v1/metrics (Prometheus; the token as the Basic password)
   Flower    {c.flower_url}            (user {c.flower_user}, password {c.flower_password})
   ZooKeeper {c.zk_hosts}
   Broker    {c.broker_url}
