@@ -242,23 +242,29 @@ def test_ctrl_c_while_waiting_says_the_job_goes_on_and_exits_130(cluster, api, v
     consumer(cluster, "hv3", on=False)  # the stop job waits in hv3's queue; hv3 stays alive (no fence, no janitor)
     waiting = None
     try:
+        # PYTHONFAULTHANDLER: should the CLI not end, SIGABRT makes it print where each of its threads is.
         waiting = subprocess.Popen(PVC + ["vm", "stop", vm_name], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True, env={**os.environ, **cluster.client_env()})
+                                   text=True, env={**os.environ, **cluster.client_env(), "PYTHONFAULTHANDLER": "1"})
         first = waiting.stderr.readline()  # the wait's first progress line: the job exists and is being watched
         job = api.get(f"{api.base}/vms/{vm_name}").json()["active_job"]
-        err = ""
-        for _attempt in range(3):  # once lost in CI under two test processes (not understood): Ctrl-C again
+        err, stuck = "", ""
+        for _attempt in range(3):  # twice lost in CI under two test processes (not understood): Ctrl-C again
             waiting.send_signal(signal.SIGINT)
             try:
                 err = waiting.communicate(timeout=10)[1]
                 break
             except subprocess.TimeoutExpired:
                 continue
+        else:
+            stuck = Path(f"/proc/{waiting.pid}/status").read_text()
+            waiting.send_signal(signal.SIGABRT)
+            err = waiting.communicate(timeout=10)[1]
     finally:
         consumer(cluster, "hv3", on=True)
         if waiting is not None and waiting.poll() is None:
             waiting.kill()
-    assert waiting.returncode == 130, first + err
+            waiting.wait(10)
+    assert waiting.returncode == 130, f"{first}{err}\n{stuck}"
     assert f"stopped waiting; job {job} goes on: `pvc job watch {job}`" in err
     assert "Traceback" not in err and "Aborted" not in err
     assert cluster.wait_job(job)["state"] == "succeeded"
