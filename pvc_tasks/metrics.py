@@ -38,7 +38,8 @@ _OPS = {"GetData": "get", "SetData": "set", "Create": "create", "Create2": "crea
 
 
 class TimedKazooClient(KazooClient):
-    """A KazooClient that times each request (``pvc_zookeeper_request_seconds``): about 2 us per request."""
+    """A KazooClient that times each request (``pvc_zookeeper_request_seconds``): about 6 us of CPU per request
+    (3 us here, the observation when it is answered; a request takes 300 us or more), measured with timeit."""
 
     def _call(self, request, async_object):
         histogram = ZK_SECONDS.labels(_OPS.get(type(request).__name__, "other"))
