@@ -127,6 +127,8 @@ class EventFeed:
                 self.refresh()
             except (PvcError, KazooException) as exc:  # no cluster yet, ZooKeeper away: the next look tries again
                 log.info("events: cannot read the cluster (%s); trying again", exc)
+            except Exception:  # a bug must not end the feed: its streams would only send heartbeats from then on
+                log.exception("events: a look at the cluster failed; trying again")
 
     def baseline(self) -> None:
         """Learn what there is, once, before the first client's snapshot (so that a change made between that
