@@ -47,7 +47,6 @@ step start and during live migration (libvirt's abortJob), and always ends with 
 from __future__ import annotations
 
 import logging
-import time
 
 from pvc_tasks import defaults, dispatch, placement, slots, vfs
 from pvc_tasks.context import HypervisorError, MigrationAborted
@@ -150,7 +149,6 @@ def _live(run: JobRun, target: str, record: dict) -> None:
     def progress(fraction: float, figures: dict) -> None:
         run.percent_within(fraction, figures, _moving(figures))
 
-    started = time.monotonic()
     try:
         applied = run.hv.migrate_live(run.vm, peer, max_downtime_ms=downtime,
                                       timeout=run.ctx.settings.migration_timeout,
@@ -163,7 +161,7 @@ def _live(run: JobRun, target: str, record: dict) -> None:
     if applied.get("max_downtime_ms"):
         run.note_only(f"hypervisor applied max downtime {applied['max_downtime_ms']} ms")
     if figures := applied.get("figures"):
-        run.note_only(f"live migration sent {figures['sent_mib']:g} MiB in {time.monotonic() - started:.1f} s "
+        run.note_only(f"live migration sent {figures['sent_mib']:g} MiB in {figures['seconds']:.1f} s "
                       f"({figures['mib_per_s']:g} MiB/s)")
 
 

@@ -36,6 +36,7 @@ from pvc_tasks import metrics
 from pvc_tasks.jobs import Job
 from pvc_tasks.routing import CLUSTER_QUEUE, node_queue
 from pvc_web.blueprint import API_PREFIX
+from pvc_web.views import as_float
 
 __all__ = ["ClusterCollector", "blp", "registry_for"]
 
@@ -133,9 +134,9 @@ class ClusterCollector(Collector):
             up.add_metric([name], 1 if node["alive"] else 0)
             state.add_metric([name, node.get("daemon_state") or "", node.get("domain_state") or ""], 1)
             for what in ("running", "total"):
-                vms.add_metric([name, what], _number(node.get(f"vms.{what}")))
+                vms.add_metric([name, what], as_float(node.get(f"vms.{what}")))
             for what in ("total", "used", "free", "allocated", "provisioned"):
-                memory.add_metric([name, what], _number(node.get(f"memory.{what}")))
+                memory.add_metric([name, what], as_float(node.get(f"memory.{what}")))
         yield from (up, state, vms, memory)
 
     def _queues(self, nodes: list[str]) -> GaugeMetricFamily:
@@ -153,13 +154,6 @@ class ClusterCollector(Collector):
         except Exception as exc:  # noqa: BLE001 - the broker is away: the other figures are still worth having
             log.warning("metrics: cannot read queue depths from the broker: %s", exc)
         return depth
-
-
-def _number(value: str | None) -> float:
-    try:
-        return float(value or 0)
-    except ValueError:
-        return 0.0
 
 
 @blp.route(f"{API_PREFIX}/metrics")

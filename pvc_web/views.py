@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pvc_tasks.jobs import Job
 from pvc_tasks.state import desired_vf_config
 
-__all__ = ["faults_view", "job_view", "next_steps", "node_view", "pf_view", "vf_view", "vm_view"]
+__all__ = ["as_float", "faults_view", "job_view", "next_steps", "node_view", "pf_view", "vf_view", "vm_view"]
 
 
 def _int(value: str | None) -> int:
@@ -19,7 +19,7 @@ def _int(value: str | None) -> int:
         return 0
 
 
-def _float(value: str | None) -> float:
+def as_float(value: str | None) -> float:
     try:
         return float(value or 0)
     except ValueError:
@@ -54,7 +54,7 @@ def _ipmi_health(record: dict, faults: list[dict]) -> str:
 
 
 def node_view(record: dict) -> dict:
-    keepalive = _float(record.get("keepalive"))
+    keepalive = as_float(record.get("keepalive"))
     faults = faults_view(record.get("faults"))
     fence = _json(record.get("fence"))
     fence.pop("steps", None)
@@ -70,13 +70,13 @@ def node_view(record: dict) -> dict:
         "memory": {k: _int(record.get(f"memory.{k}")) for k in ("total", "used", "free", "allocated",
                                                                 "provisioned")},
         "vcpu": {k: _int(record.get(f"vcpu.{k}")) for k in ("total", "allocated")},
-        "load": _float(record.get("load")),
+        "load": as_float(record.get("load")),
         "vms": {k: _int(record.get(f"vms.{k}")) for k in ("total", "running")},
         "ipmi": {"hostname": record.get("ipmi.hostname") or "", "username": record.get("ipmi.username") or "",
                  "health": _ipmi_health(record, faults)},
         "faults": faults,
         "fence": fence,
-        "self_fence_after": _float(record.get("self_fence_after")),
+        "self_fence_after": as_float(record.get("self_fence_after")),
         "active_job": record.get("active_job") or "",
         "next": next_steps(record, faults),
     }

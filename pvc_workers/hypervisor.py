@@ -71,10 +71,12 @@ def _ensure_event_loop() -> None:
 
 def _figures(sent: int, remaining: int, total: int, seconds: float) -> dict:
     """A live migration's figures in MiB, for people: sent so far, left to send, the guest's total (QEMU's
-    estimate: pages dirtied again are sent again, so sent may pass it) and the mean rate since the start."""
+    estimate: pages dirtied again are sent again, so sent may pass it), the seconds since the start and the mean
+    rate over them."""
     mib = 1024 * 1024
     return {"sent_mib": round(max(sent, 0) / mib, 1), "remaining_mib": round(remaining / mib, 1),
-            "total_mib": round(total / mib, 1), "mib_per_s": round(max(sent, 0) / mib / max(seconds, 1e-3), 1)}
+            "total_mib": round(total / mib, 1), "mib_per_s": round(max(sent, 0) / mib / max(seconds, 1e-3), 1),
+            "seconds": round(seconds, 1)}
 
 
 class LibvirtHypervisor:
