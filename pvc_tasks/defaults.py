@@ -167,6 +167,10 @@ API_IDLE_TIMEOUT = 15.0
 API_REQUEST_TIMEOUT = 20.0
 #: Largest request body in bytes; a larger Content-Length is answered 413 before the body is read.
 API_MAX_BODY = 4 * 1024 * 1024
+#: How often (s) the API looks at ZooKeeper and the broker for ``GET /health``, which answers that look from memory.
+HEALTH_INTERVAL = 2.0
+#: A look older than this (s) makes ``/health`` degraded (``stale``): the looking thread is stuck on I/O.
+HEALTH_STALE = 10.0
 #: Deepest nesting of a JSON request body (objects and arrays); deeper is answered 400.
 API_JSON_DEPTH = 32
 #: Largest VM XML in UTF-8 bytes: with the rest of the define transaction it stays far below ZooKeeper's

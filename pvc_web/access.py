@@ -5,7 +5,8 @@ or a script can then follow a request across its own logs), else a new one. It i
 ``X-Request-Id`` and recorded on the job the request creates (``request_id``, beside ``requested_by``). The line
 (logger ``pvc_web.access``, level INFO): method, path, status, milliseconds, the token's name (``-`` when none
 was accepted), the request id and the client's address. Never the token, the query string or the body: they may
-hold secrets.
+hold secrets. The method and path are the client's (a path's ``%0A`` arrives decoded, as a line break), so every
+byte of them outside printable ASCII, and ``%`` itself, is written percent-encoded: no client can forge a line.
 """
 
 from __future__ import annotations
@@ -14,16 +15,25 @@ import logging
 import re
 import time
 import uuid
+from urllib.parse import quote
 
 from flask import Flask, Response, g, request
 
 from pvc_web.auth import caller
 
-__all__ = ["HEADER", "install", "request_id"]
+__all__ = ["HEADER", "install", "printable", "request_id"]
 
 HEADER = "X-Request-Id"
 _SANE = re.compile(r"\A[A-Za-z0-9._:-]{1,64}\Z")
 log = logging.getLogger("pvc_web.access")
+#: Printable ASCII but ``%`` and the space: what a logged method or path may keep as it is.
+_KEEP = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
+
+
+def printable(text: str) -> str:
+    """``text`` with every character outside printable ASCII (line breaks, controls, spaces, non-ASCII) and ``%``
+    percent-encoded (UTF-8), so that it is one unambiguous field of one log line."""
+    return quote(text, safe=_KEEP)
 
 
 def request_id() -> str:
@@ -45,7 +55,7 @@ def install(app: Flask) -> None:
         rid = request_id() or uuid.uuid4().hex
         response.headers[HEADER] = rid
         who = caller()
-        fields = {"method": request.method, "path": request.path, "status": response.status_code,
+        fields = {"method": printable(request.method), "path": printable(request.path), "status": response.status_code,
                   "ms": round((time.monotonic() - g.get("pvc_started", time.monotonic())) * 1000, 1),
                   "token": who.name if who else "-", "request_id": rid, "client": request.remote_addr or "-"}
         log.info("%s %s %s %.1f ms token=%s id=%s client=%s", *fields.values(), extra={"pvc": fields})

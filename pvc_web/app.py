@@ -17,6 +17,7 @@ from pvc_web import access, auth, errors, limits, metrics, names, pages
 from pvc_web.blueprint import API_PREFIX, PvcApi
 from pvc_web.cluster import ClusterHandle
 from pvc_web.events import EventFeed
+from pvc_web.probe import HealthProbe
 from pvc_web.routes import cluster, events, health, jobs, nodes, sriov, vms
 
 __all__ = ["create_app"]
@@ -51,6 +52,7 @@ def create_app(settings: Settings, handle: ClusterHandle | None = None) -> Flask
     app.extensions["pvc_events"] = EventFeed(handle)
     app.extensions["pvc_streams"] = threading.BoundedSemaphore(max(1, settings.api_threads // 4))
     app.extensions["pvc_metrics"] = metrics.registry_for(handle, settings.broker_url)
+    app.extensions["pvc_health"] = HealthProbe(handle, settings).start()
     access.install(app)
     auth.install(app, auth.TokenTable(settings.api_tokens))
     limits.install(app)

@@ -1,4 +1,6 @@
 """Named API tokens with roles; every endpoint except ``/api/v1/health`` (and an empty ``/favicon.ico``) needs one.
+Those two answer GET and HEAD only: any other method is 405 before any other check, so that nothing reads the body
+of a request without a token.
 
 The server keeps only hashes. An ``api_tokens`` entry is ``NAME:ROLE:sha256:HEX`` (``pvc-api --new-token NAME``
 prints a fresh token and its entry): NAME is who asked for a job (``requested_by``), ROLE is ``admin`` (everything)
@@ -108,7 +110,13 @@ def install(app: Flask, table: TokenTable) -> None:
     @app.before_request
     def _authenticate():
         if request.path.rstrip("/") in OPEN_ENDPOINTS:
-            return None
+            if request.method in READ_METHODS:
+                return None
+            # Answered here, before any other hook: nothing of an open endpoint's request but its method and path
+            # is looked at without a token (the body check once ran on these, quadratic in a crafted body).
+            response = error_response(405, "method_not_allowed", f"{request.path} answers GET and HEAD only")
+            response.headers["Allow"] = "GET, HEAD"
+            return response
         browser = _browser_page()
         who = table.find(presented(basic=browser))
         if who is None:

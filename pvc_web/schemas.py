@@ -44,6 +44,9 @@ class HealthSchema(Schema):
     schema_version = fields.Integer(allow_none=True)
     jobs = fields.Dict(allow_none=True, metadata={
         "description": "unfinished jobs: queued/running {count, oldest_s}, resends, over_bound (a count)"})
+    checked_s_ago = fields.Float(allow_none=True, metadata={
+        "description": "age of the look these figures come from (null: none yet); the API looks every 2 s"})
+    stale = fields.Boolean(metadata={"description": "the last look is too old (its thread is stuck): degraded"})
 
 
 class LimitsSchema(Schema):

@@ -80,11 +80,15 @@ def test_allowances_open_what_they_name():
     assert check(disk("volume", "pool='p' volume='x'"), policy=XmlPolicy(allowed_pools=("*",))) == []
 
 
-def test_json_depth_counts_outside_strings_in_linear_time():
-    """Brackets in strings do not count; an unterminated string does not backtrack."""
+def test_json_depth_counts_outside_strings():
+    """Brackets in strings (escaped quotes and backslashes included) do not count; an unterminated string runs to
+    the end, as a parser reads it; above the limit the count stops."""
     assert json_depth(b'{"a": [1, {"b": "[[[["}]}', 32) == 3
+    assert json_depth(b'["a\\"]', 32) == 1 and json_depth(b'["a\\\\", ["b"]]', 32) == 2
+    assert json_depth(b'["\\\\\\"[["]', 32) == 1  # an escaped backslash, then an escaped quote
     assert json_depth(b"[" * 100_000, 32) == 33
-    assert json_depth(b'"' + b"a" * 200_000 + b"[[", 32) == 2
+    assert json_depth(b'"' + b"a" * 200_000 + b"[[", 32) == 0
+    assert json_depth(b'"' + b'\\"' * 100_000 + b"[[", 32) == 0  # the body that once cost n^2
 
 
 def test_token_table_keeps_hashes_and_roles():
