@@ -25,6 +25,8 @@ setup(
         "requests>=2.31,<3",
         "waitress>=3,<4",
         "libvirt-python>=9",
+        # libvirt's own RELAX NG schema of domain XML, compiled once per process (pvc_tasks.domain_xml).
+        "lxml>=5",
         "cryptography>=41",
         "prometheus-client>=0.20,<1",
         # Swagger UI 4.15.5's files, served by the API itself (pvc_web.pages): pinned, no CDN.

@@ -40,7 +40,7 @@ from pvc_dev.services import (
     wait_until,
 )
 from pvc_tasks.config import load_settings
-from pvc_tasks.defaults import XML_ALLOWED_PATHS
+from pvc_tasks.defaults import XML_IMAGE_PATHS
 from pvc_tasks.dispatch import message_count
 from pvc_tasks.routing import node_queue
 from pvc_tasks.secrets import new_key
@@ -218,11 +218,11 @@ class LocalCluster:
         """PVC_* settings every process of this cluster shares."""
         broker = {"PVC_BROKER": self.broker_url} if self.rabbitmq else {"PVC_REDIS": self.redis_url}
         tokens = [entry("admin", "admin", self.token), entry("reader", "read-only", self.read_token)]
-        # Guests' disk images live in the cluster's directory: the XML policy must let their defines through.
-        images = ",".join([*XML_ALLOWED_PATHS, str(self.workdir.resolve())])
+        # Guests' boot images (read-only) live in the cluster's directory: shared images to the XML policy.
+        images = ",".join([*XML_IMAGE_PATHS, str(self.workdir.resolve())])
         tls = self._zk_tls()
         return {"PVC_ZOOKEEPER": self.zk_hosts, "PVC_ZOOKEEPER_AUTH": self.zookeeper_auth, **tls, **broker,
-                "PVC_API_TOKENS": ",".join(tokens), "PVC_XML_ALLOWED_PATHS": images, "PVC_CONFIG": ""}
+                "PVC_API_TOKENS": ",".join(tokens), "PVC_XML_IMAGE_PATHS": images, "PVC_CONFIG": ""}
 
     def client_env(self) -> dict[str, str]:
         """What the ``pvc`` CLI needs to talk to this cluster."""

@@ -102,19 +102,35 @@ class Settings:
     api_idle_timeout: float = defaults.API_IDLE_TIMEOUT
     api_request_timeout: float = defaults.API_REQUEST_TIMEOUT
     api_max_body: int = defaults.API_MAX_BODY
-    #: The VM XML policy (``pvc_tasks.xml_policy``): what a define may ask of the hypervisors.
-    xml_allowed_paths: list[str] = field(default_factory=lambda: list(defaults.XML_ALLOWED_PATHS))
+    #: The VM XML policy (``pvc_tasks.xml_policy``; docs/security.md): what a VM's XML may ask of the hosts. The
+    #: API and every worker read it from their own config, never from ZooKeeper or the API.
+    xml_vm_paths: list[str] = field(default_factory=lambda: list(defaults.XML_VM_PATHS))
+    xml_image_paths: list[str] = field(default_factory=lambda: list(defaults.XML_IMAGE_PATHS))
+    xml_firmware_paths: list[str] = field(default_factory=lambda: list(defaults.XML_FIRMWARE_PATHS))
+    xml_nvram_paths: list[str] = field(default_factory=lambda: list(defaults.XML_NVRAM_PATHS))
     xml_allowed_emulators: list[str] = field(default_factory=lambda: list(defaults.XML_ALLOWED_EMULATORS))
     xml_allowed_protocols: list[str] = field(default_factory=lambda: ["rbd"])
+    xml_allowed_storage_hosts: list[str] = field(default_factory=list)
     xml_allowed_pools: list[str] = field(default_factory=list)
+    xml_allowed_networks: list[str] = field(default_factory=lambda: list(defaults.XML_ALLOWED_NETWORKS))
+    xml_allowed_bridges: list[str] = field(default_factory=list)
+    xml_allowed_direct_devices: list[str] = field(default_factory=list)
+    xml_allowed_listen: list[str] = field(default_factory=lambda: list(defaults.XML_ALLOWED_LISTEN))
     xml_allow_qemu_namespace: bool = False
     xml_allow_hostdev: bool = False
 
     @property
     def xml_policy(self) -> XmlPolicy:
-        return XmlPolicy(tuple(self.xml_allowed_paths), tuple(self.xml_allowed_emulators),
-                         tuple(self.xml_allowed_protocols), tuple(self.xml_allowed_pools),
-                         self.xml_allow_qemu_namespace, self.xml_allow_hostdev)
+        return XmlPolicy(
+            vm_paths=tuple(self.xml_vm_paths), image_paths=tuple(self.xml_image_paths),
+            firmware_paths=tuple(self.xml_firmware_paths), nvram_paths=tuple(self.xml_nvram_paths),
+            allowed_emulators=tuple(self.xml_allowed_emulators), allowed_protocols=tuple(self.xml_allowed_protocols),
+            allowed_storage_hosts=tuple(self.xml_allowed_storage_hosts), allowed_pools=tuple(self.xml_allowed_pools),
+            allowed_networks=tuple(self.xml_allowed_networks), allowed_bridges=tuple(self.xml_allowed_bridges),
+            allowed_direct_devices=tuple(self.xml_allowed_direct_devices),
+            allowed_listen=tuple(self.xml_allowed_listen), allow_qemu_namespace=self.xml_allow_qemu_namespace,
+            allow_hostdev=self.xml_allow_hostdev)
+
     api_tokens: list[str] = field(default_factory=list, repr=False)
 
     @property
@@ -160,6 +176,10 @@ def load_settings(path: str | os.PathLike | None = None, env: dict[str, str] | N
             else:
                 values[key] = value
     known = {f.name: f for f in fields(Settings)}
+    if "xml_allowed_paths" in values or "PVC_XML_ALLOWED_PATHS" in env:
+        raise ValueError("xml_allowed_paths is gone: a VM's writable files live in its own directory under "
+                         "xml_vm_paths, shared read-only images under xml_image_paths, firmware under "
+                         "xml_firmware_paths (docs/security.md, \"VM XML policy\")")
     unknown = set(values) - set(known)
     if unknown:
         raise ValueError(f"unknown setting(s) in {path}: {', '.join(sorted(unknown))}")
@@ -182,7 +202,27 @@ def load_settings(path: str | os.PathLike | None = None, env: dict[str, str] | N
         raise ValueError(f"invalid setting: log_format must be text or json, not {settings.log_format!r}")
     if settings.metrics_listen and not re.fullmatch(r"[\w.:\[\]-]*:\d{1,5}", settings.metrics_listen):
         raise ValueError(f"invalid setting: metrics_listen must be host:port, not {settings.metrics_listen!r}")
+    _check_xml_paths(settings)
     if settings.sriov_backend not in ("auto", "ip-link", "simulated"):
         raise ValueError(f"invalid setting: sriov_backend must be auto, ip-link or simulated, "
                          f"not {settings.sriov_backend!r}")
     return settings
+
+
+def _check_xml_paths(settings: Settings) -> None:
+    """Every policy directory absolute and normal; no shared image or firmware directory inside a VM root (a VM
+    with that directory's name would own it) nor a VM root inside one (every VM could read the others' files)."""
+    roots = {"xml_vm_paths": settings.xml_vm_paths, "xml_image_paths": settings.xml_image_paths,
+             "xml_firmware_paths": settings.xml_firmware_paths, "xml_nvram_paths": settings.xml_nvram_paths}
+    for name, paths in roots.items():
+        for path in paths:
+            if not path.startswith("/") or os.path.normpath(path) != path.rstrip("/") or path.rstrip("/") == "":
+                raise ValueError(f"invalid setting: {name} entry {path!r} must be an absolute, normal directory "
+                                 f"other than /")
+    for vm_root in settings.xml_vm_paths:
+        for name in ("xml_image_paths", "xml_firmware_paths"):
+            for shared in roots[name]:
+                a, b = vm_root.rstrip("/") + "/", shared.rstrip("/") + "/"
+                if a.startswith(b) or b.startswith(a):
+                    raise ValueError(f"invalid setting: {name} entry {shared!r} and xml_vm_paths entry {vm_root!r} "
+                                     f"overlap (VM directories and shared read-only ones must be apart)")

@@ -17,7 +17,7 @@ from pvc_tasks.jobs import JobStore
 from zk_schema import Schema
 
 __all__ = ["DomainFacts", "Hypervisor", "HypervisorError", "MigrationAborted", "Nic", "NicError", "NodeContext",
-           "NodeResources", "current", "install"]
+           "NodeResources", "XmlRefused", "current", "install"]
 
 
 class HypervisorError(Exception):
@@ -35,6 +35,18 @@ class HypervisorError(Exception):
         if self.config:
             return f"configuration error on {node}: {self} (the VM's XML or the node's setup must change)"
         return f"hypervisor of {node}: {self}"
+
+
+class XmlRefused(HypervisorError):
+    """This node's own check of a VM's XML refused it (``pvc_workers.xml_guard``): libvirt never saw it."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        super().__init__(f"{problems[0]}{more}", config=True)
+
+    def as_reason(self, node: str) -> str:
+        return f"xml_not_allowed on {node}: {self}"
 
 
 class NicError(Exception):
@@ -80,7 +92,12 @@ class Hypervisor(Protocol):
         ``figures``. Raises ``MigrationAborted`` when
         cancelled, not converged within ``timeout`` s, or no data moved for ``stall`` s (the VM stays here)."""
 
-    def define(self, xml: str) -> DomainFacts: ...
+    def check_xml(self, xml: str, vm: str) -> None:
+        """Raise ``XmlRefused`` unless this node's own policy allows ``xml`` as VM ``vm``'s definition (``define``
+        and a live migration's target XML check it too; a migration's prepare asks before anything moves)."""
+
+    def define(self, xml: str, vm: str) -> DomainFacts:
+        """Define VM ``vm`` from ``xml``, once this node's policy allowed it (else ``XmlRefused``)."""
 
     def undefine(self, name: str) -> None: ...
 
@@ -107,6 +124,9 @@ class Nic(Protocol):
 
     #: ``ip-link`` | ``simulated`` (shown by the API, so nobody mistakes a simulation for hardware).
     kind: str
+
+    def has(self, device: str | tuple[int, ...]) -> bool:
+        """Is there an interface of this name (or a PCI device at this (domain, bus, slot, function)) on the node?"""
 
     def apply(self, pf: str, index: int, vf: str, config: dict[str, str]) -> dict[str, str]:
         """Apply the settings in ``config`` to VF ``index`` of ``pf``; returns errors by setting (empty: all

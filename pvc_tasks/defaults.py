@@ -176,11 +176,25 @@ API_JSON_DEPTH = 32
 #: Largest VM XML in UTF-8 bytes: with the rest of the define transaction it stays far below ZooKeeper's
 #: ``jute.maxbuffer`` (1 MiB by default), the largest request a server accepts.
 XML_MAX_BYTES = 512 * 1024
-#: Where a VM's XML may point on a host (disk images, firmware, NVRAM); see pvc_tasks.xml_policy.
-XML_ALLOWED_PATHS = ("/var/lib/libvirt/images", "/var/lib/libvirt/qemu/nvram", "/usr/share/OVMF", "/usr/share/qemu",
-                     "/usr/share/seabios")
+# ---- the VM XML policy (pvc_tasks.xml_policy; docs/security.md, "VM XML policy") --------------------------------
+#: Each VM owns ``<root>/<vm name>/`` under these: its writable disks, NVRAM, sockets and logs live there.
+XML_VM_PATHS = ("/var/lib/libvirt/images",)
+#: Shared images every VM may read, never write (install ISOs, base images, kernels). Never under a VM root.
+XML_IMAGE_PATHS = ("/var/lib/libvirt/boot",)
+#: Firmware (loaders, NVRAM templates): read-only.
+XML_FIRMWARE_PATHS = ("/usr/share/OVMF", "/usr/share/AAVMF", "/usr/share/qemu", "/usr/share/seabios")
+#: Where libvirt keeps NVRAM files named ``<vm name>_VARS.fd`` (its own default for a VM with a pflash loader).
+XML_NVRAM_PATHS = ("/var/lib/libvirt/qemu/nvram",)
 #: The QEMU binaries a VM's ``<emulator>`` may name (Debian, Ubuntu, RHEL).
 XML_ALLOWED_EMULATORS = ("/usr/bin/qemu-system-x86_64", "/usr/bin/kvm", "/usr/bin/qemu-kvm", "/usr/libexec/qemu-kvm")
+#: libvirt networks a VM's interfaces may join (``<interface type='network'>``).
+XML_ALLOWED_NETWORKS = ("default",)
+#: Addresses a VM's VNC or SPICE display may listen on (the hypervisor's own display port): loopback only.
+XML_ALLOWED_LISTEN = ("127.0.0.1", "::1", "localhost")
+#: libvirt's RELAX NG schema of domain XML (Debian's ``libvirt0``): every document must validate against it.
+LIBVIRT_DOMAIN_SCHEMA = "/usr/share/libvirt/schemas/domain.rng"
+#: Seconds ``qemu-img info --backing-chain`` may take on a node before a define is refused for it.
+QEMU_IMG_TIMEOUT = 10.0
 #: Largest ZooKeeper transaction pvc sends (bytes of data, plus paths): a bigger one would make the server drop
 #: the connection, and with it every request in flight on the shared session (``pvc_tasks.jobs.commit``).
 ZK_MAX_REQUEST = 1000 * 1024

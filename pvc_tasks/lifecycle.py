@@ -87,7 +87,7 @@ def define(run: JobRun, vm: str, node: str, **params) -> dict:
     """Runs on the target node: define the VM's XML (read from ZooKeeper) in the node's libvirt."""
     run.remove_vm_when = {JobState.FAILED, JobState.CANCELLED}
     xml, _ = run.ctx.zk.get(run.ctx.schema.path("domain.xml", vm))
-    facts = run.hv.define(xml.decode())
+    facts = run.hv.define(xml.decode(), vm)
     run.on_success.update(uuid=facts.uuid, memory=str(facts.memory_mib), vcpus=str(facts.vcpus))
     return {"node": node, "uuid": facts.uuid}
 
@@ -98,7 +98,7 @@ def start(run: JobRun, vm: str, node: str, **params) -> dict:
     if params.get("clear_autostart"):  # an unflush's start: the flag goes only with a start that succeeded
         run.on_success["meta.autostart"] = "false"
     if run.hv.state(vm) == "missing":  # ZooKeeper is the truth: a node that lost the definition gets it again
-        run.hv.define(run.ctx.zk.get(run.ctx.schema.path("domain.xml", vm))[0].decode())
+        run.hv.define(run.ctx.zk.get(run.ctx.schema.path("domain.xml", vm))[0].decode(), vm)
     if run.hv.state(vm) != "running":
         run.hv.start(vm)
     return {"node": node, "state": run.hv.state(vm)}

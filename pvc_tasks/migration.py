@@ -121,13 +121,16 @@ def prepare(run: JobRun) -> None:
     if taken:
         raise JobFailed(f"target {node}'s VF(s) {', '.join(taken)} reserved for {vm} are in use meanwhile")
     live = params["method"] in ("live", "default") and run.hv.live_migration
+    # This node's own policy judges what it will run before anything moves (a live migration's XML reaches this
+    # libvirt from the source's, never through a define here).
+    run.hv.check_xml(params.get("target_xml") or record["xml"], vm)
     if run.hv.state(vm) in ("stopped", "crashed"):
         # A copy that is not running, left by an earlier life of this node (ZooKeeper places the VM on the source):
         # its XML may be stale, so it is never what the VM becomes here.
         run.note_only(f"removing a stale copy of {vm} that {node}'s libvirt still held")
         run.hv.undefine(vm)
     if not live and run.hv.state(vm) == "missing":
-        run.hv.define(params.get("target_xml") or record["xml"])  # with the target's VFs, if it has any
+        run.hv.define(params.get("target_xml") or record["xml"], vm)  # with the target's VFs, if it has any
     hop(run, PERFORM, params["source"], phase=("perform", 2),
         message=f"{node} is ready for {vm}; moving it off {params['source']}")
 
@@ -291,7 +294,7 @@ def abort_source(run: JobRun) -> None:
     if on_source and was_running and run.hv.state(vm) != "running":
         try:
             if run.hv.state(vm) == "missing":
-                run.hv.define(domain_record(ctx.zk, ctx.schema, vm)["xml"])
+                run.hv.define(domain_record(ctx.zk, ctx.schema, vm)["xml"], vm)
             run.hv.start(vm)
             reason += f"; {vm} restarted on {node}"
         except HypervisorError as exc:

@@ -196,7 +196,7 @@ def start(run: JobRun, vm: str, node: str, **_params) -> dict:
     params = run.job.params
     try:
         if run.hv.state(vm) == "missing":
-            run.hv.define(params.get("target_xml") or record["xml"])  # with this node's VFs, if it uses any
+            run.hv.define(params.get("target_xml") or record["xml"], vm)  # with this node's VFs, if it uses any
         if params.get("start", True):
             run.phase("start", 3, 3, f"starting {vm} on {node} (was on fenced node {dead})")
             if run.hv.state(vm) != "running":
@@ -204,7 +204,7 @@ def start(run: JobRun, vm: str, node: str, **_params) -> dict:
     except HypervisorError as exc:
         if run.hv.state(vm) not in ("missing", "running"):
             run.hv.undefine(vm)
-        raise JobFailed(f"recovery of {vm} on {node} failed: {exc}") from exc
+        raise JobFailed(f"recovery of {vm} on {node} failed: {exc.as_reason(node)}") from exc
     run.on_success.update(node=node, last_node=dead, failed_reason="")
     run.success_ops = vfs.commit_ops(run.ctx.schema, vm, dead, node, params)
     return {"node": node, "from": dead}

@@ -12,23 +12,20 @@ from __future__ import annotations
 import logging
 import random
 import time
-import uuid
-import xml.etree.ElementTree as ET
 from dataclasses import replace
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
 from pvc_tasks import dispatch, kinds, placement, selector, vfs
+from pvc_tasks.domain_xml import DomainXml, read
 from pvc_tasks.errors import Conflict, Invalid, NotFound, Unavailable
 from pvc_tasks.jobs import Job, JobState, JobStore, Op, Origin, commit, notify_parent
-from pvc_tasks.names import NAME_RULE, is_name
 from pvc_tasks.state import domain_records_matching, node_alive, node_record, node_records, vf_records
 from pvc_tasks.xml_policy import XmlPolicy, violations
 from zk_schema import Schema, SchemaError
 
-__all__ = ["ACTIONS", "cancel_job", "meta_values", "parse_domain_xml", "set_meta", "submit_define", "submit_vm_action",
-           "with_uuid"]
+__all__ = ["ACTIONS", "cancel_job", "meta_values", "read_define", "set_meta", "submit_define", "submit_vm_action"]
 
 log = logging.getLogger(__name__)
 
@@ -51,52 +48,20 @@ ACTIONS = {
     "undefine": ("stopped", "failed", "crashed"),
 }
 
-_UNIT_MIB = {"b": 1 / 2**20, "bytes": 1 / 2**20, "k": 1 / 1024, "kib": 1 / 1024, "kb": 1000 / 2**20,
-             "m": 1, "mib": 1, "mb": 10**6 / 2**20, "g": 1024, "gib": 1024, "gb": 10**9 / 2**20}
-
-
-def parse_domain_xml(xml: str) -> tuple[str, int, int]:
-    """(name, memory MiB, vCPUs) of a libvirt domain XML; ``Invalid`` naming the field when it is unusable."""
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError as exc:
-        raise Invalid(f"xml: not well-formed XML ({exc})", details={"xml": [str(exc)]}) from exc
-    if root.tag != "domain":
-        raise Invalid("xml: the root element must be <domain>", details={"xml": ["root element is not <domain>"]})
-    name = root.findtext("name") or ""
-    if not is_name(name):
-        raise Invalid(f"xml: <name> {name!r} must be {NAME_RULE}, exactly (no spaces around it)",
-                      details={"xml": ["invalid or missing <name>"]})
-    memory = root.find("memory")
-    try:
-        unit = (memory.get("unit") or "KiB").lower() if memory is not None else "kib"
-        memory_mib = int(float(memory.text) * _UNIT_MIB[unit])  # type: ignore[union-attr,arg-type]
-        vcpus = int((root.findtext("vcpu") or "1").strip())
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise Invalid("xml: <memory> and <vcpu> must be numbers with a known unit",
-                      details={"xml": ["invalid <memory> or <vcpu>"]}) from exc
-    if memory_mib < 1 or vcpus < 1:
-        raise Invalid("xml: memory and vcpu must be positive", details={"xml": ["non-positive memory or vcpu"]})
-    return name, memory_mib, vcpus
-
-
-def with_uuid(xml: str) -> tuple[str, str]:
-    """The XML with a ``<uuid>`` (one is added when it has none) and that UUID. The VM keeps this identity on every
-    node: without it, each define (a migration's handover on the test driver, a recovery, a restore after a worker
-    restart) would let libvirt invent a new UUID for the same VM."""
-    root = ET.fromstring(xml)
-    given = (root.findtext("uuid") or "").strip()
-    if given:
-        try:
-            return xml, str(uuid.UUID(given))
-        except ValueError as exc:
-            raise Invalid(f"xml: <uuid> {given!r} is not a UUID", details={"xml": ["invalid <uuid>"]}) from exc
-    new = str(uuid.uuid4())
-    element = ET.Element("uuid")
-    element.text = new
-    name_at = next(i for i, child in enumerate(root) if child.tag == "name")
-    root.insert(name_at + 1, element)
-    return ET.tostring(root, encoding="unicode"), new
+def read_define(zk: KazooClient, schema: Schema, xml: str, policy: XmlPolicy) -> DomainXml:
+    """libvirt's reading of a define's XML (``pvc_tasks.domain_xml``), judged by ``policy`` with the cluster's
+    SR-IOV VFs (from ZooKeeper): ``Invalid`` (``xml_not_allowed``) naming every problem."""
+    doc = read(xml)
+    if doc.libvirt.find("devices/interface") is not None or doc.libvirt.find("devices/hostdev") is not None:
+        records = vf_records(zk, schema, only=vfs.PCI_KEYS)
+        addresses = {vfs.pci_of_record(r) for r in records}
+        policy = replace(policy, vf_addresses=frozenset(a for a in addresses if a),
+                         vf_names=frozenset(r["name"] for r in records))
+    problems = violations(doc, policy)
+    if problems:
+        raise Invalid(f"xml: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
+                      code="xml_not_allowed", details={"xml": problems})
+    return doc
 
 
 def meta_values(zk: KazooClient, schema: Schema, meta: dict, *, partial: bool = False) -> dict[str, str]:
@@ -168,18 +133,18 @@ def submit_define(zk: KazooClient, schema: Schema, xml: str, node: str | None = 
                   meta: dict | None = None, origin: Origin | None = None, policy: XmlPolicy | None = None) -> Job:
     """Create VM + define job in one transaction and enqueue it on the chosen node.
 
-    The XML must pass ``policy`` (``pvc_tasks.xml_policy``; the default policy when None) and its UUID must be
-    new to the cluster. From schema 8 the transaction creates the UUID's index entry (``domain_uuid``): the check is
-    one read, and of two defines racing with one UUID the second's create fails; it decides again and finds the
-    first's VM. Before 8, a define read every VM's UUID and bumped the VM directory's version (``base.domain``).
-    The transaction also checks the schema version it decided under, so a define by an API that has not yet seen
-    an upgrade never commits into the old layout. Defines take the define lock (``base.lock.define``, schema 7) in
-    turn, so that in a burst each one's check and commit run without another define racing it: FIFO, where racing
-    rounds alone starved some (8 parallel defines on a cluster of 100 VMs took over 10 s each)."""
+    The XML is read as libvirt reads it and must pass ``policy`` (``read_define``; the default policy when None);
+    what is stored and defined is its canonical text. Its UUID must be new to the cluster. From schema 8 the
+    transaction creates the UUID's index entry (``domain_uuid``): the check is one read, and of two defines racing
+    with one UUID the second's create fails; it decides again and finds the first's VM. Before 8, a define read
+    every VM's UUID and bumped the VM directory's version (``base.domain``). The transaction also checks the schema
+    version it decided under, so a define by an API that has not yet seen an upgrade never commits into the old
+    layout. Defines take the define lock (``base.lock.define``, schema 7) in turn, so that in a burst each one's
+    check and commit run without another define racing it: FIFO, where racing rounds alone starved some (8 parallel
+    defines on a cluster of 100 VMs took over 10 s each)."""
     meta = meta or {}
-    name, memory_mib, vcpus = parse_domain_xml(xml)
-    _check_policy(zk, schema, xml, policy or XmlPolicy())
-    xml, vm_uuid = with_uuid(xml)
+    doc = read_define(zk, schema, xml, policy or XmlPolicy())
+    name, memory_mib, vcpus, vm_uuid, xml = doc.name, doc.memory_mib, doc.vcpus, doc.uuid, doc.xml
     values = meta_values(zk, schema, meta)
 
     def define() -> Job:
@@ -188,7 +153,7 @@ def submit_define(zk: KazooClient, schema: Schema, xml: str, node: str | None = 
             if zk.exists(schema.path("domain", name)) is not None:
                 raise Conflict(f"a VM named {name} already exists", code="vm_exists", details={"vm": name})
             uniqueness = _uuid_unique(zk, schema, name, vm_uuid)
-            per_node = vfs.for_define(zk, schema, xml, [n["name"] for n in node_records(zk, schema)])
+            per_node = vfs.for_define(zk, schema, doc.libvirt, [n["name"] for n in node_records(zk, schema)])
             chosen = node
             if chosen:
                 if zk.exists(schema.path("node", chosen)) is None:
@@ -257,16 +222,6 @@ def _uuid_unique(zk: KazooClient, schema: Schema, name: str, vm_uuid: str) -> li
         owner = twin[0]["name"]
     raise Conflict(f"VM {owner} already has UUID {vm_uuid}; give this VM another <uuid> (or none: one is generated)",
                    code="uuid_exists", details={"vm": owner, "uuid": vm_uuid})
-
-
-def _check_policy(zk: KazooClient, schema: Schema, xml: str, policy: XmlPolicy) -> None:
-    if "hostdev" in xml:  # which PCI addresses are the cluster's VFs (the only host devices allowed by default)
-        addresses = {vfs.pci_of_record(r) for r in vf_records(zk, schema, only=vfs.PCI_KEYS)}
-        policy = replace(policy, vf_addresses=frozenset(a for a in addresses if a))
-    problems = violations(ET.fromstring(xml), policy)
-    if problems:
-        raise Invalid(f"xml: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
-                      code="xml_not_allowed", details={"xml": problems})
 
 
 def _refuse_start_on_drained(zk: KazooClient, schema: Schema, vm: str, node: str) -> None:

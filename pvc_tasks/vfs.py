@@ -29,19 +29,17 @@ from dataclasses import dataclass
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
-from pvc_tasks.errors import Conflict
+from pvc_tasks.errors import Conflict, Invalid
 from pvc_tasks.jobs import Op
 from pvc_tasks.placement import choose_target, read_reserved
 from pvc_tasks.state import VF_USE_KEYS, delete_tree_ops, vf_records
 from zk_schema import Schema
 
-__all__ = ["PCI_KEYS", "Placement", "VfUse", "claim_ops", "commit_ops", "for_define", "hostdev_names",
+__all__ = ["PCI_KEYS", "Placement", "VfUse", "claim_ops", "commit_ops", "for_define", "hostdev_names", "named_devices",
            "pci_of_record", "place", "plan", "release_ops", "remove_vm_ops", "reserved_names", "rewrite", "uses",
            "vm_uses"]
 
 _PCI = ("domain", "bus", "slot", "function")
-ET.register_namespace("qemu", "http://libvirt.org/schemas/domain/qemu/1.0")
-ET.register_namespace("libosinfo", "http://libosinfo.org/xmlns/libvirt/domain/1.0")
 
 
 @dataclass(frozen=True)
@@ -77,7 +75,7 @@ def pci_of_record(record: dict) -> tuple[int, ...] | None:
         return None
 
 
-def _devices(root: ET.Element):
+def named_devices(root: ET.Element):
     """(mode, element to rewrite, macvtap dev or None, PCI tuple or None) for every candidate device."""
     for iface in root.iter("interface"):
         source = iface.find("source")
@@ -91,12 +89,13 @@ def _devices(root: ET.Element):
             yield "hostdev", source.find("address"), None, _pci_of(source.find("address"))
 
 
-def uses(xml: str, node_vfs: list[dict]) -> list[VfUse]:
-    """The VFs of a node (``node_vfs``: its VF records) that the domain XML names, in document order."""
+def uses(xml: str | ET.Element, node_vfs: list[dict]) -> list[VfUse]:
+    """The VFs of a node (``node_vfs``: its VF records) that the domain XML (text, or a parsed tree such as
+    libvirt's reading of it) names, in document order."""
     by_name = {r["name"]: r for r in node_vfs}
     by_pci = {pci_of_record(r): r for r in node_vfs}
     found = []
-    for mode, _element, dev, pci in _devices(ET.fromstring(xml)):
+    for mode, _element, dev, pci in named_devices(xml if isinstance(xml, ET.Element) else ET.fromstring(xml)):
         record = by_name.get(dev or "") if mode == "macvtap" else by_pci.get(pci)
         if record is not None:
             found.append(VfUse(mode, record))
@@ -112,12 +111,19 @@ def _has_devices(xml: str) -> bool:
     return "direct" in xml or "hostdev" in xml
 
 
-def for_define(zk: KazooClient, schema: Schema, xml: str, nodes: list[str]) -> dict[str, list[VfUse] | Conflict]:
-    """Per node: the VFs a new VM's XML would use there, or why that node cannot take it (a VF the XML names
-    elsewhere in the cluster is missing here, or is used or reserved). {} when the XML names no VF anywhere."""
-    if not _has_devices(xml):
+def for_define(zk: KazooClient, schema: Schema, reading: ET.Element,
+               nodes: list[str]) -> dict[str, list[VfUse] | Conflict]:
+    """Per node: the VFs a new VM would use there, by libvirt's ``reading`` of its XML, or why that node cannot take
+    it (a VF the XML names elsewhere in the cluster is missing here, or is used or reserved). {} when the XML names
+    no VF anywhere."""
+    if reading.find("devices/interface") is None and reading.find("devices/hostdev") is None:
         return {}
-    found = {node: uses(xml, vf_records(zk, schema, node, only=VF_USE_KEYS)) for node in nodes}
+    found = {node: uses(reading, vf_records(zk, schema, node, only=VF_USE_KEYS)) for node in nodes}
+    for node, mine in found.items():
+        twice = sorted({u.name for u in mine if [v.name for v in mine].count(u.name) > 1})
+        if twice:  # its claim would be written twice in one transaction, which can never commit
+            raise Invalid(f"xml: VF {twice[0]} of node {node} is named by two devices (by name and by PCI "
+                          f"address, or twice)", details={"xml": [f"VF {twice[0]} named twice"]})
     wanted = max((len(f) for f in found.values()), default=0)
     if not wanted:
         return {}
@@ -168,7 +174,7 @@ def rewrite(xml: str, found: list[VfUse], mapping: dict[str, str], target_vfs: l
     root = ET.fromstring(xml)
     by_name = {r["name"]: r for r in target_vfs}
     source_pci = {pci_of_record(u.vf): u.name for u in found if u.mode == "hostdev"}
-    for mode, element, dev, pci in _devices(root):
+    for mode, element, dev, pci in named_devices(root):
         if mode == "macvtap" and dev in mapping:
             element.set("dev", by_name[mapping[dev]]["name"])
         elif mode == "hostdev" and pci in source_pci and element is not None:

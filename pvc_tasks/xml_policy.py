@@ -1,132 +1,231 @@
-"""What a VM's libvirt XML may ask of the hypervisor: the policy the API checks at define (pure, no ZooKeeper).
+"""What a VM's libvirt XML may ask of the host: an allow-list, judged on libvirt's own reading (pure).
 
-An API token must not be root on every hypervisor, and libvirt does whatever the XML says with the rights of
-QEMU (or of libvirtd). So, unless the API's configuration allows more (``xml_*`` settings, docs/security.md):
+libvirt does what a domain's XML says with QEMU's rights, and some of it (an interface's ``<script>``, a host
+device) with libvirtd's, which are root's. An API token must not be root on the hypervisors, and neither must
+pvc's ZooKeeper identity: the API judges every define, and each worker judges every document again before its
+libvirt sees it (``pvc_workers.xml_guard``), with the settings of its own config file (``xml_*``, never from
+ZooKeeper or the API) and its own NICs' VFs.
 
-1. **Host paths** (any attribute value or element text that starts with ``/``: disk, filesystem and char-device
-   sources, logs, sockets, kernel, initrd, loader, nvram, TPM, evdev ...) must lie under ``xml_allowed_paths``
-   (lexically normalised: ``..`` does not climb out). Exceptions: ``<emulator>`` must be one of
-   ``xml_allowed_emulators``; ``/dev/urandom`` and ``/dev/random`` (an RNG backend).
-   ``<description>``, ``<title>``, ``<metadata>`` and ``<sysinfo>`` are free text and not read.
-2. **Network and pool storage**: a ``<source protocol=...>`` must be one of ``xml_allowed_protocols`` (``rbd``);
-   a ``<source pool=...>`` one of ``xml_allowed_pools`` (none, unless configured; ``*`` allows any).
-3. **No** ``qemu:`` **namespace** elements (``qemu:commandline`` runs anything) unless
-   ``xml_allow_qemu_namespace``.
-4. **Host devices**: a PCI ``<hostdev>`` or ``<interface type='hostdev'>`` must be one of the cluster's SR-IOV
-   VFs (by PCI address); any other host device (PCI, USB, SCSI, mdev) needs ``xml_allow_hostdev``.
+``violations(doc, policy)`` judges both trees of a ``pvc_tasks.domain_xml.DomainXml`` (libvirt's reading and the
+canonical text) by the same rules and returns one sentence per problem, naming the element
+(``devices/disk[1]/source@file``) and the setting that would allow it. The rules:
 
-The name rule (exact, ``pvc_tasks.names``) and the cluster-wide uniqueness of the UUID are checked by
-``submit_define``. Each violation names the element (``devices/disk[2]/source@file``) and the setting to change.
+1. **Host paths only where a table allows them** (``_PATH_FIELDS`` and the per-device checks), each with how it may
+   be used; a path anywhere else is refused, a relative path or one with ``..`` everywhere:
+     ``own``       read-write, only inside the VM's own directory ``<root>/<vm name>/`` of an ``xml_vm_paths`` root
+                   (writable disks and filesystems, NVRAM, sockets, character-device files, logs, NVDIMMs, pstore);
+     ``image``     read-only: the VM's own directory or a shared ``xml_image_paths`` directory (read-only disks,
+                   CD-ROMs, backing files, kernel, initrd, DTB, ACPI tables);
+     ``firmware``  read-only: ``xml_firmware_paths`` or the VM's own directory (loader, NVRAM template);
+     ``nvram``     ``own``, or libvirt's own ``<xml_nvram_paths>/<vm name>_VARS.fd``;
+     ``emulator``  one of ``xml_allowed_emulators``; ``rng``: ``/dev/urandom``, ``/dev/random``, ``/dev/hwrng``.
+   On a node the policy also follows symbolic links of paths that exist (``resolve``): a link in a VM's own
+   directory is judged where it points.
+2. **Devices by kind** (``_DEVICES``): an element under ``<devices>`` that the table does not know is refused.
+   Disks: files, network (``xml_allowed_protocols``, hosts in ``xml_allowed_storage_hosts``), pool volumes
+   (``xml_allowed_pools``); no host block devices, NVMe controllers, vhost-user or vDPA, no ``lun`` passthrough.
+   Interfaces: only onto ``xml_allowed_networks``, ``xml_allowed_bridges``, the cluster's SR-IOV VFs (macvtap or
+   hostdev) or ``xml_allowed_direct_devices``; never ``ethernet`` (``<script>`` runs as root), ``user`` (QEMU's NAT
+   reaches the host's loopback services), sockets to any address, vhost-user or vDPA. Character devices: pty and
+   the like, or unix sockets and files in the VM's own directory; never TCP or UDP (to the BMCs' UDP 623, say), host
+   devices, pipes or stdio. Displays: VNC or SPICE listening on ``xml_allowed_listen`` or a socket of its own.
+   Host devices: the cluster's VFs, others only with ``xml_allow_hostdev``. Never ``shmem`` (a channel to other
+   VMs), ``lease`` (a host lock file), passthrough input, TPM or audio backends that reach host devices.
+3. **Elsewhere**: ``<seclabel>`` is the node's to choose (qemu.conf), never the VM's; no ``sysinfo`` entry with a
+   ``file``; no real-time scheduler (a FIFO vCPU starves the node's own threads, its keepalive among them); the
+   resource partition is ``/machine``; no ``qemu:`` element unless ``xml_allow_qemu_namespace``; no element of the
+   domain that the table ``_TOP`` does not know.
 """
 
 from __future__ import annotations
 
 import posixpath
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 
-__all__ = ["QEMU_NS", "XmlPolicy", "violations"]
+from pvc_tasks import defaults
+from pvc_tasks.domain_xml import QEMU_NS, DomainXml
+from pvc_tasks.xml_devices import DEVICES, refused_device
 
-QEMU_NS = "{http://libvirt.org/schemas/domain/qemu/1.0}"
-_FREE_TEXT = frozenset({"description", "title", "metadata", "sysinfo"})
-_RNG_DEVICES = frozenset({"/dev/urandom", "/dev/random"})
+__all__ = ["Judge", "XmlPolicy", "path_problem", "violations"]
+
+_QEMU = "{" + QEMU_NS + "}"
+_RNG_DEVICES = frozenset({"/dev/urandom", "/dev/random", "/dev/hwrng"})
+#: Children of <domain> the policy knows; their content is judged by the rules below and the path catch-all.
+_TOP = frozenset({
+    "name", "uuid", "genid", "title", "description", "metadata", "maxMemory", "memory", "currentMemory",
+    "blkiotune", "memtune", "memoryBacking", "vcpu", "vcpus", "iothreads", "iothreadids", "defaultiothread",
+    "cputune", "numatune", "resource", "sysinfo", "os", "features", "cpu", "clock", "on_poweroff", "on_reboot",
+    "on_crash", "on_lockfailure", "pm", "perf", "devices", "seclabel", "keywrap", "launchSecurity",
+    "throttlegroups", "idmap",
+})
+#: Free text: never read for paths (a kernel command line says ``root=/dev/vda``; SMBIOS strings may hold ``/``).
+_FREE_TEXT = frozenset({"title", "description", "metadata"})
+#: (element path below <domain>, attribute or "" for the text) -> how the path may be used.
+_PATH_FIELDS: dict[tuple[str, str], str] = {
+    ("os/loader", ""): "firmware", ("os/nvram", ""): "nvram", ("os/nvram", "template"): "firmware",
+    ("os/kernel", ""): "image", ("os/initrd", ""): "image", ("os/dtb", ""): "image", ("os/acpi/table", ""): "image",
+    ("devices/emulator", ""): "emulator",
+}
+#: Values that are not host paths though they may start with "/".
+_NOT_PATHS = frozenset({("os/cmdline", ""), ("devices/filesystem/target", "dir"), ("resource/partition", "")})
 
 
 @dataclass(frozen=True)
 class XmlPolicy:
-    allowed_paths: tuple[str, ...] = ("/var/lib/libvirt/images",)
-    allowed_emulators: tuple[str, ...] = ()
+    """The ``xml_*`` settings, plus the cluster's SR-IOV VFs (from ZooKeeper at the API, from the node's own NICs
+    on a worker) and, on a node, how to follow a path's symbolic links."""
+
+    vm_paths: tuple[str, ...] = defaults.XML_VM_PATHS
+    image_paths: tuple[str, ...] = defaults.XML_IMAGE_PATHS
+    firmware_paths: tuple[str, ...] = defaults.XML_FIRMWARE_PATHS
+    nvram_paths: tuple[str, ...] = defaults.XML_NVRAM_PATHS
+    allowed_emulators: tuple[str, ...] = defaults.XML_ALLOWED_EMULATORS
     allowed_protocols: tuple[str, ...] = ("rbd",)
+    allowed_storage_hosts: tuple[str, ...] = ()
     allowed_pools: tuple[str, ...] = ()
+    allowed_networks: tuple[str, ...] = defaults.XML_ALLOWED_NETWORKS
+    allowed_bridges: tuple[str, ...] = ()
+    allowed_direct_devices: tuple[str, ...] = ()
+    allowed_listen: tuple[str, ...] = defaults.XML_ALLOWED_LISTEN
     allow_qemu_namespace: bool = False
     allow_hostdev: bool = False
-    #: PCI addresses (domain, bus, slot, function) of the cluster's SR-IOV VFs, which hostdevs may name.
+    #: PCI addresses (domain, bus, slot, function) and interface names of the cluster's SR-IOV VFs.
     vf_addresses: frozenset[tuple[int, ...]] = field(default_factory=frozenset)
-
-
-def _local(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1]
+    vf_names: frozenset[str] = field(default_factory=frozenset)
+    #: On a node: a path -> where it really leads (``os.path.realpath``); None at the API, which has no host files.
+    resolve: Callable[[str], str] | None = None
 
 
 def _under(path: str, roots: tuple[str, ...]) -> bool:
-    clean = posixpath.normpath(path)
-    return any(clean == root.rstrip("/") or clean.startswith(root.rstrip("/") + "/") for root in roots if root)
+    return any(path == root.rstrip("/") or path.startswith(root.rstrip("/") + "/") for root in roots if root)
 
 
-def _pci(element: ET.Element | None) -> tuple[int, ...] | None:
-    if element is None:
-        return None
-    try:
-        return tuple(int(element.get(a, ""), 0) for a in ("domain", "bus", "slot", "function"))
-    except ValueError:
-        return None
-
-
-def _walk(element: ET.Element, where: str):
-    yield element, where
-    counts: dict[str, int] = {}
-    for child in element:
-        if not isinstance(child.tag, str):
-            continue  # comments and processing instructions
-        name = _local(child.tag) if not child.tag.startswith(QEMU_NS) else "qemu:" + _local(child.tag)
-        counts[name] = counts.get(name, 0) + 1
-        if name in _FREE_TEXT:
-            continue
-        yield from _walk(child, f"{where}/{name}[{counts[name]}]" if where else f"{name}[{counts[name]}]")
-
-
-def _host_device(element: ET.Element, policy: XmlPolicy, where: str) -> str | None:
-    tag = _local(element.tag)
-    if tag == "hostdev" or (tag == "interface" and element.get("type") == "hostdev"):
-        source = element.find("source")
-        address = source.find("address") if source is not None else None
-        if tag == "interface" or element.get("type") == "pci":
-            if _pci(address) in policy.vf_addresses:
-                return None
-            if not policy.allow_hostdev:
-                return (f"{where}: PCI device {_describe(address)} is not an SR-IOV VF of this cluster "
-                        f"(other host devices need xml_allow_hostdev)")
-        elif not policy.allow_hostdev:
-            return f"{where}: host device of type {element.get('type')!r} needs xml_allow_hostdev"
+def path_problem(path: str, use: str, vm: str, policy: XmlPolicy) -> str | None:
+    """Why ``path`` may not serve ``use`` for VM ``vm``; None when it may."""
+    if use == "emulator":
+        return None if path in policy.allowed_emulators else \
+            f"emulator {path!r} is not one of xml_allowed_emulators ({', '.join(policy.allowed_emulators) or 'none'})"
+    if use == "rng":
+        return None if path in _RNG_DEVICES else f"RNG source {path!r} is not one of {', '.join(sorted(_RNG_DEVICES))}"
+    if not path.startswith("/"):
+        return f"relative path {path!r} (libvirt would resolve it against its own working directory)"
+    if posixpath.normpath(path) != path.rstrip("/") or "/../" in path + "/" or "//" in path:
+        return f"path {path!r} is not in normal form (no '..', '.' or '//')"
+    own = tuple(f"{root.rstrip('/')}/{vm}" for root in policy.vm_paths)
+    allowed = {"own": own, "image": own + policy.image_paths, "firmware": own + policy.firmware_paths,
+               "nvram": own}[use]
+    nvram_file = use == "nvram" and posixpath.dirname(path) in [p.rstrip("/") for p in policy.nvram_paths] and \
+        posixpath.basename(path) == f"{vm}_VARS.fd"
+    if not (_under(path, allowed) and path.rstrip("/") not in own) and not nvram_file:
+        where = {"own": "the VM's own directory", "image": "the VM's own directory or xml_image_paths",
+                 "firmware": "xml_firmware_paths or the VM's own directory",
+                 "nvram": "the VM's own directory or <xml_nvram_paths>/<vm>_VARS.fd"}[use]
+        return f"{path!r} is not in {where} ({', '.join(allowed) or 'none'}) for a {use} path"
+    if policy.resolve is not None:
+        real = policy.resolve(path)
+        if real != path and path_problem(real, use, vm, replace(policy, resolve=None)):
+            return f"{path!r} leads to {real!r}, which is not allowed for a {use} path"
     return None
 
 
-def _describe(address: ET.Element | None) -> str:
-    if address is None:
-        return "(no address)"
-    return ":".join(address.get(a, "?") for a in ("domain", "bus", "slot", "function"))
+class Judge:
+    """One tree judged: problems found, and the (element, attribute) pairs a rule has looked at already (the
+    catch-all skips them)."""
+
+    def __init__(self, root: ET.Element, vm: str, policy: XmlPolicy) -> None:
+        self.root, self.vm, self.policy = root, vm, policy
+        self.problems: list[str] = []
+        self.seen: set[tuple[int, str]] = set()
+
+    def refuse(self, where: str, text: str) -> None:
+        self.problems.append(f"{where}: {text}")
+
+    def judged(self, element: ET.Element) -> None:
+        """Everything in ``element`` has been judged as a whole: the catch-all leaves it alone."""
+        for inner in element.iter():
+            self.seen.update((id(inner), attribute) for attribute in ("", *inner.attrib))
+
+    def refuse_all(self, element: ET.Element, where: str, text: str) -> None:
+        """Refuse ``element`` as a whole (one sentence, not one per path inside it)."""
+        self.refuse(where, text)
+        self.judged(element)
+
+    def path(self, element: ET.Element | None, where: str, attribute: str, use: str) -> None:
+        """Judge one path-bearing field (an attribute, or the text when ``attribute`` is "")."""
+        if element is None:
+            return
+        self.seen.add((id(element), attribute))
+        value = element.get(attribute) if attribute else (element.text or "").strip()
+        if value:
+            problem = path_problem(value, use, self.vm, self.policy)
+            if problem:
+                self.refuse(f"{where}@{attribute}" if attribute else where, problem)
 
 
-def violations(root: ET.Element, policy: XmlPolicy) -> list[str]:
-    """Every way ``root`` (a parsed ``<domain>``) breaks ``policy``, as sentences naming the element; [] when none."""
-    found: list[str] = []
-    for element, where in _walk(root, ""):
-        place = where or "domain"
-        if element.tag.startswith(QEMU_NS) and not policy.allow_qemu_namespace:
-            found.append(f"{place}: qemu: namespace elements pass options straight to QEMU (needs "
-                         f"xml_allow_qemu_namespace)")
+def _walk(element: ET.Element, where: str, rel: str) -> Iterator[tuple[ET.Element, str, str]]:
+    """(element, place with indices, path below <domain> without them) for every element but free text."""
+    yield element, where, rel
+    counts: dict[str, int] = {}
+    for child in element:
+        tag = child.tag if not child.tag.startswith(_QEMU) else "qemu:" + child.tag[len(_QEMU):]
+        counts[tag] = counts.get(tag, 0) + 1
+        if tag in _FREE_TEXT and element.tag == "domain":
             continue
-        problem = _host_device(element, policy, place)
-        if problem:
-            found.append(problem)
-        tag = _local(element.tag)
-        if tag == "source" and element.get("protocol") and element.get("protocol") not in policy.allowed_protocols:
-            found.append(f"{place}@protocol: network storage {element.get('protocol')!r} is not allowed "
-                         f"(xml_allowed_protocols: {', '.join(policy.allowed_protocols) or 'none'})")
-        if tag == "source" and element.get("pool") and not ({"*", element.get("pool")} & set(policy.allowed_pools)):
-            found.append(f"{place}@pool: storage pool {element.get('pool')!r} is not allowed "
-                         f"(xml_allowed_pools: {', '.join(policy.allowed_pools) or 'none'})")
-        text = (element.text or "").strip()
-        if tag == "emulator":
-            if text not in policy.allowed_emulators:
-                found.append(f"{place}: emulator {text!r} is not one of xml_allowed_emulators "
-                             f"({', '.join(policy.allowed_emulators) or 'none'})")
+        place = f"{where}/{tag}[{counts[tag]}]" if where else f"{tag}[{counts[tag]}]"
+        yield from _walk(child, place, f"{rel}/{tag}" if rel else tag)
+
+
+def _judge(root: ET.Element, vm: str, policy: XmlPolicy) -> list[str]:
+    judge = Judge(root, vm, policy)
+    for element, where, rel in _walk(root, "", ""):
+        tag = element.tag
+        top = rel.split("/", 1)[0]
+        if tag.startswith(_QEMU):
+            if not policy.allow_qemu_namespace:
+                judge.refuse(where, "qemu: namespace elements pass options straight to QEMU (needs "
+                             "xml_allow_qemu_namespace)")
             continue
-        values = [(f"{place}@{name}", value) for name, value in element.attrib.items()]
-        values += [(place, text)] if text else []
-        for at, value in values:
-            if value.startswith("/") and not (value in _RNG_DEVICES and tag == "backend") \
-                    and not _under(value, policy.allowed_paths):
-                found.append(f"{at}: host path {value!r} is outside the allowed directories "
-                             f"(xml_allowed_paths: {', '.join(policy.allowed_paths) or 'none'})")
-    return found
+        if rel and "/" not in rel and top not in _TOP:
+            judge.refuse(where, f"<{tag}> is not an element pvc's XML policy knows")
+        elif rel.startswith("devices/") and rel.count("/") == 1:
+            (DEVICES.get(tag) or refused_device)(judge, element, where)
+        elif tag == "seclabel":
+            judge.refuse(where, "the node's security driver labels its VMs (qemu.conf); a VM may not choose its own "
+                                "<seclabel>")
+        elif rel == "sysinfo/entry" and element.get("file") is not None:
+            judge.refuse(f"{where}@file", "a sysinfo entry with a file hands a host file to the guest")
+        elif tag in ("vcpusched", "iothreadsched", "emulatorsched") and element.get("scheduler") in ("fifo", "rr"):
+            judge.refuse(where, "a real-time scheduler lets the VM starve the node's own threads")
+        elif rel == "resource/partition" and (element.text or "").strip() != "/machine":
+            judge.refuse(where, "the resource partition is the node's: only /machine")
+        for attribute in ("", *element.attrib):
+            use = _PATH_FIELDS.get((rel, attribute))
+            if use:
+                judge.path(element, where, attribute, use)
+    _catch_all(judge)
+    return judge.problems
+
+
+def _catch_all(judge: Judge) -> None:
+    """Every host path a rule did not judge is refused: a field the tables do not list may not name the host."""
+    for element, where, rel in _walk(judge.root, "", ""):
+        if element.tag.startswith(_QEMU) or rel.startswith("sysinfo") or element.tag == "seclabel":
+            continue
+        for attribute, value in [("", (element.text or "").strip()), *element.attrib.items()]:
+            if (id(element), attribute) in judge.seen or (rel, attribute) in _NOT_PATHS:
+                continue
+            if value.startswith("/"):
+                judge.refuse(f"{where}@{attribute}" if attribute else where,
+                             f"host path {value!r} in a field pvc's XML policy does not allow paths in")
+
+
+def violations(doc: DomainXml, policy: XmlPolicy) -> list[str]:
+    """Every way ``doc`` breaks ``policy``, as sentences naming the element; [] when none. Both trees are judged
+    (libvirt's reading, then the canonical text); a problem both show is said once."""
+    found: dict[str, str] = {}
+    for tree in (doc.libvirt, doc.tree):
+        for problem in _judge(tree, doc.name, policy):
+            found.setdefault(problem.split(": ", 1)[-1], problem)
+    return list(found.values())

@@ -56,6 +56,7 @@ from pvc_workers.session import SessionWatch
 from pvc_workers.sriov import nic_for
 from pvc_workers.vf_inventory import VfInventory
 from pvc_workers.watchdog import Watchdog
+from pvc_workers.xml_guard import XmlGuard
 from zk_schema import Schema, SchemaError, available_versions, cluster_version
 
 __all__ = ["main"]
@@ -158,15 +159,16 @@ class Daemon:
         returning = self.returning = _register(self.zk, schema, settings)
         if returning:
             log.warning("node %s returns after it was declared dead: no VM is started at start-up", settings.node)
+        guard = XmlGuard(settings.xml_policy, lambda: self.vf_inventory.vfs(), lambda device: self.nic.has(device))
         try:
-            hypervisor = LibvirtHypervisor(settings.libvirt_uri, settings.migration_uri,
+            hypervisor = LibvirtHypervisor(settings.libvirt_uri, guard.check, settings.migration_uri,
                                            settings.migration_bandwidth)
         except HypervisorError as exc:
             raise StartupError(str(exc)) from exc
         ctx = NodeContext(settings.node, settings, self.zk, schema, hypervisor,
                           fence=fencer(settings.ipmi_timeout, settings.ipmi_cipher_suite))
         try:
-            ctx.nic = nic_for(settings.libvirt_uri, hypervisor.conn, settings.sriov_backend)
+            ctx.nic = self.nic = nic_for(settings.libvirt_uri, hypervisor.conn, settings.sriov_backend)
             self.vf_inventory = VfInventory(ctx, ctx.nic, settings.sriov_pfs)
             self.vf_inventory.sync()
             log.info("SR-IOV settings applied from ZooKeeper: %s", apply_all(ctx))

@@ -82,8 +82,11 @@ def _figures(sent: int, remaining: int, total: int, seconds: float) -> dict:
 class LibvirtHypervisor:
     """A node's hypervisor through one libvirt connection."""
 
-    def __init__(self, uri: str, migration_uri: str = "", migration_bandwidth: int = 0) -> None:
+    def __init__(self, uri: str, guard: Callable[[str, str], str], migration_uri: str = "",
+                 migration_bandwidth: int = 0) -> None:
         self.uri = uri
+        #: ``guard(xml, vm)``: the canonical text this node may define, or ``XmlRefused`` (``pvc_workers.xml_guard``).
+        self.guard = guard
         self.migration_bandwidth = migration_bandwidth
         #: Where QEMU sends migration data (``tcp://host``); empty lets libvirt use the peer's hostname.
         self.migration_uri = migration_uri
@@ -118,8 +121,11 @@ class LibvirtHypervisor:
             raise HypervisorError(f"{what} failed: {exc.get_error_message() or exc}",
                                   config=exc.get_error_code() in _CONFIG_ERRORS) from exc
 
-    def define(self, xml: str) -> DomainFacts:
-        return self._facts(self._call("define", self.conn.defineXML, xml))
+    def check_xml(self, xml: str, vm: str) -> None:
+        self.guard(xml, vm)
+
+    def define(self, xml: str, vm: str) -> DomainFacts:
+        return self._facts(self._call("define", self.conn.defineXML, self.guard(xml, vm)))
 
     def undefine(self, name: str) -> None:
         self._call(f"undefine {name}", self._domain(name).undefine)
@@ -167,7 +173,7 @@ class LibvirtHypervisor:
                  | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
         params: dict = {libvirt.VIR_MIGRATE_PARAM_URI: self.migration_uri} if self.migration_uri else {}
         if dest_xml:  # the target's definition differs (an SR-IOV VF of the target's)
-            params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = dest_xml
+            params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = self.guard(dest_xml, name)
         if self.migration_bandwidth:
             params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(self.migration_bandwidth)
         outcome: dict[str, BaseException | None] = {"error": None}

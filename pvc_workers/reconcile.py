@@ -63,14 +63,15 @@ def reconcile_vms(ctx: NodeContext, returning: bool = False) -> dict[str, int]:
             continue
         if vm not in live:
             try:
-                hv.define(record["xml"])
+                hv.define(record["xml"], vm)
                 counts["redefined"] += 1
                 if record["state"] == "running" and not returning:
                     hv.start(vm)
                     counts["restarted"] += 1
             except HypervisorError as exc:
                 log.error("could not restore VM %s on %s: %s", vm, ctx.node, exc)
-                zk.set(schema.path("domain.failed_reason", vm), f"restore on worker start failed: {exc}".encode())
+                zk.set(schema.path("domain.failed_reason", vm),
+                       f"restore on worker start failed: {exc.as_reason(ctx.node)}".encode())
         observed = hv.state(vm)
         ops = []
         if observed not in ("missing", record["state"]) and not (record["state"] == "failed" and observed == "stopped"):

@@ -129,6 +129,12 @@ class IpLinkNic:
     def __init__(self, sysfs: str = "/sys", timeout: float = defaults.NIC_COMMAND_TIMEOUT) -> None:
         self.sysfs, self.timeout = Path(sysfs), timeout
 
+    def has(self, device: str | tuple[int, ...]) -> bool:
+        """Is there an interface of this name (or a PCI device at this address) on this node now?"""
+        if isinstance(device, str):
+            return (self.sysfs / "class" / "net" / device).exists()
+        return (self.sysfs / "bus" / "pci" / "devices" / "{:04x}:{:02x}:{:02x}.{:x}".format(*device)).exists()
+
     def _run(self, argv: list[str]) -> str:
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout, check=False)
@@ -200,6 +206,13 @@ class SimulatedNic:
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
         tmp.replace(self.state_file)  # atomic: a reader never sees half a file
+
+    def has(self, device: str | tuple[int, ...]) -> bool:
+        """Is there an interface of this name (or a PCI device at this address) among the node's devices?"""
+        pci, net = self._devices()
+        if isinstance(device, str):
+            return any(interface == device for interface, _mac in net.values())
+        return any(_address_of(cap) == device for cap in pci.values())
 
     def _devices(self) -> tuple[dict[str, ET.Element], dict[str, tuple[str, str]]]:
         """PCI devices by libvirt name, and net devices: parent PCI name -> (interface, MAC)."""

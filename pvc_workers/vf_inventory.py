@@ -72,6 +72,14 @@ class VfInventory:
         log.info("SR-IOV inventory of %s: %d PF(s), %d VF(s); %s", node, len(pfs), len(vfs), counts)
         return counts
 
+    def vfs(self) -> tuple[frozenset[tuple[int, ...]], frozenset[str]]:
+        """This node's VFs as its NICs showed them at the last ``sync`` (PCI addresses, interface names): what the
+        node's XML check lets a VM name (``pvc_workers.xml_guard``), never ZooKeeper's records."""
+        if self._last is None:
+            return frozenset(), frozenset()
+        found = self._last[1]
+        return frozenset(tuple(int(p, 16) for p in vf.pci) for vf in found), frozenset(vf.name for vf in found)
+
     def _pf_ops(self, pf: PhysicalFunction, known: dict | None) -> list[Op]:
         schema, node = self.ctx.schema, self.ctx.node
         values = {"phy": pf.name, "mtu": str(pf.mtu), "vfcount": str(pf.vfcount)}

@@ -7,10 +7,11 @@ cd "$(dirname "$0")/.."
 
 # ZooKeeper, Redis, libvirt (headers for libvirt-python; the QEMU driver for real guests), IPMI simulator,
 # libfaketime (a worker with a skewed clock, in the fencing tests), Chromium and its driver (the status page and
-# Swagger UI tested in a real browser), jq (the README's examples pick job ids out of JSON with it).
+# Swagger UI tested in a real browser), jq (the README's examples pick job ids out of JSON with it), qemu-utils
+# (qemu-img: a node reads the backing chains of VM images before it defines them).
 APT_PACKAGES=(zookeeper redis-server libvirt-dev pkg-config openipmi ipmitool libvirt-clients
               qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu faketime rabbitmq-server
-              chromium chromium-driver jq)
+              chromium chromium-driver jq qemu-utils)
 VENV=${PVC_VENV:-.venv}
 
 missing=()

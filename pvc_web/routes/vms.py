@@ -39,9 +39,11 @@ def list_vms():
 @blp.alt_response(409, description="a VM of that name exists, the node is not available, or nothing fits")
 @idempotent
 def define_vm(args: dict):
-    """Define a VM from libvirt XML on ``node`` or on the node the selector picks. The XML must pass the API's
-    XML policy (400 ``xml_not_allowed`` naming each offending element: host paths outside the allowed directories,
-    ``qemu:`` elements, host devices that are not the cluster's VFs) and its UUID must be new (409 ``uuid_exists``)."""
+    """Define a VM from libvirt XML on ``node`` or on the node the selector picks. The XML is read as libvirt reads
+    it (400 ``invalid_request`` with libvirt's reason when it cannot), must pass the XML policy (400
+    ``xml_not_allowed`` naming each offending element: host paths where the policy allows none, another VM's files,
+    interfaces onto unconfigured networks, ``qemu:`` elements, host devices that are not the cluster's VFs) and its
+    UUID must be new (409 ``uuid_exists``). The node checks the XML again before its libvirt sees it."""
     h = handle()
     job = submit_define(h.zk, h.schema, args["xml"], args.get("node"), args.get("meta"), origin=origin(),
                         policy=current_app.extensions["pvc_settings"].xml_policy)

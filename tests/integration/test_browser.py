@@ -15,8 +15,14 @@ def api(c, method, path, **kw):
 
 
 @pytest.fixture(scope="module")
-def browser_cluster(shared_cluster):
-    return shared_cluster("browser", NODES)
+def vm_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("vms")
+
+
+@pytest.fixture(scope="module")
+def browser_cluster(shared_cluster, vm_root):
+    roots = {"PVC_XML_VM_PATHS": str(vm_root)}  # VM directories the failure test can put a link into
+    return shared_cluster("browser", NODES, worker_env=roots, api_env=roots)
 
 
 @pytest.fixture(scope="module")
@@ -84,18 +90,21 @@ def test_status_page_shows_the_cluster_and_a_flush_bar_that_moves(browser_cluste
     assert c.wait_job(api(c, "post", "/nodes/br1/ready").json()["id"])["state"] == "succeeded"
 
 
-def test_status_page_lists_a_failed_job_under_recent_failures(browser_cluster, browser):
-    """A job that fails (libvirt refuses the VM's XML) shows up under recent failures with its reason, as text."""
+def test_status_page_lists_a_failed_job_under_recent_failures(browser_cluster, browser, vm_root):
+    """A job that fails (the node refuses the VM's disk: a link in its directory to a path outside it) shows up
+    under recent failures with its reason, as text."""
     c = browser_cluster
     browser.get(f"{c.api_url}/api/v1/status")
     wait(browser, "live", lambda d: text(d, "#connection") == "live")
-    disk = ("<devices><disk type='file'><source file='/var/lib/libvirt/images/x'/>"
-            "<target dev='vda' bus='&lt;b&gt;nonsense'/></disk></devices>")
+    (vm_root / "bwbad").mkdir()
+    (vm_root / "bwbad" / "disk.img").symlink_to("/nonexistent/<b>nonsense")
+    disk = (f"<devices><disk type='file'><source file='{vm_root}/bwbad/disk.img'/>"
+            "<target dev='vda'/></disk></devices>")
     r = api(c, "post", "/vms", json={"xml": domain_xml("bwbad").replace("</os>", "</os>" + disk), "node": "br2"})
     job = c.wait_job(r.json()["id"])
     assert job["state"] == "failed", job
     item = wait(browser, "the failure", lambda d: text(d, f'#failures li[data-job="{job["id"]}"]'))
-    assert "define bwbad" in item and "configuration error on br2" in item
+    assert "define bwbad" in item and "xml_not_allowed on br2" in item
     assert "<b>nonsense" in item  # the reason is shown as text, not interpreted as markup
     assert console_errors(browser) == []
 

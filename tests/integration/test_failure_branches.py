@@ -148,24 +148,30 @@ def test_duplicated_job_message_runs_the_job_once(make_cluster):
     assert libvirt_domains(c)["hv1"]["dupstart"]["state"] == "running"
 
 
-def test_define_refused_by_libvirt_releases_its_vfs(make_cluster):
-    """A define whose XML libvirt refuses fails with libvirt's reason, removes the VM record, and gives back the VF
-    the define had claimed, so another VM can use it."""
-    c = make_cluster([NodeSpec("hv1")])
-    vf_xml = (domain_xml("badarch").replace("arch='x86_64'", "arch='nosuch'")
-              .replace("</domain>", "<devices><interface type='direct'><source dev='ens1f0v1' mode='passthrough'/>"
-                                    "</interface></devices></domain>"))
+def test_define_refused_by_the_node_releases_its_vfs(make_cluster, tmp_path):
+    """A define the node refuses (its disk is a link, in the VM's own directory, to a host file: only the node can
+    see that) fails with the node's reason, removes the VM record, and gives back the VF the define had claimed, so
+    another VM can use it."""
+    roots = {"PVC_XML_VM_PATHS": str(tmp_path / "vms")}
+    c = make_cluster([NodeSpec("hv1")], worker_env=roots, api_env=roots)
+    (tmp_path / "vms" / "badlink").mkdir(parents=True)
+    (tmp_path / "vms" / "badlink" / "disk.img").symlink_to("/etc/shadow")
+    vf_xml = domain_xml("badlink").replace(
+        "</domain>", f"<devices><disk type='file' device='disk'><source file='{tmp_path}/vms/badlink/disk.img'/>"
+                     "<target dev='vda'/></disk><interface type='direct'><source dev='ens1f0v1' mode='passthrough'/>"
+                     "</interface></devices></domain>")
     r = api(c, "post", "/vms", json={"xml": vf_xml, "node": "hv1"})
     assert r.status_code == 202, r.text
     ended = c.wait_job(r.json()["id"])
-    assert ended["state"] == "failed" and "nosuch" in ended["reason"], ended
-    assert api(c, "get", "/vms/badarch").status_code == 404
+    assert ended["state"] == "failed" and "xml_not_allowed on hv1" in ended["reason"], ended
+    assert "leads to '/etc/shadow'" in ended["reason"], ended
+    assert api(c, "get", "/vms/badlink").status_code == 404
     vf = api(c, "get", "/sriov/vfs/hv1/ens1f0v1").json()
     assert vf["used"] is False and vf["used_by"] == ""
     good = domain_xml("vfuser").replace("</domain>", "<devices><interface type='direct'><source dev='ens1f0v1' "
                                                      "mode='passthrough'/></interface></devices></domain>")
     assert c.wait_job(api(c, "post", "/vms", json={"xml": good, "node": "hv1"}).json()["id"])["state"] == "succeeded"
-    assert "badarch" not in libvirt_domains(c)["hv1"]
+    assert "badlink" not in libvirt_domains(c)["hv1"]
 
 
 def test_a_stuck_job_is_shown_and_raises_a_cluster_fault_until_it_ends(make_cluster):

@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 import requests
 
+from pvc_dev.services import wait_until
 from pvc_tasks.config import load_settings
 from pvc_web.app import create_app
 from tests.integration.test_api_errors import assert_error, unchanged  # noqa: F401 - fixture
@@ -94,9 +95,7 @@ def test_health_answers_from_memory(cluster):
     probe, handle = app.extensions["pvc_health"], app.extensions["pvc"]
     client = app.test_client()
     try:
-        deadline = time.monotonic() + 30
-        while client.get("/api/v1/health").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: client.get("/api/v1/health").status_code == 200, 30, "the probe's first look")
         probe.stop()
         handle.stop()
         probe.settings = replace(probe.settings, broker="redis://127.0.0.1:1/0", redis="redis://127.0.0.1:1/0")
