@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from pvc_dev.services import Service, _await, free_port
+from pvc_dev.services import Service, _await, free_port, write_private
 
 __all__ = ["BMC_PASSWORD", "BMC_USER", "PowerSwitch", "power_client", "start_bmc"]
 
@@ -98,7 +98,7 @@ def start_bmc(node: str, switch: PowerSwitch, workdir: Path) -> Service:
     script = workdir / "chassis-control"
     script.write_text(f"#!/bin/sh\nexec {sys.executable} -m pvc_dev.bmc {switch.path} \"$@\"\n")
     script.chmod(0o755)
-    (workdir / "lan.conf").write_text(
+    write_private(workdir / "lan.conf",
         f'name "{node}"\nset_working_mc 0x20\n  startlan 1\n    addr 127.0.0.1 {port}\n    priv_limit admin\n'
         + "".join(f"    allowed_auths_{who} none md2 md5 straight\n"
                   for who in ("callback", "user", "operator", "admin"))

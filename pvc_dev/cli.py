@@ -24,6 +24,7 @@ from pathlib import Path
 from pvc_dev.bmc import BMC_PASSWORD, BMC_USER
 from pvc_dev.cluster import LocalCluster, NodeSpec
 from pvc_dev.guests import qemu_domain_xml
+from pvc_dev.services import write_private
 from pvc_tasks.secrets import new_key
 
 __all__ = ["main"]
@@ -75,9 +76,14 @@ def _secret(workdir: Path, name: str, length: int) -> str:
     """A secret kept across runs so that exported tokens keep working after a restart."""
     path = workdir / name
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(length))
-        path.chmod(0o600)
+        write_private(path, secrets.token_urlsafe(length))
     return path.read_text().strip()
+
+
+def _tls_note(c: LocalCluster) -> str:
+    if not c.zookeeper_tls:
+        return ""
+    return f" over mutual TLS (the cluster's own CA: {c.zookeeper.info['ca']})"
 
 
 def _banner(c: LocalCluster, workdir: Path) -> str:
@@ -91,7 +97,7 @@ Ctrl-C here, or `pvc-dev down`, stops it.
   Swagger   {c.api_url}/api/v1/docs   (browser: any user name, the token as password; then Authorize with it)
   Metrics   {c.api_url}/api/v1/metrics (Prometheus; the token as the Basic password)
   Flower    {c.flower_url}            (user {c.flower_user}, password {c.flower_password})
-  ZooKeeper {c.zk_hosts}
+  ZooKeeper {c.zk_hosts}{_tls_note(c)}
   Broker    {c.broker_url}
   BMCs      {", ".join(f"{n} {b.info['hostname']}" for n, b in c.bmc.items()) or "none"}
             (ipmi_sim; `ipmitool -I lanplus -C 3 -H 127.0.0.1 -p <port> -U {BMC_USER} -P {BMC_PASSWORD}
@@ -119,9 +125,7 @@ def _write_env(c: LocalCluster, workdir: Path) -> None:
              f"export PVC_API_TOKEN={c.token}"]
     lines += [f"export PVC_DEV_BMC_PORT_{node.upper()}={str(bmc.info['hostname']).rpartition(':')[2]}"
               for node, bmc in c.bmc.items()]
-    path = workdir / "env"
-    path.write_text("\n".join(lines) + "\n")
-    path.chmod(0o600)
+    write_private(workdir / "env", "\n".join(lines) + "\n")
 
 
 def up(args: argparse.Namespace) -> int:
@@ -139,12 +143,11 @@ def up(args: argparse.Namespace) -> int:
     qemu = args.hypervisor == "qemu"
     cluster = LocalCluster(workdir, QEMU_NODES if qemu else DEV_NODES, token=_secret(workdir, "token", 24),
                            read_token=_secret(workdir, "read-token", 24),
-                           flower_password=_secret(workdir, "flower-password", 12))
+                           flower_password=_secret(workdir, "flower-password", 12), zookeeper_tls=True)
     print("starting ZooKeeper, Redis, 3 workers, the API and Flower ...", flush=True)
     cluster.start()
     try:
-        (workdir / "cli.toml").write_text(f'api_url = "{cluster.api_url}"\ntoken = "{cluster.token}"\n')
-        (workdir / "cli.toml").chmod(0o600)
+        write_private(workdir / "cli.toml", f'api_url = "{cluster.api_url}"\ntoken = "{cluster.token}"\n')
         _write_env(cluster, workdir)
         if not args.no_vms:
             for name, memory, node, start in DEMO_VMS:
@@ -157,7 +160,7 @@ def up(args: argparse.Namespace) -> int:
         def record() -> None:
             """The launcher and every process of the cluster, for `status`, `down` and the next `up` (a worker
             started again after a power cycle has a new PID)."""
-            _state_file(workdir).write_text(json.dumps({
+            write_private(_state_file(workdir), json.dumps({  # the banner holds the tokens and passwords
                 "launcher": os.getpid(), "banner": banner,
                 "processes": [{"name": s.name, "pid": s.pid, "argv0": Path(s.argv[0]).name}
                               for s in cluster.services]}))

@@ -5,7 +5,7 @@ harness starts) and usable from benches and by hand: ``check(cluster)`` raises `
 broken invariant, or returns what it read.
 
 Where libvirt is read: every ``pvc-worker`` answers the remote-control command ``pvc_domains``
-(``pvc_workers.inspect``) with what its libvirt connection reports at that moment. That is the only way in for
+(``pvc_workers.control``) with what its libvirt connection reports at that moment. That is the only way in for
 libvirt's test driver, whose hypervisor state lives inside the worker process (a node whose worker is down has no
 domains at all); a QEMU node whose worker is down is read straight from its libvirtd. A node that cannot be read
 is reported, never assumed empty.

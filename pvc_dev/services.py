@@ -24,8 +24,9 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["Ensemble", "Service", "ServiceDied", "free_port", "start_api", "start_ensemble", "start_flower",
-           "start_rabbitmq", "start_redis", "start_worker", "start_zookeeper", "stop_epmd", "wait_until", "zk_stats"]
+__all__ = ["REDIS_ACL", "Ensemble", "Service", "ServiceDied", "free_port", "start_api", "start_ensemble",
+           "start_flower", "start_rabbitmq", "start_redis", "start_worker", "start_zookeeper", "stop_epmd",
+           "wait_until", "write_private", "zk_stats"]
 
 ZK_CLASSPATH = ":".join(f"/usr/share/java/{jar}" for jar in (
     "zookeeper.jar", "zookeeper-jute.jar", "slf4j-api.jar", "slf4j-log4j12.jar", "log4j-1.2.jar",
@@ -34,11 +35,26 @@ ZK_CLASSPATH = ":".join(f"/usr/share/java/{jar}" for jar in (
     "metrics-core.jar", "snappy-java.jar", "commons-cli.jar"))
 
 
+#: The Redis ACL of pvc's user: every key and channel, every command but the dangerous ones (FLUSHALL, CONFIG,
+#: KEYS, DEBUG, SHUTDOWN, MONITOR, CLIENT KILL, MIGRATE, ...). docs/configuration.md, "The broker".
+REDIS_ACL = "~* &* +@all -@dangerous"
+
+
 def _ephemeral_low() -> int:
     try:
         return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return 32768
+
+
+def write_private(path: Path, data: str | bytes) -> Path:
+    """Write a file that holds a secret: mode 0600 from its creation (never readable by others, not even for the
+    moment between a write and a chmod), and 0600 again when it existed with another mode."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data.encode() if isinstance(data, str) else data)
+    return path
 
 
 def free_port(udp: bool = False) -> int:
@@ -186,10 +202,12 @@ def _tls_files(workdir: Path) -> tuple[Path, Path]:
         (tls / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
         run("x509", "-req", "-in", "server.csr", "-CA", str(ca), "-CAkey", str(key), "-CAcreateserial", "-out",
             "server.crt", "-days", "30", "-extfile", "san.cnf")
-        server.write_bytes((tls / "server.key").read_bytes() + (tls / "server.crt").read_bytes())
+        write_private(server, (tls / "server.key").read_bytes() + (tls / "server.crt").read_bytes())
         run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=pvc")
         run("x509", "-req", "-in", "client.csr", "-CA", str(ca), "-CAkey", str(key), "-CAcreateserial", "-out",
             "client.crt", "-days", "30")
+        for private in (key, tls / "server.key", tls / "client.key"):
+            private.chmod(0o600)  # openssl writes keys with the process's umask
     return ca, server
 
 
@@ -331,10 +349,10 @@ def start_redis(workdir: Path, port: int | None = None, password: str | None = N
     clients already use, for the same user."""
     workdir.mkdir(parents=True, exist_ok=True)
     port, password = port or free_port(), password or secrets.token_urlsafe(16)
-    conf = workdir / "redis.conf"
-    conf.touch(mode=0o600)
-    conf.write_text(f'port {port}\nbind 127.0.0.1\nsave ""\nappendonly yes\nappendfsync everysec\ndaemonize no\n'
-                    f'dir "{workdir}"\nuser default off\nuser pvc on >{password} ~* &* +@all\n')
+    conf = write_private(workdir / "redis.conf",
+                         f'port {port}\nbind 127.0.0.1\nsave ""\nappendonly yes\nappendfsync everysec\n'
+                         f'daemonize no\ndir "{workdir}"\nuser default off\nuser pvc on >{password} {REDIS_ACL}\n'
+                         f'user audit on >{password}-audit +acl|log +ping\n')
     svc = Service("redis", ["redis-server", str(conf)], workdir / "redis.log", port=port, password=password,
                   url=f"redis://pvc:{password}@127.0.0.1:{port}/0")
 
@@ -372,8 +390,7 @@ def start_rabbitmq(workdir: Path, port: int | None = None, password: str | None 
     if port is None or password is None:
         port, password = free_port(), secrets.token_urlsafe(16)
         epmd = free_port()
-        definitions.touch(mode=0o600)
-        definitions.write_text(_rabbitmq_definitions(password, ["/"] + [f"pvc-{i}" for i in range(1, vhosts + 1)]))
+        write_private(definitions, _rabbitmq_definitions(password, ["/"] + [f"pvc-{i}" for i in range(1, vhosts + 1)]))
         conf.write_text(f"listeners.tcp.1 = 127.0.0.1:{port}\nload_definitions = {definitions}\n"
                         "loopback_users = none\nlog.console = false\nlog.file.level = warning\n"
                         f"# epmd {epmd} dist {free_port()} node pvc-{secrets.token_hex(4)}\n")

@@ -41,6 +41,9 @@ class Settings:
     zookeeper_tls_ca: str = ""
     zookeeper_tls_cert: str = ""
     zookeeper_tls_key: str = ""
+    #: The server's certificate must name the host in ``zookeeper`` (DNS name or IP address); off only for
+    #: certificates made without names, and then any certificate of the CA passes for any server.
+    zookeeper_tls_check_hostname: bool = True
     #: Seals the IPMI passwords kept in ZooKeeper (``pvc_tasks.secrets``); the same on every node, never in ZooKeeper.
     secret_key: str = field(default="", repr=False)
     # Worker

@@ -167,6 +167,11 @@ API_IDLE_TIMEOUT = 15.0
 API_REQUEST_TIMEOUT = 20.0
 #: Largest request body in bytes; a larger Content-Length is answered 413 before the body is read.
 API_MAX_BODY = 4 * 1024 * 1024
+#: A worker's metrics server (``metrics_listen``): threads serving scrapes, connections that may wait for one, and
+#: the seconds a connection has to send its request before it is cut.
+METRICS_THREADS = 2
+METRICS_PENDING = 8
+METRICS_TIMEOUT = 2.0
 #: How often (s) the API looks at ZooKeeper and the broker for ``GET /health``, which answers that look from memory.
 HEALTH_INTERVAL = 2.0
 #: A look older than this (s) makes ``/health`` degraded (``stale``): the looking thread is stuck on I/O.

@@ -8,20 +8,25 @@ nodes, VMs, queues) are the API's (``pvc_web.metrics``).
   from Celery's ``task_prerun`` to ``task_postrun`` signals; ``task`` is its name (``pvc.<family>.<phase>``),
   ``outcome`` Celery's state (SUCCESS, FAILURE, RETRY).
 
-A worker serves them on ``metrics_listen`` (``host:port``; empty: not served). That bind has no authentication:
-keep it on loopback or a management network (docs/deployment.md); the figures are timings, never names or secrets.
+A worker serves them on ``metrics_listen`` (``host:port``; empty: not served) with a bounded server (a small thread
+pool, a timeout per connection: ``BoundedServer``). That bind has no authentication: keep it on loopback or a
+management network (docs/deployment.md); the figures are timings, never names or secrets.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 from celery.signals import task_postrun, task_prerun
 from kazoo.client import KazooClient
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 
-__all__ = ["REGISTRY", "STEP_SECONDS", "ZK_SECONDS", "TimedKazooClient", "serve"]
+from pvc_tasks import defaults
+
+__all__ = ["REGISTRY", "STEP_SECONDS", "ZK_SECONDS", "BoundedServer", "TimedKazooClient", "serve"]
 
 #: This process's metrics (not prometheus-client's global registry: nothing a library registers leaks in).
 REGISTRY = CollectorRegistry()
@@ -66,7 +71,62 @@ def _task_ended(task_id: str | None = None, task=None, state: str | None = None,
     _STARTED.at = None
 
 
-def serve(listen: str) -> None:
-    """Serve this process's metrics on ``host:port`` (a daemon thread of prometheus-client)."""
+class _MetricsHandler(BaseHTTPRequestHandler):
+    """``GET /metrics`` (or ``/``): the registry in Prometheus' text format; nothing else. One request per
+    connection; a client that sends nothing is cut after ``METRICS_TIMEOUT`` s (the socket's timeout)."""
+
+    timeout = defaults.METRICS_TIMEOUT
+
+    def do_GET(self) -> None:
+        if self.path.split("?", 1)[0] not in ("/", "/metrics"):
+            self.send_error(404)
+            return
+        body = generate_latest(REGISTRY)
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args) -> None:
+        """Scrapes are not worth a log line each."""
+
+
+class BoundedServer(HTTPServer):
+    """prometheus-client's own server spends a thread per connection, without a timeout: enough idle sockets on
+    ``metrics_listen`` and a worker's threads (its keepalive among them) starve, and the node is fenced. Here a
+    fixed pool of ``METRICS_THREADS`` serves connections; at most ``METRICS_PENDING`` more wait, and any beyond
+    that are closed at once; each connection has ``METRICS_TIMEOUT`` s to send its request."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        super().__init__(address, _MetricsHandler)
+        self.pool = ThreadPoolExecutor(defaults.METRICS_THREADS, thread_name_prefix="metrics")
+        self.slots = threading.BoundedSemaphore(defaults.METRICS_THREADS + defaults.METRICS_PENDING)
+
+    def process_request(self, request, client_address) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)  # full: this client waits for no one
+            return
+        self.pool.submit(self._serve, request, client_address)
+
+    def _serve(self, request, client_address) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:  # noqa: BLE001 - a broken client must not end the pool's thread
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            self.slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that went away or timed out: nothing to report."""
+
+
+def serve(listen: str) -> BoundedServer:
+    """Serve this process's metrics on ``host:port`` (``BoundedServer``, on a daemon thread)."""
     host, _, port = listen.rpartition(":")
-    start_http_server(int(port), addr=host or "127.0.0.1", registry=REGISTRY)
+    server = BoundedServer((host.strip("[]") or "127.0.0.1", int(port)))
+    threading.Thread(target=server.serve_forever, name="metrics-accept", daemon=True).start()
+    return server

@@ -85,6 +85,13 @@ class ClusterSchema(Schema):
 
 class ClusterInitSchema(Schema):
     version = fields.Integer(validate=validate.Range(min=0), metadata={"description": "default: the newest"})
+    whole_ensemble = fields.Boolean(load_default=False, metadata={
+        "description": "the API's ZooKeeper setting has no chroot and the ensemble is pvc's alone: init may put "
+                       "pvc's ACL on every top-level node (refused otherwise, 409 no_chroot)"})
+
+
+class ClusterUpgradeSchema(Schema):
+    whole_ensemble = fields.Boolean(load_default=False, metadata={"description": "as for init"})
 
 
 class MaintenanceSchema(Schema):

@@ -1,15 +1,51 @@
-"""Turning ZooKeeper records into API representations (strings into numbers, flat keys into objects)."""
+"""Turning ZooKeeper records into API representations (strings into numbers, flat keys into objects).
+
+A VM's XML, and a job's ``target_xml`` (a migration's XML for its target), may hold secrets: a display's password,
+an attribute naming a secret. Only an admin token sees them as they are (it could define them anyway); a read-only
+token, and the events stream that every token's page reads, see ``(redacted)`` in their place (``redact_xml``).
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import time
+import xml.etree.ElementTree as ET
 from dataclasses import asdict
+
+from flask import has_request_context
 
 from pvc_tasks.jobs import Job
 from pvc_tasks.state import desired_vf_config
+from pvc_web.auth import caller
 
-__all__ = ["as_float", "faults_view", "job_view", "next_steps", "node_view", "pf_view", "vf_view", "vm_view"]
+__all__ = ["as_float", "faults_view", "job_view", "next_steps", "node_view", "pf_view", "redact_xml", "vf_view",
+           "vm_view"]
+
+#: Attributes whose values are secrets (VNC and SPICE ``passwd``, any ``password`` or ``secret``).
+_SECRET = re.compile(r"passwd|password|secret", re.IGNORECASE)
+REDACTED = "(redacted)"
+
+
+def redact_xml(xml: str) -> str:
+    """``xml`` with the value of every secret attribute replaced by ``(redacted)``; unchanged when it has none."""
+    if not _SECRET.search(xml):
+        return xml
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return REDACTED  # not XML pvc wrote: show nothing of it rather than a secret
+    for element in root.iter():
+        for name in element.attrib:
+            if _SECRET.search(name.rsplit("}", 1)[-1]):
+                element.set(name, REDACTED)
+    return ET.tostring(root, encoding="unicode")
+
+
+def _secrets_shown() -> bool:
+    """Only an admin token's request sees secrets; a read-only token, or no request at all (the events feed)."""
+    who = caller() if has_request_context() else None
+    return who is not None and who.role == "admin"
 
 
 def _int(value: str | None) -> int:
@@ -126,7 +162,8 @@ def vm_view(record: dict, *, detail: bool = False) -> dict:
         },
     }
     if detail:
-        view["xml"] = record.get("xml") or ""
+        xml = record.get("xml") or ""
+        view["xml"] = xml if _secrets_shown() else redact_xml(xml)
     return view
 
 
@@ -174,6 +211,8 @@ def vf_view(record: dict) -> dict:
 
 def job_view(job: Job, revision: int | None = None) -> dict:
     view = asdict(job)
+    if view["params"].get("target_xml") and not _secrets_shown():
+        view["params"]["target_xml"] = redact_xml(view["params"]["target_xml"])
     if revision is not None:
         view["revision"] = revision
     return view

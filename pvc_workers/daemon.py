@@ -15,7 +15,7 @@ Start-up, in order
     6. Consume ``node.<NAME>`` with a thread pool (the test driver's state is per process; threads share it);
        once Celery is ready, a coordinator contends for primary (``pvc_workers.election``), which adds the
        ``cluster`` queue while it is primary. The remote-control command ``pvc_domains`` answers what this
-       node's libvirt reports (``pvc_workers.inspect``; the harness's invariant checker asks it).
+       node's libvirt reports (``pvc_workers.control``; the harness's invariant checker asks it).
 
 A schema-version change stops the Celery worker warmly (running tasks finish) and re-executes the process with
 the same arguments: watches set on old paths cannot be moved in place. Shutdown (SIGTERM, Ctrl-C) drains the
@@ -44,7 +44,7 @@ from pvc_tasks.routing import CLUSTER_QUEUE, worker_hostname, worker_queues
 from pvc_tasks.secrets import check_key, seal
 from pvc_tasks.sriov import apply_all
 from pvc_tasks.zkclient import connect
-from pvc_workers import inspect  # noqa: F401 - importing registers the remote-control command pvc_domains
+from pvc_workers import control  # noqa: F401 - importing restricts Celery's control panel, adds pvc_domains
 from pvc_workers.election import Election
 from pvc_workers.health import check_own_bmc
 from pvc_workers.hypervisor import LibvirtHypervisor

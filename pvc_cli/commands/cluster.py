@@ -50,26 +50,35 @@ def status(client, output) -> None:
         *([] if c["faults"] else ["        faults: none"])]))
 
 
+_WHOLE = click.option("--whole-ensemble", is_flag=True,
+                      help="the API's ZooKeeper setting has no chroot and the ensemble is pvc's alone (without it, "
+                           "refused: pvc's ACL would lock everyone else out of every top-level node)")
+
+
 @group.command("init")
 @click.option("--version", type=click.IntRange(min=0), help="schema version to create (default: the newest)")
+@_WHOLE
 @output_option
 @click.pass_obj
-def init(client, version, output) -> None:
+def init(client, version, whole_ensemble, output) -> None:
     """Create the cluster in ZooKeeper, readable by pvc's identity alone (safe to repeat: adds only missing keys
     and puts pvc's ACL on any node that lacks it)."""
     body = {"version": version} if version is not None else {}
+    if whole_ensemble:
+        body["whole_ensemble"] = True
     emit(output, client().post("/cluster/init", body),
          lambda r: f"cluster at schema version {r['schema_version']}; {len(r['created'])} key(s) created; "
                    f"ACL set on {r['secured']} node(s)")
 
 
 @group.command("upgrade")
+@_WHOLE
 @output_option
 @click.pass_obj
-def upgrade(client, output) -> None:
+def upgrade(client, whole_ensemble, output) -> None:
     """Upgrade the ZooKeeper layout to the newest schema (workers re-exec themselves to load it) and put pvc's ACL
     on every node of the cluster that lacks it (a cluster created before ACLs existed)."""
-    emit(output, client().post("/cluster/upgrade"),
+    emit(output, client().post("/cluster/upgrade", {"whole_ensemble": True} if whole_ensemble else None),
          lambda r: f"cluster at schema version {r['schema_version']}"
                    + (f" (upgraded through {r['upgraded_through']})" if r["upgraded_through"] else " (no change)")
                    + f"; ACL set on {r['secured']} node(s)")

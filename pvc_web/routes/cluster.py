@@ -16,6 +16,7 @@ from pvc_web.blueprint import Blueprint, handle
 from pvc_web.schemas import (
     ClusterInitSchema,
     ClusterSchema,
+    ClusterUpgradeSchema,
     LimitsSchema,
     MaintenanceSchema,
     SchemaChangeSchema,
@@ -66,13 +67,24 @@ def status():
     }
 
 
+def _own_tree(h, whole_ensemble: bool) -> None:
+    """Refuse to put pvc's keys and ACL at the root of an ensemble others may share (409 ``no_chroot``)."""
+    if not h.zk.chroot and not whole_ensemble:
+        raise Conflict("the API's zookeeper setting has no chroot (e.g. zk1:2181,zk2:2181/pvc): pvc would put its "
+                       "ACL on every top-level node of the ensemble and lock out everyone else who uses it; set a "
+                       "chroot on every pvc process, or say --whole-ensemble if this ensemble is pvc's alone",
+                       code="no_chroot")
+
+
 @blp.route("/init", methods=["POST"])
 @blp.arguments(ClusterInitSchema, required=False)
 @blp.response(200, SchemaChangeSchema)
+@blp.alt_response(409, description="no chroot and not ``whole_ensemble`` (``no_chroot``); nothing was changed")
 def init(args: dict):
     """Create the cluster's keys, readable by pvc's ZooKeeper identity alone (idempotent: on an existing cluster,
     adds only missing keys and puts pvc's ACL where it is missing)."""
     h = handle()
+    _own_tree(h, args.get("whole_ensemble", False))
     try:
         schema, created = init_cluster(h.zk, args.get("version"))
     except SchemaError as exc:
@@ -83,13 +95,16 @@ def init(args: dict):
 
 
 @blp.route("/upgrade", methods=["POST"])
+@blp.arguments(ClusterUpgradeSchema, required=False)
 @blp.response(200, SchemaChangeSchema)
 @blp.alt_response(409, description="a running worker cannot load the target schema (``workers_too_old``, "
-                                   "``details.nodes``: node -> why); nothing was changed")
-def upgrade():
+                                   "``details.nodes``: node -> why), or no chroot and not ``whole_ensemble`` "
+                                   "(``no_chroot``); nothing was changed")
+def upgrade(args: dict):
     """Upgrade the cluster's ZooKeeper layout to the newest schema, one version at a time (workers re-exec), and
     put pvc's ACL on every node that lacks it."""
     h = handle()
+    _own_tree(h, args.get("whole_ensemble", False))
     pending = [v for v in available_versions() if v > h.schema.version]  # 503 when no cluster exists yet
     unable = workers_unable(h.zk, h.schema, pending)
     if unable:

@@ -11,6 +11,7 @@ import requests
 
 from pvc_dev.bmc import BMC_PASSWORD, BMC_USER
 from pvc_dev.services import wait_until
+from tests.integration.test_secrets_in_argv import readable_by_others
 
 PVC_DEV = str(Path(sys.executable).with_name("pvc-dev"))
 
@@ -94,6 +95,10 @@ def test_up_status_second_up_and_down(tmp_path):
 
         config = dict(line.split(" = ") for line in (workdir / "cli.toml").read_text().splitlines())
         url, token = config["api_url"].strip('"'), config["token"].strip('"')
+        secrets = [(workdir / name).read_text().strip() for name in ("token", "read-token", "flower-password")]
+        offenders, holding = readable_by_others(workdir, secrets)
+        assert offenders == [] and holding >= 6, offenders  # state.json, env, cli.toml, the three secret files
+        assert re.search(r"ZooKeeper .* over mutual TLS", banner), banner  # the dev cluster's default
         vms = requests.get(f"{url}/api/v1/vms", headers={"X-Api-Key": token}, timeout=5).json()
         assert {v["name"]: v["state"] for v in vms} == {"web1": "running", "web2": "running", "db1": "running",
                                                         "batch1": "stopped"}

@@ -153,3 +153,25 @@ def test_redis_serves_only_pvcs_user(cluster):
             client(**auth).ping()
     assert client(username="pvc", password=password).ping()
     assert cluster.broker_url.startswith("redis://pvc:")
+
+
+def test_a_read_only_token_never_sees_the_secrets_in_a_vms_xml(cluster, vm_name):
+    """A display password in a VM's XML (and in the target XML a migration keeps in its job's params) is shown to
+    an admin token and replaced by ``(redacted)`` for a read-only token; the same holds in job lists."""
+    xml = domain_xml(vm_name, 64).replace("</domain>", "<devices><graphics type='vnc' passwd='hunter2vnc'/>"
+                                                       "<interface type='direct'><source dev='ens1f0v2' "
+                                                       "mode='passthrough'/></interface></devices></domain>")
+    assert cluster.define_vm(vm_name, node="hv1", xml=xml)["state"] == "succeeded"
+    admin, reader = cluster.session(), requests.Session()
+    reader.headers["X-Api-Key"] = cluster.read_token
+    base = f"{cluster.api_url}/api/v1"
+    job = admin.post(f"{base}/vms/{vm_name}/migrate", json={"target": "hv2"}, timeout=10).json()
+    assert cluster.wait_job(job["id"])["state"] == "succeeded"
+    assert "hunter2vnc" in admin.get(f"{base}/vms/{vm_name}", timeout=10).json()["xml"]
+    assert "hunter2vnc" in admin.get(f"{base}/jobs/{job['id']}", timeout=10).json()["params"]["target_xml"]
+    shown = reader.get(f"{base}/vms/{vm_name}", timeout=10).json()["xml"]
+    assert "hunter2vnc" not in shown and "passwd=\"(redacted)\"" in shown
+    for answer in (reader.get(f"{base}/jobs/{job['id']}", timeout=10), reader.get(f"{base}/jobs", timeout=10,
+                                                                                  params={"vm": vm_name})):
+        assert answer.status_code == 200 and "hunter2vnc" not in answer.text and "(redacted)" in answer.text
+    assert cluster.wait_job(admin.delete(f"{base}/vms/{vm_name}", timeout=10).json()["id"])["state"] == "succeeded"

@@ -87,3 +87,40 @@ def test_a_worker_serves_its_step_durations_and_zookeeper_latency(make_cluster):
     assert sample(samples, "pvc_step_duration_seconds_count", task="pvc.vm.start", outcome="SUCCESS") >= 1
     assert sample(samples, "pvc_step_duration_seconds_count", task="pvc.vm.define", outcome="SUCCESS") >= 1
     assert sample(samples, "pvc_zookeeper_request_seconds_count", op="transaction") >= 2
+
+
+def _threads(pid: int) -> int:
+    status = open(f"/proc/{pid}/status").read()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Threads:")))
+
+
+def test_idle_sockets_on_a_workers_metrics_cost_it_no_threads_and_are_cut(make_cluster):
+    """200 connections that send nothing: the worker's thread count stays where it was (a fixed pool serves
+    scrapes), each socket is closed by the worker within its timeout, a scrape still answers, and the node keeps
+    its keepalive (it stays present and is not fenced)."""
+    import socket
+
+    c = make_cluster(NODES[:1])
+    port = free_port()
+    c.workers["mt1"].stop()
+    c.start_worker("mt1", {"PVC_METRICS_LISTEN": f"127.0.0.1:{port}"})
+    c.wait_worker("mt1")
+    pid = c.workers["mt1"].pid
+    assert requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).status_code == 200
+    before = _threads(pid)
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(200)]
+    try:
+        assert _threads(pid) <= before + 2  # prometheus-client's server had grown by one thread per socket
+        closed = 0
+        for sock in idle:
+            try:
+                closed += sock.recv(1) == b""
+            except (ConnectionResetError, TimeoutError):
+                closed += 1
+        assert closed == len(idle)
+    finally:
+        for sock in idle:
+            sock.close()
+    assert requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).status_code == 200
+    node = c.session().get(f"{c.api_url}/api/v1/nodes/mt1", timeout=10).json()
+    assert node["alive"] and node["daemon_state"] == "run", node

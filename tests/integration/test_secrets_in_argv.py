@@ -1,6 +1,7 @@
 """No secret of the cluster appears on the command line of any process on the machine (``ps`` shows it to all)
-nor in any log file the cluster writes."""
+nor in any log file the cluster writes, and every file that holds one is readable by its owner alone."""
 
+import stat
 from pathlib import Path
 
 import requests
@@ -59,3 +60,34 @@ def test_no_secret_in_any_log_the_cluster_writes(make_cluster, vm_name):
     leaks = [(str(p.relative_to(c.workdir)), what) for p in logs for what, secret in secrets.items()
              if secret.encode() in p.read_bytes()]
     assert leaks == []
+
+
+def readable_by_others(root: Path, secrets: list[str]) -> tuple[list[tuple[str, str]], int]:
+    """Files under ``root`` that hold one of ``secrets`` (or a private key) and that anyone but their owner may
+    read, with their modes; and how many files hold a secret."""
+    offenders, holding = [], 0
+    for path in root.rglob("*"):
+        if not path.is_file() or path.is_symlink():
+            continue
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue  # a socket or a file removed meanwhile
+        if not any(s.encode() in data for s in [*secrets, "PRIVATE KEY"] if s):
+            continue
+        holding += 1
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            offenders.append((str(path.relative_to(root)), oct(mode)))
+    return offenders, holding
+
+
+def test_every_file_holding_a_secret_is_readable_by_its_owner_alone(make_cluster):
+    """redis.conf, the BMCs' lan.conf, the TLS keys, ...: every file of a cluster (Flower, BMCs and ZooKeeper over
+    TLS included) that holds a token, a password, the sealing key or a private key is mode 0600."""
+    c = make_cluster(flower=True, zookeeper_tls=True)
+    offenders, holding = readable_by_others(c.workdir, [
+        c.token, c.read_token, c.zookeeper_auth.partition(":")[2], c.secret_key, str(c.redis.info["password"]),
+        c.flower_password, BMC_PASSWORD])
+    assert offenders == []
+    assert holding >= 3 + 4  # redis.conf, three lan.conf, four private keys

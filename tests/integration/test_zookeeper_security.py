@@ -98,3 +98,36 @@ def test_the_server_keeps_its_data_private_and_tells_strangers_little(cluster):
     assert _four_letter(port, b"ruok") == b"imok" and b"Zxid" in _four_letter(port, b"srvr")
     for word in (b"envi", b"conf", b"cons", b"dump", b"wchp", b"mntr"):
         assert b"not in the whitelist" in _four_letter(port, word), word
+
+
+def test_init_and_upgrade_refuse_an_ensemble_root_unless_told_it_is_pvcs_alone(make_cluster):
+    """An API whose ZooKeeper setting has no chroot refuses init and upgrade (409 ``no_chroot``) and leaves another
+    tenant's top-level node as it was; with ``whole_ensemble`` it goes ahead (and that node gets pvc's ACL, which is
+    exactly what the flag says is fine)."""
+    from pvc_tasks.config import load_settings
+    from pvc_web.app import create_app
+
+    c = make_cluster(own_zookeeper=True)
+    tenant = KazooClient(hosts=c.zk_servers, timeout=5)
+    tenant.start(timeout=15)
+    try:
+        tenant.create("/other-tenant", b"theirs", acl=OPEN_ACL_UNSAFE)
+        app = create_app(load_settings(env={**c.env(), "PVC_ZOOKEEPER": c.zk_servers}))
+        client, headers = app.test_client(), {"X-Api-Key": c.token, "Content-Type": "application/json"}
+        try:
+            for path in ("/api/v1/cluster/init", "/api/v1/cluster/upgrade"):
+                r = client.post(path, json={}, headers=headers)
+                assert r.status_code == 409 and r.json["error"] == "no_chroot", r.json
+                assert "--whole-ensemble" in r.json["message"]
+            assert tenant.get_acls("/other-tenant")[0] == OPEN_ACL_UNSAFE
+            assert tenant.exists("/nodes") is None  # init wrote nothing at the root
+            r = client.post("/api/v1/cluster/init", json={"whole_ensemble": True}, headers=headers)
+            assert r.status_code == 200 and r.json["secured"] >= 1, r.json
+            with pytest.raises(NoAuthError):
+                tenant.get("/other-tenant")
+        finally:
+            app.extensions["pvc_health"].stop()
+            app.extensions["pvc"].stop()
+    finally:
+        tenant.stop()
+        tenant.close()

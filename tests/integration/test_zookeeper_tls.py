@@ -6,6 +6,8 @@ import subprocess
 from kazoo.client import KazooClient
 from kazoo.handlers.threading import KazooTimeoutError
 
+from pvc_tasks.config import load_settings
+from pvc_tasks.zkclient import connect, tls_context
 from tests.conftest import NODES
 
 
@@ -37,3 +39,29 @@ def test_a_cluster_over_tls_runs_jobs_and_other_clients_get_nowhere(make_cluster
     assert _refused(hosts=hosts, use_ssl=True, verify_certs=True, ca=info["ca"])
     assert not _refused(hosts=hosts, use_ssl=True, verify_certs=True, ca=info["ca"], certfile=info["client_cert"],
                         keyfile=info["client_key"])
+
+
+def test_pvc_checks_the_servers_name_and_trusts_only_the_clusters_ca(make_cluster):
+    """pvc's own client (``pvc_tasks.zkclient.connect``) connects by the names the server's certificate carries
+    (127.0.0.1, localhost); by another name for the same server (``127.1``) it is refused, and connects once the
+    name check is turned off: the check is what refused it. Its TLS context holds the cluster's CA and no other."""
+    c = make_cluster(NODES[:1], zookeeper_tls=True)
+    port = c.zookeeper.info["tls_hosts"].rsplit(":", 1)[1]
+    env = {**c.env(), "PVC_ZOOKEEPER": ""}
+
+    def connects(host: str, **extra: str) -> bool:
+        zk = connect(load_settings(env={**env, "PVC_ZOOKEEPER": f"{host}:{port}", **extra}), timeout=2)
+        try:
+            zk.start(timeout=4)
+            return zk.exists("/") is not None
+        except KazooTimeoutError:
+            return False
+        finally:
+            zk.stop()
+            zk.close()
+
+    assert connects("127.0.0.1") and connects("localhost")
+    assert not connects("127.1")
+    assert connects("127.1", PVC_ZOOKEEPER_TLS_CHECK_HOSTNAME="false")
+    assert [ca["subject"] for ca in tls_context(load_settings(env=env)).get_ca_certs()] == \
+        [((("commonName", "pvc-dev-ca"),),)]
