@@ -98,6 +98,10 @@ class XmlPolicy:
     resolve: Callable[[str], str] | None = None
 
 
+#: What each use of a path is, for the sentences that refuse one.
+_USES = {"own": "a file the VM writes", "image": "a read-only image", "firmware": "firmware", "nvram": "NVRAM"}
+
+
 def _under(path: str, roots: tuple[str, ...]) -> bool:
     return any(path == root.rstrip("/") or path.startswith(root.rstrip("/") + "/") for root in roots if root)
 
@@ -122,11 +126,11 @@ def path_problem(path: str, use: str, vm: str, policy: XmlPolicy) -> str | None:
         where = {"own": "the VM's own directory", "image": "the VM's own directory or xml_image_paths",
                  "firmware": "xml_firmware_paths or the VM's own directory",
                  "nvram": "the VM's own directory or <xml_nvram_paths>/<vm>_VARS.fd"}[use]
-        return f"{path!r} is not in {where} ({', '.join(allowed) or 'none'}) for a {use} path"
+        return f"{path!r} is not in {where} ({', '.join(allowed) or 'none'}), where {_USES[use]} must be"
     if policy.resolve is not None:
         real = policy.resolve(path)
         if real != path and path_problem(real, use, vm, replace(policy, resolve=None)):
-            return f"{path!r} leads to {real!r}, which is not allowed for a {use} path"
+            return f"{path!r} leads to {real!r}, which is no place for {_USES[use]}"
     return None
 
 

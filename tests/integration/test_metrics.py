@@ -74,9 +74,28 @@ def test_metrics_need_the_token_and_basic_is_what_prometheus_sends(make_cluster)
     assert c.token not in r.text
 
 
-def test_a_worker_serves_its_step_durations_and_zookeeper_latency(make_cluster):
+def _closed_by_worker(sock) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def _threads(pid: int) -> int:
+    status = open(f"/proc/{pid}/status").read()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Threads:")))
+
+
+def test_a_worker_serves_its_metrics_and_idle_sockets_cost_it_nothing(make_cluster):
     """With metrics_listen, a worker serves the duration of each step it ran, by task name and outcome, and its
-    ZooKeeper request latency."""
+    ZooKeeper request latency. 60 connections that send nothing leave its thread count about where it was (a fixed
+    pool serves scrapes; prometheus-client's server grew a thread per connection), the worker closes one it serves
+    when its timeout runs out and one beyond what may wait at once, a scrape still answers, and the node keeps its
+    keepalive (present, not fenced)."""
+    import socket
+
     c = make_cluster(NODES[:1])
     port = free_port()
     c.workers["mt1"].stop()
@@ -88,36 +107,13 @@ def test_a_worker_serves_its_step_durations_and_zookeeper_latency(make_cluster):
     assert sample(samples, "pvc_step_duration_seconds_count", task="pvc.vm.define", outcome="SUCCESS") >= 1
     assert sample(samples, "pvc_zookeeper_request_seconds_count", op="transaction") >= 2
 
-
-def _threads(pid: int) -> int:
-    status = open(f"/proc/{pid}/status").read()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Threads:")))
-
-
-def test_idle_sockets_on_a_workers_metrics_cost_it_no_threads_and_are_cut(make_cluster):
-    """200 connections that send nothing: the worker's thread count stays where it was (a fixed pool serves
-    scrapes), each socket is closed by the worker within its timeout, a scrape still answers, and the node keeps
-    its keepalive (it stays present and is not fenced)."""
-    import socket
-
-    c = make_cluster(NODES[:1])
-    port = free_port()
-    c.workers["mt1"].stop()
-    c.start_worker("mt1", {"PVC_METRICS_LISTEN": f"127.0.0.1:{port}"})
-    c.wait_worker("mt1")
     pid = c.workers["mt1"].pid
-    assert requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).status_code == 200
     before = _threads(pid)
-    idle = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(200)]
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(60)]
     try:
-        assert _threads(pid) <= before + 2  # prometheus-client's server had grown by one thread per socket
-        closed = 0
-        for sock in idle:
-            try:
-                closed += sock.recv(1) == b""
-            except (ConnectionResetError, TimeoutError):
-                closed += 1
-        assert closed == len(idle)
+        assert _threads(pid) <= before + 10  # the pool's second thread, and whatever the worker itself starts
+        # The last is beyond what may wait: closed at once. The first is served: cut when its 2 s run out.
+        assert all(_closed_by_worker(idle[i]) for i in (-1, 0))
     finally:
         for sock in idle:
             sock.close()

@@ -5,14 +5,14 @@ identity could (a define job planted beside its VM record, a VM's XML changed un
 import subprocess
 
 import pytest
+from celery import Celery
 
 from pvc_dev.invariants import libvirt_domains, zk_state
 from pvc_dev.services import wait_until
 from pvc_tasks import dispatch, kinds
-from pvc_tasks.app import configure
-from pvc_tasks.config import load_settings
 from pvc_tasks.domain_xml import read
 from pvc_tasks.jobs import Job, JobStore, commit
+from pvc_tasks.routing import node_queue
 from pvc_tasks.submit import meta_values
 from tests.xml_cases import CASES, case_xml, document
 
@@ -41,8 +41,8 @@ def plant_define(c, vm: str, xml: str, node: str) -> str:
                   vcpus="1", active_job=job.id)
     commit(c.zk, [("create", p, d) for p, d in schema.create_ops("domain", vm, values=record)]
            + JobStore(c.zk, schema).create_ops(job))
-    configure(load_settings(env=c.env()))
-    assert dispatch.publish(job)
+    name, kwargs = dispatch.message(job)
+    Celery("planter", broker=c.broker_url).send_task(name, kwargs=kwargs, queue=node_queue(node))
     return job.id
 
 

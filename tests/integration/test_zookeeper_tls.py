@@ -3,6 +3,7 @@ another CA, or without a certificate of the cluster's CA, gets nowhere."""
 
 import subprocess
 
+import pytest
 from kazoo.client import KazooClient
 from kazoo.handlers.threading import KazooTimeoutError
 
@@ -23,10 +24,15 @@ def _refused(**options) -> bool:
     return False
 
 
-def test_a_cluster_over_tls_runs_jobs_and_other_clients_get_nowhere(make_cluster, vm_name, tmp_path):
+@pytest.fixture(scope="module")
+def tls_cluster(shared_cluster):
+    return shared_cluster("tls", NODES[:2], zookeeper_tls=True)
+
+
+def test_a_cluster_over_tls_runs_jobs_and_other_clients_get_nowhere(tls_cluster, vm_name, tmp_path):
     """Workers and the API reach ZooKeeper over mutual TLS (a define and start succeed); plain TCP, TLS trusting a
     different CA, or TLS without a client certificate cannot connect to the server's TLS port."""
-    c = make_cluster(NODES[:2], zookeeper_tls=True)
+    c = tls_cluster
     assert c.env()["PVC_ZOOKEEPER"].startswith(c.zookeeper.info["tls_hosts"])
     assert c.define_vm(vm_name, node="hv2", start=True)["state"] == "succeeded"
     other_ca = tmp_path / "other-ca.pem"
@@ -41,11 +47,11 @@ def test_a_cluster_over_tls_runs_jobs_and_other_clients_get_nowhere(make_cluster
                         keyfile=info["client_key"])
 
 
-def test_pvc_checks_the_servers_name_and_trusts_only_the_clusters_ca(make_cluster):
+def test_pvc_checks_the_servers_name_and_trusts_only_the_clusters_ca(tls_cluster):
     """pvc's own client (``pvc_tasks.zkclient.connect``) connects by the names the server's certificate carries
     (127.0.0.1, localhost); by another name for the same server (``127.1``) it is refused, and connects once the
     name check is turned off: the check is what refused it. Its TLS context holds the cluster's CA and no other."""
-    c = make_cluster(NODES[:1], zookeeper_tls=True)
+    c = tls_cluster
     port = c.zookeeper.info["tls_hosts"].rsplit(":", 1)[1]
     env = {**c.env(), "PVC_ZOOKEEPER": ""}
 
