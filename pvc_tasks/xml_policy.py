@@ -12,8 +12,9 @@ canonical text) by the same rules and returns one sentence per problem, naming t
 
 1. **Host paths only where a table allows them** (``_PATH_FIELDS`` and the per-device checks), each with how it may
    be used; a path anywhere else is refused, a relative path or one with ``..`` everywhere:
-     ``own``       read-write, only inside the VM's own directory ``<root>/<vm name>/`` of an ``xml_vm_paths`` root
-                   (writable disks and filesystems, NVRAM, sockets, character-device files, logs, NVDIMMs, pstore);
+     ``own``       read-write, only inside the VM's own directory ``<root>/<vm name>/`` of an ``xml_vm_paths`` root,
+                   or the file ``<root>/<vm name>.<extension>`` (virt-install's name for a VM's disk) (writable
+                   disks and filesystems, NVRAM, sockets, character-device files, logs, NVDIMMs, pstore);
      ``image``     read-only: the VM's own directory or a shared ``xml_image_paths`` directory (read-only disks,
                    CD-ROMs, backing files, kernel, initrd, DTB, ACPI tables);
      ``firmware``  read-only: ``xml_firmware_paths`` or the VM's own directory (loader, NVRAM template);
@@ -106,6 +107,14 @@ def _under(path: str, roots: tuple[str, ...]) -> bool:
     return any(path == root.rstrip("/") or path.startswith(root.rstrip("/") + "/") for root in roots if root)
 
 
+def _own_file(path: str, vm: str, policy: XmlPolicy) -> bool:
+    """``<root>/<vm>.<extension>`` (one extension, no dot in it) directly in a VM root: the name virt-install gives
+    a VM's first disk. It belongs to one VM only: the name before the last dot (``a.b.qcow2`` is VM ``a.b``'s)."""
+    directory, name = posixpath.split(path)
+    stem, dot, extension = name.rpartition(".")
+    return directory in [r.rstrip("/") for r in policy.vm_paths] and bool(dot) and stem == vm and "/" not in extension
+
+
 def path_problem(path: str, use: str, vm: str, policy: XmlPolicy) -> str | None:
     """Why ``path`` may not serve ``use`` for VM ``vm``; None when it may."""
     if use == "emulator":
@@ -122,7 +131,8 @@ def path_problem(path: str, use: str, vm: str, policy: XmlPolicy) -> str | None:
                "nvram": own}[use]
     nvram_file = use == "nvram" and posixpath.dirname(path) in [p.rstrip("/") for p in policy.nvram_paths] and \
         posixpath.basename(path) == f"{vm}_VARS.fd"
-    if not (_under(path, allowed) and path.rstrip("/") not in own) and not nvram_file:
+    if not (_under(path, allowed) and path.rstrip("/") not in own) and not nvram_file and \
+            not (use != "firmware" and _own_file(path, vm, policy)):
         where = {"own": "the VM's own directory", "image": "the VM's own directory or xml_image_paths",
                  "firmware": "xml_firmware_paths or the VM's own directory",
                  "nvram": "the VM's own directory or <xml_nvram_paths>/<vm>_VARS.fd"}[use]

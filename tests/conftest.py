@@ -81,6 +81,17 @@ def _check_after(request, clusters: list[LocalCluster]) -> None:
             invariants.check(c)
 
 
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Figures a test records with ``record_property("figures", text)`` (the fuzzer's seed and counts, cost
+    ratios), printed at the end of the run: pytest (and xdist's workers) would swallow a passing test's prints."""
+    lines = [value for report in terminalreporter.stats.get("passed", [])
+             for name, value in getattr(report, "user_properties", []) if name == "figures"]
+    if lines:
+        terminalreporter.write_sep("-", "figures")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
 @pytest.fixture(autouse=True)
 def _invariants_of_shared_clusters(request):
     yield

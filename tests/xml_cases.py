@@ -60,6 +60,10 @@ CASES: list[tuple[str, dict, str, str]] = [
     ("relative-log", {"devices": "<serial type='pty'><log file='etc/cron.d/x'/></serial>"}, "invalid", "schema"),
     ("other-vms-disk", {"devices": disk("file='/var/lib/libvirt/images/victim/disk.qcow2'")}, "refused",
      "own directory"),
+    ("other-vms-flat-disk", {"devices": disk("file='/var/lib/libvirt/images/victim.qcow2'")}, "refused",
+     "own directory"),
+    ("longer-name-flat-disk", {"devices": disk("file='/var/lib/libvirt/images/{vm}.b.qcow2'")}, "refused",
+     "own directory"),  # VM <vm>.b's disk, not this VM's
     ("other-vms-disk-read-only", {"devices": disk("file='/var/lib/libvirt/images/victim/disk.qcow2'",
                                                   extra="<readonly/>")}, "refused", "own directory"),
     ("shared-image-writable", {"devices": disk("file='/var/lib/libvirt/boot/base.img'")}, "refused",
@@ -109,6 +113,7 @@ CASES: list[tuple[str, dict, str, str]] = [
                                   "<nvram template='/usr/share/OVMF/OVMF_VARS.fd'>/var/lib/libvirt/qemu/nvram/"
                                   "{vm}_VARS.fd</nvram>",
                             "devices": disk("file='/var/lib/libvirt/images/{vm}/disk0.qcow2'")}, "allowed", ""),
+    ("virt-install-flat-disk", {"devices": disk("file='/var/lib/libvirt/images/{vm}.qcow2'")}, "allowed", ""),
     ("shared-iso", {"devices": disk("file='/var/lib/libvirt/boot/debian.iso'", device="cdrom",
                                     extra="<readonly/>")}, "allowed", ""),
     ("rbd-and-pty", {"devices": disk("protocol='rbd' name='vms/{vm}'", kind="network") +
