@@ -1,6 +1,6 @@
 """The device rules of the VM XML policy: one checker per element under ``<devices>`` (``DEVICES``).
 
-Each checker gets the judge of ``pvc_tasks.xml_policy`` (``refuse``, ``refuse_all``, ``path``), the device element
+Each checker gets the judge (``pvc_tasks.xml_judge``) (``refuse``, ``refuse_all``, ``path``), the device element
 and its place. A device kind the table does not know is refused (``refused_device``); a host path a checker does
 not judge is refused by the policy's catch-all. Why each kind is limited as it is: docs/security.md.
 """
@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from pvc_tasks.xml_policy import Judge
+from pvc_tasks.xml_judge import Judge
 
 __all__ = ["DEVICES", "refused_device"]
 

@@ -32,7 +32,8 @@ from pvc_tasks.context import XmlRefused
 from pvc_tasks.domain_xml import DomainXml, read
 from pvc_tasks.errors import Invalid
 from pvc_tasks.vfs import named_devices
-from pvc_tasks.xml_policy import XmlPolicy, path_problem, violations
+from pvc_tasks.xml_judge import XmlPolicy, path_problem
+from pvc_tasks.xml_policy import violations
 
 __all__ = ["XmlGuard", "backing_problems"]
 
