@@ -6,7 +6,8 @@ a namespaced attribute (``foo:file``) was nothing to one and ``file`` to the oth
 made in four steps, and refuses (``Invalid``) when one fails (libvirt's reading is taken before the schema check,
 whose messages say less):
 
-1. **strict**: well-formed; no DOCTYPE (so no entities, internal or external); the root is ``<domain>``; an element
+1. **strict**: well-formed; no DOCTYPE (so no entities, internal or external); at most ``MAX_DEPTH`` levels of
+   elements; the root is ``<domain>``; an element
    or attribute in a namespace only inside ``<metadata>`` (applications' data) or, for elements, in the ``qemu:``
    namespace, which the policy judges (libvirt's test driver drops it).
 2. **canonical**: the tree written out again, with a ``<uuid>`` when it had none: no comments, processing
@@ -40,7 +41,7 @@ from pvc_tasks import defaults
 from pvc_tasks.errors import Invalid
 from pvc_tasks.names import NAME_RULE, is_name
 
-__all__ = ["QEMU_NS", "DomainXml", "read"]
+__all__ = ["MAX_DEPTH", "QEMU_NS", "DomainXml", "read"]
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 ET.register_namespace("qemu", QEMU_NS)
@@ -69,15 +70,31 @@ def _invalid(message: str, detail: str, code: str | None = None) -> Invalid:
     return Invalid(f"xml: {message}", code=code, details={"xml": [detail]})
 
 
+#: Deepest nesting of elements accepted (libvirt's parser stops at 256; a walk of ours would recurse).
+MAX_DEPTH = 64
+
+
 def _well_formed(text: str) -> ET.Element:
-    """Parsed, after an expat pass that refuses any DOCTYPE (entities, and the billion laughs, with it)."""
+    """Parsed, after an expat pass that refuses any DOCTYPE (entities, and the billion laughs, with it) and
+    elements nested deeper than ``MAX_DEPTH`` (a 500 KiB document can nest 50,000 deep, past any recursion)."""
     checker = xml.parsers.expat.ParserCreate()
+    depth = [0]
 
     def doctype(*_args) -> None:
         raise _invalid("a DOCTYPE (and so entities) is not accepted", "DOCTYPE declared", "xml_not_allowed")
 
+    def start(*_args) -> None:
+        depth[0] += 1
+        if depth[0] > MAX_DEPTH:
+            raise _invalid(f"elements nested deeper than {MAX_DEPTH} levels", f"nested deeper than {MAX_DEPTH}")
+
+    def end(*_args) -> None:
+        depth[0] -= 1
+
     checker.StartDoctypeDeclHandler = doctype
     checker.EntityDeclHandler = doctype
+    checker.StartElementHandler = start
+    checker.EndElementHandler = end
     try:
         checker.Parse(text, True)
         return ET.fromstring(text)

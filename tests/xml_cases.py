@@ -88,6 +88,8 @@ CASES: list[tuple[str, dict, str, str]] = [
                                 "<target type='virtio' name='x'/></channel>"}, "refused", "'tcp'"),
     ("user-networking", {"devices": "<interface type='user'/>"}, "refused", "'user'"),
     ("memory-inf", {}, "invalid", "memory"),  # see MEMORY_INF below
+    ("nested-10000-deep", {"top": "<metadata>" + "<m:a xmlns:m='urn:m'>" * 10000 + "</m:a>" * 10000 + "</metadata>"},
+     "invalid", "nested deeper"),  # was a RecursionError: a 500
     ("qemu-commandline", {"attrs": " xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'",
                           "top": "<qemu:commandline><qemu:arg value='-boot'/></qemu:commandline>"},
      "refused", "qemu:commandline"),
