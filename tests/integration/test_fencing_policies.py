@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pvc_dev.invariants import libvirt_domains
 from pvc_dev.services import wait_until
+from pvc_tasks.jobs import JobStore
 from pvc_workers.ipmi import chassis_power
 from tests.conftest import SLOW_SESSION, paused
 from tests.integration.test_fencing import HA_ENV, api, bmc, fence_of, jobs, nodes, primary, vms
@@ -145,6 +146,41 @@ def test_failed_fence_with_policy_migrate_recovers_after_the_self_fence_interval
     assert all(placed[f"m{i}"]["node"] not in ("", victim) and placed[f"m{i}"]["state"] == "running"
                for i in range(2))
     assert sum("m0" in d for d in libvirt_domains(c).values() if d) == 1
+
+
+def test_failed_fence_with_policy_migrate_leaves_the_vms_of_a_node_that_does_not_self_fence(make_cluster):
+    """failed_fence=migrate, but the node does not self-fence (self_fence_after 0, the default): its fence failed,
+    so it may still run its VMs, and they are marked failed where they are, never started elsewhere."""
+    c = make_cluster(nodes(3), worker_env={**HA_ENV, "PVC_FAILED_FENCE": "migrate"}, fencing=True)
+    victim = victim_of(c)
+    assert c.define_vm("nsf0", 256, node=victim, start=True)["state"] == "succeeded"
+    c.bmc[victim].stop()
+    c.workers[victim].kill()
+    fence = fence_of(c, victim)
+    assert fence["result"]["fence"]["ok"] is False, fence
+    vm = vms(c)["nsf0"]
+    assert (vm["node"], vm["state"]) == (victim, "failed"), vm
+    assert f"{victim} does not self-fence, so it may still run its VMs" in vm["failed_reason"], vm
+    assert jobs(c, "recover") == []
+    assert not any("nsf0" in (d or {}) for n, d in libvirt_domains(c).items() if n != victim)
+
+
+def test_failed_fence_with_policy_migrate_waits_one_keepalive_interval_past_the_self_fence(make_cluster):
+    """A node that self-fences 8 s after losing ZooKeeper, keepalives every 2 s: its VMs are recovered no sooner
+    than 8 + 2 s after its last keepalive, both instants stamped by ZooKeeper (the interval's margin covers a
+    self-fence that fired up to one interval late)."""
+    env = {**HA_ENV, "PVC_FAILED_FENCE": "migrate", "PVC_SELF_FENCE_AFTER": "8", "PVC_KEEPALIVE_INTERVAL": "2"}
+    c = make_cluster(nodes(3), worker_env=env, fencing=True)
+    victim = victim_of(c)
+    assert c.define_vm("sfm0", 256, node=victim, start=True)["state"] == "succeeded"
+    c.bmc[victim].stop()
+    c.workers[victim].kill()
+    last_keepalive = c.zk.exists(c.schema.path("node.keepalive", victim)).mtime / 1000
+    fence = fence_of(c, victim)
+    (recovered,) = [j for j in jobs(c, "recover") if j["parent"] == fence["id"]]
+    assert recovered["state"] == "succeeded", recovered
+    submitted = c.zk.exists(JobStore(c.zk, c.schema).path(recovered["id"])).ctime / 1000
+    assert submitted - last_keepalive >= 8 + 2, (submitted - last_keepalive, fence["messages"])
 
 
 def test_failed_fence_with_policy_migrate_waits_by_zookeepers_clock_not_the_nodes(make_cluster):
