@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from pvc_dev.services import Service, _await, free_port, write_private
+from pvc_dev.services import Service, ServiceDied, _await, on_a_free_port, write_private
 
 __all__ = ["BMC_PASSWORD", "BMC_USER", "PowerSwitch", "power_client", "start_bmc"]
 
@@ -91,10 +91,16 @@ def power_client(argv: list[str]) -> int:
     return 0 if reply != "error" else 1
 
 
-def start_bmc(node: str, switch: PowerSwitch, workdir: Path) -> Service:
-    """An ``ipmi_sim`` for ``node`` on a free loopback port; ``info["hostname"]`` is ``127.0.0.1:<port>``."""
+#: An RMCP/ASF presence ping (DMTF ASF 2.0): any IPMI-over-LAN endpoint answers it with a pong.
+_RMCP_PING = bytes.fromhex("0600ff06000011be80000000")
+
+
+def start_bmc(node: str, switch: PowerSwitch, workdir: Path, port: int | None = None) -> Service:
+    """An ``ipmi_sim`` for ``node`` on a free loopback UDP port (IPMI over RMCP+; another one if that port is
+    taken before the simulator binds it); ``info["hostname"]`` is ``127.0.0.1:<port>``."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port(udp=True)  # ipmi_sim serves IPMI over UDP (RMCP+)
+    if port is None:
+        return on_a_free_port(lambda free: start_bmc(node, switch, workdir, free), udp=True)
     script = workdir / "chassis-control"
     script.write_text(f"#!/bin/sh\nexec {sys.executable} -m pvc_dev.bmc {switch.path} \"$@\"\n")
     script.chmod(0o755)
@@ -106,17 +112,23 @@ def start_bmc(node: str, switch: PowerSwitch, workdir: Path) -> Service:
         f'  user 2 true "{BMC_USER}" "{BMC_PASSWORD}" admin 10 none md2 md5 straight\n')
     (workdir / "bmc.emu").write_text(_EMU)
     (workdir / "state").mkdir(exist_ok=True)
+    log = workdir / "ipmi_sim.log"
+    mine = log.stat().st_size if log.exists() else 0  # what this start writes comes after an earlier start's lines
     svc = Service(f"bmc-{node}", ["ipmi_sim", "-c", str(workdir / "lan.conf"), "-f", str(workdir / "bmc.emu"),
-                                  "-s", str(workdir / "state"), "-n"], workdir / "ipmi_sim.log",
+                                  "-s", str(workdir / "state"), "-n"], log,
                   port=port, hostname=f"127.0.0.1:{port}")
 
-    def answers() -> bool:  # the simulator opens its socket after reading its files
+    def answers() -> bool:
+        """An RMCP presence ping is answered (a pong): the simulator, not another process holding the port."""
+        if b"Unable to bind" in log.read_bytes()[mine:]:
+            raise ServiceDied(f"{svc.name} could not bind its port:\n{svc.log_tail()}")
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.settimeout(0.5)
+            probe.sendto(_RMCP_PING, ("127.0.0.1", port))
             try:
-                probe.bind(("127.0.0.1", port))
+                return probe.recv(64)[:4] == _RMCP_PING[:4]
             except OSError:
-                return True
-            return False
+                return False
 
     return _await(svc, answers, 10, f"ipmi_sim of {node} to listen")
 

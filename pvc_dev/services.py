@@ -24,9 +24,25 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["REDIS_ACL", "Ensemble", "Service", "ServiceDied", "free_port", "start_api", "start_ensemble",
-           "start_flower", "start_rabbitmq", "start_redis", "start_worker", "start_zookeeper", "stop_epmd",
-           "wait_until", "write_private", "zk_stats"]
+__all__ = [
+    "REDIS_ACL",
+    "Ensemble",
+    "Service",
+    "ServiceDied",
+    "free_port",
+    "on_a_free_port",
+    "start_api",
+    "start_ensemble",
+    "start_flower",
+    "start_rabbitmq",
+    "start_redis",
+    "start_worker",
+    "start_zookeeper",
+    "stop_epmd",
+    "wait_until",
+    "write_private",
+    "zk_stats",
+]
 
 ZK_CLASSPATH = ":".join(f"/usr/share/java/{jar}" for jar in (
     "zookeeper.jar", "zookeeper-jute.jar", "slf4j-api.jar", "slf4j-log4j12.jar", "log4j-1.2.jar",
@@ -157,6 +173,19 @@ class Service:
                 self.proc.kill()
                 self.proc.wait()
         self.log_file.close()
+
+
+def on_a_free_port(start: Callable[[int], Service], *, udp: bool = False, attempts: int = 3) -> Service:
+    """``start(port)`` on a free port, and again on another when that one was taken in between (``free_port``
+    only looked; another process of a busy machine bound it first: the service died saying "Address already in
+    use"). Seen with the BMC simulators under two test processes."""
+    for attempt in range(attempts):
+        try:
+            return start(free_port(udp=udp))
+        except ServiceDied as exc:
+            if "Address already in use" not in str(exc) or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _await(svc: Service, ready: Callable[[], object], timeout: float, what: str) -> Service:
@@ -348,7 +377,9 @@ def start_redis(workdir: Path, port: int | None = None, password: str | None = N
     off); its password is in a 0600 config file, never in argv. ``port``, ``password``: restart on the port
     clients already use, for the same user."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port, password = port or free_port(), password or secrets.token_urlsafe(16)
+    if port is None:
+        return on_a_free_port(lambda free: start_redis(workdir, free, password))
+    password = password or secrets.token_urlsafe(16)
     conf = write_private(workdir / "redis.conf",
                          f'port {port}\nbind 127.0.0.1\nsave ""\nappendonly yes\nappendfsync everysec\n'
                          f'daemonize no\ndir "{workdir}"\nuser default off\nuser pvc on >{password} {REDIS_ACL}\n'
@@ -433,7 +464,8 @@ def start_worker(node: str, env: dict[str, str], workdir: Path) -> Service:
 def start_api(env: dict[str, str], workdir: Path, port: int | None = None) -> Service:
     """pvc-api on ``port`` (default: a free one; a restart keeps the port its clients use)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
+    if port is None:
+        return on_a_free_port(lambda free: start_api(env, workdir, free))
     svc = Service("api", [_bin("pvc-api")], workdir / "api.log",
                   env={**env, "PVC_API_LISTEN": f"127.0.0.1:{port}"}, port=port, url=f"http://127.0.0.1:{port}")
     return _await(svc, lambda: urllib.request.urlopen(f"{svc.info['url']}/api/v1/health", timeout=2), 30,
